@@ -1,0 +1,44 @@
+"""jaxcirc: causal, mechanistic interpretability in JAX.
+
+Models are Equinox modules, interventions are values substituted at named sites, and every
+sweep compiles once. See the README for a tour.
+"""
+
+from . import interventions as interventions
+from . import models as models
+from . import patching as patching
+from .interventions import Add as Add
+from .interventions import Chain as Chain
+from .interventions import Function as Function
+from .interventions import Mean as Mean
+from .interventions import Noise as Noise
+from .interventions import Patch as Patch
+from .interventions import Scale as Scale
+from .interventions import Subspace as Subspace
+from .interventions import Zero as Zero
+from .interventions import clear as clear
+from .interventions import intervene as intervene
+from .interventions import sites as sites
+from .models import Activations as Activations
+from .models import SiteRef as SiteRef
+from .models import Transformer as Transformer
+from .models import TransformerConfig as TransformerConfig
+
+__version__ = "0.1.0"
+
+
+def load(path, **kwargs):
+    """Load a model: a Hugging Face directory, a `.gguf` file, a checkpoint, or a hub id.
+
+    See `jaxcirc.io.load`.
+    """
+    from .io import load as _load
+
+    return _load(path, **kwargs)
+
+
+def save(path, model) -> None:
+    """Save `model` atomically as a checkpoint directory; see `jaxcirc.io.save`."""
+    from .io import save as _save
+
+    _save(path, model)

@@ -1,0 +1,196 @@
+"""The interventions: values that replace a site's activation, optionally on a selection.
+
+Every intervention computes a target `t` for one example's activation `x`; a selection
+(`position`, `head`, `unit` indices, or a `mask` broadcastable to `x`) gives a weight `w`
+and the site returns `x + w · (t − x)`. Without a selection `w = 1` (the whole site).
+Indices and masks are arrays, so a sweep over them compiles once.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ..models._site import AbstractIntervention, Site
+
+_Index = int | ArrayLike | None
+
+
+def _one_hot(index, size: int, axis: str, site: Site) -> Array:
+    index = jnp.atleast_1d(jnp.asarray(index))
+    if not jnp.issubdtype(index.dtype, jnp.integer):
+        raise TypeError(f"{axis} index for site {site.name} must be integers; got {index.dtype}")
+    if not isinstance(index, jax.core.Tracer):
+        bad = np.asarray(index)[(np.asarray(index) >= size) | (np.asarray(index) < -size)]
+        if bad.size:
+            raise ValueError(
+                f"{axis} {int(bad[0])} out of range for site {site.name}: it has {size} "
+                f"({axis} 0..{size - 1})"
+            )
+    index = jnp.where(index < 0, index + size, index)
+    return (jnp.arange(size)[:, None] == index[None, :]).any(-1)
+
+
+class AbstractSelectiveIntervention(AbstractIntervention):
+    """An intervention with an optional selection; subclasses define `target(x, site)`."""
+
+    position: _Index = eqx.field(default=None, kw_only=True)
+    head: _Index = eqx.field(default=None, kw_only=True)
+    unit: _Index = eqx.field(default=None, kw_only=True)
+    mask: ArrayLike | None = eqx.field(default=None, kw_only=True)
+
+    @abc.abstractmethod
+    def target(self, x: Array, site: Site) -> Array:
+        """The replacement for the whole activation `x`."""
+
+    def weight(self, x: Array, site: Site) -> Array | None:
+        """The weight `w` broadcastable to `x`, or `None` for the whole site."""
+        w = None
+        for axis, index in (("position", self.position), ("head", self.head), ("unit", self.unit)):
+            if index is None:
+                continue
+            if axis not in site.axes:
+                raise ValueError(
+                    f"site {site.name} has axes {site.axes}; it cannot select by {axis!r}"
+                )
+            i = site.axes.index(axis)
+            shape = [1] * x.ndim
+            shape[i] = x.shape[i]
+            sel = _one_hot(index, x.shape[i], axis, site).reshape(shape)
+            w = sel if w is None else w & sel
+        if self.mask is not None:
+            mask = jnp.asarray(self.mask)
+            try:
+                jnp.broadcast_shapes(mask.shape, x.shape)
+            except ValueError:
+                raise ValueError(
+                    f"mask of shape {mask.shape} does not broadcast to site {site.name}'s "
+                    f"activation of shape {x.shape} (axes {site.axes})"
+                ) from None
+            w = mask if w is None else w * mask
+        return w
+
+    def __call__(self, x: Array, site: Site) -> Array:
+        t = jnp.asarray(self.target(x, site), x.dtype)
+        t = jnp.broadcast_to(t, x.shape)
+        w = self.weight(x, site)
+        return t if w is None else (x + jnp.asarray(w, x.dtype) * (t - x)).astype(x.dtype)
+
+
+def _check_broadcast(what: str, value: Array, x: Array, site: Site, exact: bool = False):
+    ok = value.shape == x.shape
+    if not exact and not ok:
+        try:
+            ok = jnp.broadcast_shapes(value.shape, x.shape) == x.shape
+        except ValueError:
+            ok = False
+    if not ok:
+        rule = "must equal" if exact else "must broadcast to"
+        raise ValueError(
+            f"{what} has shape {value.shape}; it {rule} site {site.name}'s activation shape "
+            f"{x.shape} (axes {site.axes}, one example: use jax.vmap for a batch)"
+        )
+
+
+class Patch(AbstractSelectiveIntervention):
+    """Replace the activation by `value` (activation patching; Vig et al. 2020, Meng et al. 2022)."""
+
+    value: Float[Array, "..."]
+
+    def target(self, x, site):
+        _check_broadcast("Patch value", jnp.asarray(self.value), x, site, exact=True)
+        return self.value
+
+
+class Zero(AbstractSelectiveIntervention):
+    """Replace the activation by zero (zero ablation)."""
+
+    def target(self, x, site):
+        return jnp.zeros_like(x)
+
+
+class Mean(AbstractSelectiveIntervention):
+    """Replace the activation by `value`, a mean broadcast over the axes it lacks (mean ablation)."""
+
+    value: Float[Array, "..."]
+
+    def target(self, x, site):
+        _check_broadcast("Mean value", jnp.asarray(self.value), x, site)
+        return self.value
+
+
+class Add(AbstractSelectiveIntervention):
+    """Add `direction` to the activation (activation steering; Turner et al. 2023)."""
+
+    direction: Float[Array, "..."]
+
+    def target(self, x, site):
+        _check_broadcast("Add direction", jnp.asarray(self.direction), x, site)
+        return x + self.direction
+
+
+class Scale(AbstractSelectiveIntervention):
+    """Multiply the activation by `factor`."""
+
+    factor: Float[ArrayLike, "..."]
+
+    def target(self, x, site):
+        _check_broadcast("Scale factor", jnp.asarray(self.factor), x, site)
+        return x * self.factor
+
+
+class Noise(AbstractSelectiveIntervention):
+    """Add Gaussian noise of standard deviation `std` drawn from `key` (causal tracing)."""
+
+    std: Float[ArrayLike, "..."]
+    key: PRNGKeyArray
+
+    def target(self, x, site):
+        return x + self.std * jax.random.normal(self.key, x.shape, jnp.float32)
+
+
+class Subspace(AbstractSelectiveIntervention):
+    """Replace only the component of the last axis in the span of `basis`'s rows by `value`'s.
+
+    `basis: [k, n]` need not be orthonormal (the orthogonal projector onto its row span is
+    used); `value` broadcasts to the activation (Geiger et al. 2023, interchange on a subspace).
+    """
+
+    basis: Float[Array, "k n"]
+    value: Float[Array, "..."]
+
+    def target(self, x, site):
+        basis = jnp.asarray(self.basis, jnp.float32)
+        if basis.ndim != 2 or basis.shape[1] != x.shape[-1]:
+            raise ValueError(
+                f"Subspace basis has shape {basis.shape}; site {site.name} needs [k, {x.shape[-1]}]"
+            )
+        _check_broadcast("Subspace value", jnp.asarray(self.value), x, site)
+        projector = jnp.linalg.pinv(basis) @ basis
+        return x + (self.value - x) @ projector
+
+
+class Function(AbstractSelectiveIntervention):
+    """Replace the activation by `fn(x)`; `fn` is held static (hashable callables recompile)."""
+
+    fn: Callable[[Array], Array] = eqx.field(static=True)
+
+    def target(self, x, site):
+        return self.fn(x)
+
+
+class Chain(AbstractIntervention):
+    """Apply interventions in order: what `intervene` builds when a site is intervened twice."""
+
+    interventions: tuple[AbstractIntervention, ...]
+
+    def __call__(self, x, site):
+        for intervention in self.interventions:
+            x = intervention(x, site)
+        return x

@@ -1,0 +1,113 @@
+"""`Transformer`: embeddings, a tuple of blocks, final norm and unembedding."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from ._block import Block, Norm
+from ._config import TransformerConfig
+from ._layers import Embed, PosEmbed, Unembed
+from ._site import SITE_KINDS, Site, SiteRef, nearest, record
+
+
+class Activations(eqx.Module):
+    """The activations of a run, keyed by TransformerLens name; also indexable by `SiteRef`.
+
+    `acts["blocks.3.hook_resid_pre"]`, `acts[SiteRef("resid_pre", 3)]`, and
+    `acts.stack("resid_pre")` (all layers, stacked on a new leading axis) all work.
+    """
+
+    values: dict[str, Array]
+
+    def __getitem__(self, key: str | SiteRef) -> Array:
+        name = key.name if isinstance(key, SiteRef) else key
+        if name not in self.values:
+            raise KeyError(f"no activation {name!r}{nearest(name, self.values)}")
+        return self.values[name]
+
+    def __contains__(self, key: str | SiteRef) -> bool:
+        return (key.name if isinstance(key, SiteRef) else key) in self.values
+
+    def keys(self):
+        return self.values.keys()
+
+    def stack(self, kind: str) -> Array:
+        """All layers' activations of `kind`, stacked on a new axis before the site's axes."""
+        layers = []
+        while SiteRef(kind, len(layers)).name in self.values:
+            layers.append(self.values[SiteRef(kind, len(layers)).name])
+        if not layers:
+            raise KeyError(f"no activations of kind {kind!r} in this run")
+        return jnp.stack(layers, axis=-len(SITE_KINDS[kind][1]) - 1)
+
+
+class Transformer(eqx.Module):
+    """A decoder-only transformer on one example: `model(tokens) -> logits`.
+
+    Build one with a family builder (`jaxcirc.models.gpt2`, `neox`, `llama`, `attn_only`) or
+    load one with `jaxcirc.load`. Batches: `jax.vmap(model)(tokens)`.
+    """
+
+    cfg: TransformerConfig = eqx.field(static=True)
+    embed: Embed
+    hook_embed: Site
+    pos_embed: PosEmbed | None
+    hook_pos_embed: Site | None
+    blocks: tuple[Block, ...]
+    ln_final: Norm
+    unembed: Unembed
+
+    def check_tokens(self, tokens) -> Int[Array, " seq"]:
+        """Validate one example's tokens; raise a `ValueError` naming what is wrong."""
+        if not jnp.issubdtype(jnp.asarray(tokens).dtype, jnp.integer):
+            raise TypeError(f"tokens must be integers; got dtype {jnp.asarray(tokens).dtype}")
+        if tokens.ndim != 1:
+            raise ValueError(
+                f"tokens must have shape [seq] (one example; use jax.vmap for a batch); "
+                f"got shape {tokens.shape}"
+            )
+        if tokens.shape[0] == 0:
+            raise ValueError("tokens is empty: a model needs at least one token")
+        if self.pos_embed is not None and tokens.shape[0] > self.cfg.n_ctx:
+            raise ValueError(f"{tokens.shape[0]} tokens exceed the context n_ctx={self.cfg.n_ctx}")
+        if not isinstance(tokens, jax.core.Tracer):
+            bad = np.flatnonzero((np.asarray(tokens) < 0) | (np.asarray(tokens) >= self.cfg.d_vocab))
+            if bad.size:
+                raise ValueError(
+                    f"token id {int(tokens[bad[0]])} at position {int(bad[0])} is outside "
+                    f"[0, d_vocab={self.cfg.d_vocab})"
+                )
+            return jnp.asarray(tokens)
+        return eqx.error_if(
+            tokens,
+            (tokens < 0) | (tokens >= self.cfg.d_vocab),
+            f"token ids must lie in [0, d_vocab={self.cfg.d_vocab})",
+        )
+
+    def embed_tokens(self, tokens: Int[Array, " seq"]) -> tuple[Float[Array, "seq d_model"], dict]:
+        acts: dict = {}
+        x = record(acts, self.hook_embed, self.embed(tokens))
+        if self.pos_embed is not None:
+            x = x + record(acts, self.hook_pos_embed, self.pos_embed(tokens))
+        return x, acts
+
+    def readout(self, x: Float[Array, "seq d_model"]) -> tuple[Float[Array, "seq d_vocab"], dict]:
+        x, acts = self.ln_final(x)
+        return self.unembed(x), acts
+
+    def run(self, tokens: Int[Array, " seq"]) -> tuple[Float[Array, "seq d_vocab"], Activations]:
+        """Logits and every site's activation; under `jit` unread activations are dropped."""
+        tokens = self.check_tokens(jnp.asarray(tokens))
+        x, acts = self.embed_tokens(tokens)
+        for block in self.blocks:
+            x, block_acts = block(x)
+            acts.update(block_acts)  # dict order is computation order
+        logits, final_acts = self.readout(x)
+        return logits, Activations({**acts, **final_acts})
+
+    def __call__(self, tokens: Int[Array, " seq"]) -> Float[Array, "seq d_vocab"]:
+        return self.run(tokens)[0]
