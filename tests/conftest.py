@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random models of every family, with non-trivial norms and biases."""
+
+import jax
+import pytest
+
+import jaxcirc as jc
+
+FAMILIES = {
+    "gpt2": jc.models.gpt2,
+    "neox": jc.models.neox,
+    "llama": jc.models.llama,
+    "attn_only": jc.models.attn_only,
+}
+
+
+def randomise(model, key, scale=0.1):
+    """Perturb every array of `model` so unit norms and zero biases do not hide bugs."""
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree_util.tree_unflatten(
+        treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    )
+
+
+def tiny(family: str, seed: int = 0, **overrides):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    sizes = dict(d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=32, n_layers=2)
+    if family == "llama":
+        sizes["rotary_dim"] = 8
+    return randomise(FAMILIES[family](key=k1, **{**sizes, **overrides}), k2)
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family_model(request):
+    return tiny(request.param)
+
+
+@pytest.fixture
+def model():
+    return tiny("gpt2")
+
+
+@pytest.fixture
+def tokens():
+    k1, k2 = jax.random.split(jax.random.key(1))
+    clean = jax.random.randint(k1, (3, 6), 0, 50)
+    corrupt = jax.random.randint(k2, (3, 6), 0, 50)
+    return clean, corrupt
+
+
+def logit_diff(logits):
+    return (logits[:, -1, 3] - logits[:, -1, 7]).mean()
+
+
