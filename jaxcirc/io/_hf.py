@@ -1,0 +1,349 @@
+"""Hugging Face `transformers` checkpoints (safetensors) to a jaxcirc `Transformer`.
+
+Loading is faithful: weights are only reshaped into jaxcirc's per-head layout (TransformerLens's
+`W_Q: [n_heads, d_model, d_head]`, ...), never folded or centred. Supported `model_type`s are the
+keys of `SUPPORTED`; anything the forward pass does not implement (RoPE scaling, sliding-window
+attention, unusual attention scales) is refused with an error rather than loaded approximately.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ..models import Transformer, TransformerConfig, from_state_dict
+from ..models._config import DTYPES
+from ..models._site import nearest
+
+# model_type -> (architectures accepted, prefix of the base model's weights)
+SUPPORTED: dict[str, tuple[tuple[str, ...], str]] = {
+    "gpt2": (("GPT2LMHeadModel", "GPT2Model"), "transformer."),
+    "gpt_neox": (("GPTNeoXForCausalLM",), "gpt_neox."),
+    "llama": (("LlamaForCausalLM",), "model."),
+    "mistral": (("MistralForCausalLM",), "model."),
+    "qwen2": (("Qwen2ForCausalLM",), "model."),
+}
+_ACTIVATIONS = {
+    "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new",
+    "gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu",
+}
+# Non-weight buffers some (older) checkpoints carry: causal masks and rotary frequencies.
+_BUFFERS = re.compile(r"(\.attn\.(masked_)?bias|\.attention\.(masked_)?bias|rotary_emb\.inv_freq)$")
+WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; expected one of {sorted(DTYPES)}"
+                         f"{nearest(dtype, DTYPES)}")
+    return dtype
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """The parsed `config.json` of a Hugging Face model directory."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {Path(directory)}: expected a Hugging Face "
+                                "model directory (config.json + model.safetensors)")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a {type(config).__name__}; expected a JSON object")
+    return config
+
+
+def _need(hf: dict, *names: str):
+    for name in names:
+        if hf.get(name) is not None:
+            return hf[name]
+    kind = hf.get("model_type")
+    raise ValueError(f"config.json of model_type {kind!r} lacks {' or '.join(map(repr, names))}")
+
+
+def _act(hf: dict, key: str) -> str:
+    name = _need(hf, key)
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"config.json {key}={name!r} is not supported; expected one of "
+                         f"{sorted(_ACTIVATIONS)}{nearest(name, _ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+def _rope(hf: dict) -> tuple[float, float]:
+    """`(rope_theta, partial_rotary_factor)`, from old or new (`rope_parameters`) configs."""
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if any(isinstance(v, Mapping) for v in params.values()):
+        raise ValueError(f"per-layer-type rope_parameters {sorted(params)} are not supported")
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind != "default":
+        raise ValueError(
+            f"RoPE scaling rope_type={kind!r} is not implemented; only 'default' (unscaled) RoPE "
+            "loads faithfully"
+        )
+    theta = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
+    factor = params.get("partial_rotary_factor",
+                        hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0)))
+    return float(theta), float(factor)
+
+
+def hf_config_to_jaxcirc(hf_config, dtype: str = "float32") -> TransformerConfig:
+    """The `TransformerConfig` of a Hugging Face config (a `config.json` dict or a
+    `transformers.PretrainedConfig`); raises `ValueError` for what jaxcirc cannot run faithfully.
+    """
+    hf = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
+    kind = hf.get("model_type")
+    if kind not in SUPPORTED:
+        raise ValueError(
+            f"model_type {kind!r} (architectures {hf.get('architectures')}) is not supported; "
+            f"supported: {sorted(SUPPORTED)}{nearest(kind, SUPPORTED)}"
+        )
+    accepted = SUPPORTED[kind][0]
+    for arch in hf.get("architectures") or []:
+        if arch not in accepted:
+            raise ValueError(f"architecture {arch!r} is not supported for model_type {kind!r}; "
+                             f"supported: {list(accepted)}{nearest(arch, accepted)}")
+    common = dict(dtype=check_dtype(dtype), family=kind, d_vocab=_need(hf, "vocab_size"))
+    d, heads = (_need(hf, "n_embd"), _need(hf, "n_head")) if kind == "gpt2" else (
+        _need(hf, "hidden_size"), _need(hf, "num_attention_heads"))
+    if kind in ("gpt2", "gpt_neox") and d % heads:
+        raise ValueError(f"hidden size {d} is not divisible by the number of heads {heads}")
+    if kind == "gpt2":
+        if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
+            raise ValueError("gpt2 attention scaling other than 1/sqrt(d_head) "
+                             "(scale_attn_weights=False or scale_attn_by_inverse_layer_idx=True) "
+                             "is not implemented")
+        return TransformerConfig(
+            d_model=d, n_layers=_need(hf, "n_layer"), n_heads=heads, d_head=d // heads,
+            n_ctx=_need(hf, "n_positions", "n_ctx"), d_mlp=hf.get("n_inner") or 4 * d,
+            act_fn=_act(hf, "activation_function"), norm="layernorm",
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5), positional="learned",
+            block="sequential", tied_embeddings=hf.get("tie_word_embeddings", True), **common,
+        )
+    theta, factor = _rope(hf)
+    size = dict(d_model=d, n_layers=_need(hf, "num_hidden_layers"), n_heads=heads,
+                d_mlp=_need(hf, "intermediate_size"), n_ctx=_need(hf, "max_position_embeddings"),
+                act_fn=_act(hf, "hidden_act"), positional="rotary", rotary_base=theta)
+    if kind == "gpt_neox":
+        bias = hf.get("attention_bias", True)
+        return TransformerConfig(
+            **size, d_head=d // heads, rotary_dim=int(d // heads * factor), norm="layernorm",
+            norm_eps=hf.get("layer_norm_eps", 1e-5),
+            block="parallel" if hf.get("use_parallel_residual", True) else "sequential",
+            attn_bias=bias, attn_out_bias=bias, mlp_bias=True,
+            tied_embeddings=hf.get("tie_word_embeddings", False), **common,
+        )
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", kind == "mistral") else None
+    if window is not None and window < size["n_ctx"]:
+        raise ValueError(f"sliding-window attention (sliding_window={window} < "
+                         f"max_position_embeddings={size['n_ctx']}) is not implemented")
+    d_head = hf.get("head_dim") or d // heads
+    bias = kind == "qwen2" or hf.get("attention_bias", False)
+    return TransformerConfig(
+        **size, d_head=d_head, n_kv_heads=hf.get("num_key_value_heads") or heads,
+        rotary_dim=int(d_head * factor), norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6),
+        block="sequential", gated_mlp=True, attn_bias=bias,
+        attn_out_bias=bias and kind != "qwen2", mlp_bias=hf.get("mlp_bias", False),
+        tied_embeddings=hf.get("tie_word_embeddings", False), **common,
+    )
+
+
+def _safetensors_files(directory: Path) -> dict[str, Path]:
+    """Tensor name -> file, from `model.safetensors` or a sharded index."""
+    single, index = directory / WEIGHTS, directory / INDEX
+    if single.is_file():
+        return {}  # names come from the file itself
+    if not index.is_file():
+        others = sorted(p.name for p in directory.glob("*.bin")) + sorted(
+            p.name for p in directory.glob("*.safetensors"))
+        raise FileNotFoundError(
+            f"no {WEIGHTS} or {INDEX} in {directory}"
+            + (f" (found {others}; only safetensors weights load)" if others else "")
+        )
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{index} is not a safetensors index (a JSON object with 'weight_map'): "
+                         f"{e!r}") from None
+    files = {name: directory / shard for name, shard in weight_map.items()}
+    for shard in sorted(set(files.values())):
+        if not shard.is_file():
+            raise FileNotFoundError(
+                f"shard {shard.name} listed in {index} is missing from {directory}")
+    return files
+
+
+class _Weights:
+    """Safetensors tensors of a directory, read on demand and checked against expected shapes."""
+
+    def __init__(self, directory: Path, prefix: str):
+        from safetensors import SafetensorError, safe_open
+
+        self.directory = directory
+        self.files = _safetensors_files(directory) or None
+        paths = sorted(set(self.files.values())) if self.files else [directory / WEIGHTS]
+        self.handles = {}
+        for path in paths:
+            try:
+                self.handles[path] = safe_open(str(path), framework="numpy")
+            except SafetensorError as e:
+                raise ValueError(f"cannot read safetensors file {path} (truncated or corrupt? "
+                                 f"re-download it): {e}") from None
+        if self.files is None:
+            self.files = {k: paths[0] for k in self.handles[paths[0]].keys()}
+        self.prefix = prefix if any(k.startswith(prefix) for k in self.files) else ""
+        self.used: set[str] = set()
+
+    def take(self, name: str, shape: tuple[int, ...], *, base: bool = True) -> np.ndarray:
+        key = self.prefix + name if base else name
+        if key not in self.files:
+            raise ValueError(f"weight {key!r} not found in the safetensors files of "
+                             f"{self.directory}{nearest(key, self.files)}")
+        path = self.files[key]
+        try:
+            value = self.handles[path].get_tensor(key)
+        except Exception as e:  # safetensors raises its own error types
+            raise ValueError(f"cannot read weight {key!r} from {path}: {e}") from None
+        if tuple(value.shape) != tuple(shape):
+            raise ValueError(f"weight {key!r} in {path} has shape {tuple(value.shape)}; "
+                             f"config.json implies {tuple(shape)}")
+        self.used.add(key)
+        return value
+
+    def skip(self, name: str) -> None:
+        self.used.add(name)
+
+    def leftover(self) -> list[str]:
+        return sorted(k for k in self.files if k not in self.used and not _BUFFERS.search(k))
+
+
+def _heads_in(W, heads, d_head):
+    """torch `Linear` weight `[heads*d_head, d_model]` -> `[heads, d_model, d_head]`."""
+    return W.reshape(heads, d_head, -1).transpose(0, 2, 1)
+
+
+def _heads_out(W, heads, d_head):
+    """torch `Linear` weight `[d_model, heads*d_head]` -> `[heads, d_head, d_model]`."""
+    return W.T.reshape(heads, d_head, -1)
+
+
+def _norm(out, w, dst, src, cfg):
+    out[f"{dst}.w"] = w.take(f"{src}.weight", (cfg.d_model,))
+    if cfg.norm == "layernorm":
+        out[f"{dst}.b"] = w.take(f"{src}.bias", (cfg.d_model,))
+
+
+def _gpt2(w: _Weights, cfg: TransformerConfig) -> dict:
+    M, H, D, F = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
+    out = {"embed.W_E": w.take("wte.weight", (cfg.d_vocab, M)),
+           "pos_embed.W_pos": w.take("wpe.weight", (cfg.n_ctx, M))}
+    for i in range(cfg.n_layers):
+        src, dst = f"h.{i}", f"blocks.{i}"
+        _norm(out, w, f"{dst}.ln1", f"{src}.ln_1", cfg)
+        _norm(out, w, f"{dst}.ln2", f"{src}.ln_2", cfg)
+        qkv = np.split(w.take(f"{src}.attn.c_attn.weight", (M, 3 * H * D)), 3, axis=1)
+        qkv_b = np.split(w.take(f"{src}.attn.c_attn.bias", (3 * H * D,)), 3)
+        for n, W, b in zip("QKV", qkv, qkv_b):  # Conv1D weights are [in, out]
+            out[f"{dst}.attn.W_{n}"] = W.reshape(M, H, D).transpose(1, 0, 2)
+            out[f"{dst}.attn.b_{n}"] = b.reshape(H, D)
+        out[f"{dst}.attn.W_O"] = w.take(f"{src}.attn.c_proj.weight", (H * D, M)).reshape(H, D, M)
+        out[f"{dst}.attn.b_O"] = w.take(f"{src}.attn.c_proj.bias", (M,))
+        out[f"{dst}.mlp.W_in"] = w.take(f"{src}.mlp.c_fc.weight", (M, F))
+        out[f"{dst}.mlp.b_in"] = w.take(f"{src}.mlp.c_fc.bias", (F,))
+        out[f"{dst}.mlp.W_out"] = w.take(f"{src}.mlp.c_proj.weight", (F, M))
+        out[f"{dst}.mlp.b_out"] = w.take(f"{src}.mlp.c_proj.bias", (M,))
+    _norm(out, w, "ln_final", "ln_f", cfg)
+    return out
+
+
+def _neox(w: _Weights, cfg: TransformerConfig) -> dict:
+    M, H, D, F = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
+    out = {"embed.W_E": w.take("embed_in.weight", (cfg.d_vocab, M))}
+    for i in range(cfg.n_layers):
+        src, dst = f"layers.{i}", f"blocks.{i}"
+        _norm(out, w, f"{dst}.ln1", f"{src}.input_layernorm", cfg)
+        _norm(out, w, f"{dst}.ln2", f"{src}.post_attention_layernorm", cfg)
+        # query_key_value rows are laid out per head: [n_heads, (q, k, v), d_head]
+        qkv = w.take(f"{src}.attention.query_key_value.weight", (3 * H * D, M)).reshape(H, 3, D, M)
+        for j, n in enumerate("QKV"):
+            out[f"{dst}.attn.W_{n}"] = qkv[:, j].transpose(0, 2, 1)
+        dense = w.take(f"{src}.attention.dense.weight", (M, H * D))
+        out[f"{dst}.attn.W_O"] = _heads_out(dense, H, D)
+        if cfg.attn_bias:
+            qkv_b = w.take(f"{src}.attention.query_key_value.bias", (3 * H * D,)).reshape(H, 3, D)
+            for j, n in enumerate("QKV"):
+                out[f"{dst}.attn.b_{n}"] = qkv_b[:, j]
+            out[f"{dst}.attn.b_O"] = w.take(f"{src}.attention.dense.bias", (M,))
+        out[f"{dst}.mlp.W_in"] = w.take(f"{src}.mlp.dense_h_to_4h.weight", (F, M)).T
+        out[f"{dst}.mlp.b_in"] = w.take(f"{src}.mlp.dense_h_to_4h.bias", (F,))
+        out[f"{dst}.mlp.W_out"] = w.take(f"{src}.mlp.dense_4h_to_h.weight", (M, F)).T
+        out[f"{dst}.mlp.b_out"] = w.take(f"{src}.mlp.dense_4h_to_h.bias", (M,))
+    _norm(out, w, "ln_final", "final_layer_norm", cfg)
+    return out
+
+
+def _llama(w: _Weights, cfg: TransformerConfig) -> dict:
+    M, H, KV, D, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.d_head, cfg.d_mlp
+    out = {"embed.W_E": w.take("embed_tokens.weight", (cfg.d_vocab, M))}
+    for i in range(cfg.n_layers):
+        src, dst = f"layers.{i}", f"blocks.{i}"
+        _norm(out, w, f"{dst}.ln1", f"{src}.input_layernorm", cfg)
+        _norm(out, w, f"{dst}.ln2", f"{src}.post_attention_layernorm", cfg)
+        for n, heads in (("q", H), ("k", KV), ("v", KV)):
+            W = w.take(f"{src}.self_attn.{n}_proj.weight", (heads * D, M))
+            out[f"{dst}.attn.W_{n.upper()}"] = _heads_in(W, heads, D)
+            if cfg.attn_bias:
+                b = w.take(f"{src}.self_attn.{n}_proj.bias", (heads * D,))
+                out[f"{dst}.attn.b_{n.upper()}"] = b.reshape(heads, D)
+        o_proj = w.take(f"{src}.self_attn.o_proj.weight", (M, H * D))
+        out[f"{dst}.attn.W_O"] = _heads_out(o_proj, H, D)
+        if cfg.attn_out_bias:
+            out[f"{dst}.attn.b_O"] = w.take(f"{src}.self_attn.o_proj.bias", (M,))
+        for n, hf_name, shape in (("gate", "gate_proj", (F, M)), ("in", "up_proj", (F, M)),
+                                  ("out", "down_proj", (M, F))):
+            out[f"{dst}.mlp.W_{n}"] = w.take(f"{src}.mlp.{hf_name}.weight", shape).T
+            if cfg.mlp_bias:
+                out[f"{dst}.mlp.b_{n}"] = w.take(f"{src}.mlp.{hf_name}.bias", shape[:1])
+    _norm(out, w, "ln_final", "norm", cfg)
+    return out
+
+
+_CONVERTERS = {"gpt2": _gpt2, "gpt_neox": _neox, "llama": _llama, "mistral": _llama,
+               "qwen2": _llama}
+_HEADS = {"gpt2": "lm_head.weight", "gpt_neox": "embed_out.weight"}
+
+
+def load_hf(directory: str | os.PathLike, dtype: str = "float32") -> Transformer:
+    """Load a `transformers` model directory (`config.json` + safetensors, sharded or not).
+
+    **Arguments:**
+
+    - `directory`: what `model.save_pretrained(directory)` wrote, or a hub snapshot.
+    - `dtype`: `"float32"`, `"bfloat16"` or `"float16"`; weights are cast on load.
+
+    **Returns:** a `Transformer` whose logits match the `transformers` model's.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory; expected a Hugging Face model "
+                                "directory (config.json + model.safetensors)")
+    hf = read_config(directory)
+    cfg = hf_config_to_jaxcirc(hf, dtype)
+    w = _Weights(directory, SUPPORTED[cfg.family][1])
+    arrays = _CONVERTERS[cfg.family](w, cfg)
+    head = _HEADS.get(cfg.family, "lm_head.weight")
+    if cfg.tied_embeddings:
+        arrays["unembed.W_U"] = arrays["embed.W_E"].T
+        w.skip(head)
+    else:
+        arrays["unembed.W_U"] = w.take(head, (cfg.d_vocab, cfg.d_model), base=False).T
+    leftover = w.leftover()
+    if leftover:
+        raise ValueError(f"{len(leftover)} weights in {directory} are not used by a "
+                         f"{cfg.family} model as config.json describes it: {leftover[:5]}")
+    return from_state_dict(cfg, arrays)
