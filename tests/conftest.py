@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random models of every family, with non-trivial norms and biases."""
 
+import equinox as eqx
 import jax
 import pytest
 
@@ -13,6 +14,7 @@ FAMILIES = {
 }
 
 
+@eqx.filter_jit
 def randomise(model, key, scale=0.1):
     """Perturb every array of `model` so unit norms and zero biases do not hide bugs."""
     leaves, treedef = jax.tree_util.tree_flatten(model)

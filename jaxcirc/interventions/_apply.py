@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ..models._site import SITE_KINDS, AbstractIntervention, Site, SiteRef, nearest
-from ..models._transformer import Transformer
+from ..models._transformer import Transformer, forward
 from ._library import Chain
 
 SiteKey = str | SiteRef
@@ -19,8 +19,13 @@ def sites(model: Transformer, kind: str | None = None) -> tuple[SiteRef, ...]:
     """The sites of `model` in computation order, all of them or those of one `kind`."""
     if kind is not None and kind not in SITE_KINDS:
         raise ValueError(f"unknown site kind {kind!r}{nearest(kind, SITE_KINDS)}")
-    _, acts = eqx.filter_eval_shape(model.run, jnp.zeros(1, jnp.int32))
-    refs = tuple(SiteRef.parse(name) for name in acts.keys())
+    order: list[str] = []  # recorded while tracing: pytree dicts come back sorted by key
+
+    def trace(tokens):
+        order.extend(forward(model, tokens)[1].keys())
+
+    eqx.filter_eval_shape(trace, jnp.zeros(1, jnp.int32))
+    refs = tuple(SiteRef.parse(name) for name in order)
     return refs if kind is None else tuple(r for r in refs if r.kind == kind)
 
 

@@ -100,14 +100,25 @@ class Transformer(eqx.Module):
         return self.unembed(x), acts
 
     def run(self, tokens: Int[Array, " seq"]) -> tuple[Float[Array, "seq d_vocab"], Activations]:
-        """Logits and every site's activation; under `jit` unread activations are dropped."""
-        tokens = self.check_tokens(jnp.asarray(tokens))
-        x, acts = self.embed_tokens(tokens)
-        for block in self.blocks:
-            x, block_acts = block(x)
-            acts.update(block_acts)  # dict order is computation order
-        logits, final_acts = self.readout(x)
-        return logits, Activations({**acts, **final_acts})
+        """Logits and every site's activation; unread activations are never materialised.
+
+        Tokens are checked eagerly (a clear error names a bad id); the forward pass is
+        compiled once per shape and model structure.
+        """
+        return _run(self, self.check_tokens(jnp.asarray(tokens)))
 
     def __call__(self, tokens: Int[Array, " seq"]) -> Float[Array, "seq d_vocab"]:
         return self.run(tokens)[0]
+
+
+def forward(model: Transformer, tokens: Int[Array, " seq"]) -> tuple[Array, Activations]:
+    """The uncompiled forward pass; its activations keep computation order until flattened."""
+    x, acts = model.embed_tokens(tokens)
+    for block in model.blocks:
+        x, block_acts = block(x)
+        acts.update(block_acts)  # dict order is computation order
+    logits, final_acts = model.readout(x)
+    return logits, Activations({**acts, **final_acts})
+
+
+_run = eqx.filter_jit(forward)
