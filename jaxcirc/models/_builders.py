@@ -17,7 +17,7 @@ from ._block import AttnOnlyBlock, ParallelBlock, SequentialBlock
 from ._config import TransformerConfig
 from ._layers import Embed, Identity, LayerNorm, PosEmbed, RMSNorm, Unembed
 from ._mlp import MLP, GatedMLP
-from ._site import make_site, nearest
+from ._site import Site, make_site, nearest
 from ._transformer import Transformer
 
 
@@ -145,14 +145,15 @@ def _path(keypath) -> str:
 
 def state_dict(model: Transformer) -> dict[str, np.ndarray]:
     """The model's arrays by dotted path (`"blocks.0.attn.W_Q"`); refuses intervened models."""
+    sites = jax.tree_util.tree_leaves(model, is_leaf=lambda x: isinstance(x, Site))
+    intervened = [s.name for s in sites if isinstance(s, Site) and s.intervention is not None]
+    if intervened:
+        raise ValueError(
+            f"model carries interventions at {intervened}; save it without them "
+            "(jaxcirc.clear(model)) and save the interventions separately"
+        )
     leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(model, eqx.is_array))[0]
-    out = {}
-    for keypath, leaf in leaves:
-        name = _path(keypath)
-        if ".hook_" in f".{name}":
-            raise ValueError(f"model carries an intervention at {name}; save the model without it")
-        out[name] = np.asarray(leaf)
-    return out
+    return {_path(keypath): np.asarray(leaf) for keypath, leaf in leaves}
 
 
 def from_state_dict(cfg: TransformerConfig, arrays: dict) -> Transformer:
