@@ -23,11 +23,15 @@ _Index = int | ArrayLike | None
 
 
 def _one_hot(index, size: int, axis: str, site: Site) -> Array:
+    try:
+        concrete = np.atleast_1d(np.asarray(index))  # ints and concrete arrays are checked
+    except jax.errors.TracerArrayConversionError:
+        concrete = None
     index = jnp.atleast_1d(jnp.asarray(index))
     if not jnp.issubdtype(index.dtype, jnp.integer):
         raise TypeError(f"{axis} index for site {site.name} must be integers; got {index.dtype}")
-    if not isinstance(index, jax.core.Tracer):
-        bad = np.asarray(index)[(np.asarray(index) >= size) | (np.asarray(index) < -size)]
+    if concrete is not None:
+        bad = concrete[(concrete >= size) | (concrete < -size)]
         if bad.size:
             raise ValueError(
                 f"{axis} {int(bad[0])} out of range for site {site.name}: it has {size} "
