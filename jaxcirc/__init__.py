@@ -26,6 +26,16 @@ from .models import TransformerConfig as TransformerConfig
 
 __version__ = "0.1.0"
 
+_LAZY = ("io", "zoo", "viz", "cli")  # imported on first use: they pull heavier dependencies
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'jaxcirc' has no attribute {name!r}")
+
 
 def load(path, **kwargs):
     """Load a model: a Hugging Face directory, a `.gguf` file, a checkpoint, or a hub id.
