@@ -1,0 +1,46 @@
+"""The `jaxcirc` command: `jaxcirc patch …`, `jaxcirc --version`.
+
+A thin `argparse` layer; each subcommand lives in its own module and imports JAX only when
+it runs, so `jaxcirc --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import _patch
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `jaxcirc` argument parser with its subcommands."""
+    from .. import __version__
+
+    root = argparse.ArgumentParser(
+        prog="jaxcirc", description="Causal, mechanistic interpretability in JAX."
+    )
+    root.add_argument("--version", action="version", version=f"jaxcirc {__version__}")
+    commands = root.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    _patch.add_parser(commands)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `jaxcirc` command with `argv` (default `sys.argv[1:]`); return its exit code.
+
+    Usage errors exit with 2 (after an argparse message on stderr), failures with 1.
+    """
+    root = parser()
+    command = "jaxcirc"
+    try:
+        args = root.parse_args(argv)
+        if args.command is None:
+            root.print_help(sys.stderr)
+            return 2
+        command = f"jaxcirc {args.command}"
+        return args.run(args)
+    except SystemExit as e:  # argparse: --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except (ValueError, OSError) as e:
+        print(f"{command}: error: {e}", file=sys.stderr)
+        return 1

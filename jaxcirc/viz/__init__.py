@@ -1,0 +1,5 @@
+"""Plots: heatmaps of per-unit results such as patching sweeps."""
+
+from ._heatmap import heatmap as heatmap
+from ._heatmap import patching_heatmap as patching_heatmap
+from ._heatmap import patching_labels as patching_labels
