@@ -52,5 +52,3 @@ def tokens():
 
 def logit_diff(logits):
     return (logits[:, -1, 3] - logits[:, -1, 7]).mean()
-
-

@@ -38,8 +38,13 @@ def test_intervening_leaves_the_original_untouched(site, seed, factor):
     changed = jc.intervene(MODEL, {site: jc.Scale(jnp.float32(factor))})
     run(changed, tokens)
     np.testing.assert_array_equal(run(MODEL, tokens)[0], before)
-    assert all(s.intervention is None for s in jax.tree_util.tree_leaves(
-        MODEL, is_leaf=lambda x: isinstance(x, jc.interventions.Site)) if isinstance(s, jc.interventions.Site))
+    assert all(
+        s.intervention is None
+        for s in jax.tree_util.tree_leaves(
+            MODEL, is_leaf=lambda x: isinstance(x, jc.interventions.Site)
+        )
+        if isinstance(s, jc.interventions.Site)
+    )
     assert jc.clear(changed).blocks[0].hook_resid_pre == MODEL.blocks[0].hook_resid_pre
 
 
@@ -63,7 +68,9 @@ def test_zeroing_a_neuron_equals_recomputing_by_hand(unit, seed):
     _, zeroed = run(jc.intervene(MODEL, {"blocks.1.mlp.hook_post": jc.Zero(unit=unit)}), tokens)
     mlp = MODEL.blocks[1].mlp
     post = acts["blocks.1.mlp.hook_post"].at[:, unit].set(0.0)
-    np.testing.assert_allclose(zeroed["blocks.1.hook_mlp_out"], post @ mlp.W_out + mlp.b_out, atol=1e-5)
+    np.testing.assert_allclose(
+        zeroed["blocks.1.hook_mlp_out"], post @ mlp.W_out + mlp.b_out, atol=1e-5
+    )
 
 
 def _scale_then_shift(x):
@@ -71,8 +78,10 @@ def _scale_then_shift(x):
 
 
 @SETTINGS
-@given(site=st.sampled_from([s for s in SITES if s.kind not in ("attn_scores", "pattern")]),
-       seed=st.integers(0, 2**16))
+@given(
+    site=st.sampled_from([s for s in SITES if s.kind not in ("attn_scores", "pattern")]),
+    seed=st.integers(0, 2**16),
+)
 def test_interventions_compose(site, seed):
     tokens = tokens_for(seed)
     first, second = jc.Scale(jnp.float32(0.5)), jc.Add(jnp.float32(0.25))
@@ -90,11 +99,15 @@ def test_selection_by_index_equals_mask():
     value = acts["blocks.0.attn.hook_z"] + 1.0
     mask = np.zeros((6, 4, 1), np.float32)
     mask[[1, 4], 2] = 1.0
-    by_index = jc.intervene(MODEL, {"blocks.0.attn.hook_z": jc.Patch(value, position=jnp.array([1, 4]), head=2)})
+    by_index = jc.intervene(
+        MODEL, {"blocks.0.attn.hook_z": jc.Patch(value, position=jnp.array([1, 4]), head=2)}
+    )
     by_mask = jc.intervene(MODEL, {"blocks.0.attn.hook_z": jc.Patch(value, mask=mask)})
     z = run(by_index, tokens)[1]["blocks.0.attn.hook_z"]
     np.testing.assert_allclose(z, run(by_mask, tokens)[1]["blocks.0.attn.hook_z"], atol=1e-6)
-    np.testing.assert_allclose(z, np.where(mask > 0, value, acts["blocks.0.attn.hook_z"]), atol=1e-6)
+    np.testing.assert_allclose(
+        z, np.where(mask > 0, value, acts["blocks.0.attn.hook_z"]), atol=1e-6
+    )
     # negative indices count from the end, as in numpy
     last = jc.intervene(MODEL, {"blocks.0.hook_resid_pre": jc.Zero(position=-1)})
     np.testing.assert_array_equal(run(last, tokens)[1]["blocks.0.hook_resid_pre"][-1], 0.0)
@@ -106,7 +119,9 @@ def test_mean_add_noise_subspace():
     x = acts["blocks.1.hook_resid_pre"]
     mean = x.mean(0)
     out = run(jc.intervene(MODEL, {"blocks.1.hook_resid_pre": jc.Mean(mean)}), tokens)[1]
-    np.testing.assert_allclose(out["blocks.1.hook_resid_pre"], np.broadcast_to(mean, x.shape), atol=1e-6)
+    np.testing.assert_allclose(
+        out["blocks.1.hook_resid_pre"], np.broadcast_to(mean, x.shape), atol=1e-6
+    )
     key = jax.random.key(7)
     noisy = jc.intervene(MODEL, {"blocks.1.hook_resid_pre": jc.Noise(jnp.float32(0.5), key)})
     n1 = run(noisy, tokens)[1]["blocks.1.hook_resid_pre"]
@@ -116,13 +131,22 @@ def test_mean_add_noise_subspace():
     other = x[::-1]
     full = jc.Subspace(jnp.eye(32), other)
     np.testing.assert_allclose(
-        run(jc.intervene(MODEL, {"blocks.1.hook_resid_pre": full}), tokens)[1]["blocks.1.hook_resid_pre"], other, atol=1e-4)
+        run(jc.intervene(MODEL, {"blocks.1.hook_resid_pre": full}), tokens)[1][
+            "blocks.1.hook_resid_pre"
+        ],
+        other,
+        atol=1e-4,
+    )
     u = jax.random.normal(jax.random.key(3), (1, 32))
-    line = run(jc.intervene(MODEL, {"blocks.1.hook_resid_pre": jc.Subspace(3 * u, other)}), tokens)[1]
+    line = run(jc.intervene(MODEL, {"blocks.1.hook_resid_pre": jc.Subspace(3 * u, other)}), tokens)[
+        1
+    ]
     got = line["blocks.1.hook_resid_pre"]
     unit = u[0] / jnp.linalg.norm(u)
     np.testing.assert_allclose(got @ unit, other @ unit, atol=1e-4)
-    np.testing.assert_allclose(got - jnp.outer(got @ unit, unit), x - jnp.outer(x @ unit, unit), atol=1e-4)
+    np.testing.assert_allclose(
+        got - jnp.outer(got @ unit, unit), x - jnp.outer(x @ unit, unit), atol=1e-4
+    )
 
 
 def test_jit_vmap_grad():
@@ -149,8 +173,12 @@ def test_errors():
         jc.intervene(MODEL, {jc.SiteRef("z", 0): jc.Zero(head=4)})(tokens_for(0))
     with pytest.raises(ValueError, match="cannot select by 'head'"):
         jc.intervene(MODEL, {jc.SiteRef("resid_pre", 0): jc.Zero(head=1)})(tokens_for(0))
-    with pytest.raises(ValueError, match=r"Patch value has shape \(5, 32\); it must equal .* \(6, 32\)"):
-        jc.intervene(MODEL, {jc.SiteRef("resid_pre", 0): jc.Patch(jnp.zeros((5, 32)))})(tokens_for(0))
+    with pytest.raises(
+        ValueError, match=r"Patch value has shape \(5, 32\); it must equal .* \(6, 32\)"
+    ):
+        jc.intervene(MODEL, {jc.SiteRef("resid_pre", 0): jc.Patch(jnp.zeros((5, 32)))})(
+            tokens_for(0)
+        )
     with pytest.raises(ValueError, match="mask of shape"):
         jc.intervene(MODEL, {jc.SiteRef("resid_pre", 0): jc.Zero(mask=jnp.ones(5))})(tokens_for(0))
     with pytest.raises(ValueError, match="no site 'blocks.0.hook_resid_mid'"):

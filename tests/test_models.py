@@ -33,8 +33,11 @@ def test_run_returns_tl_names(family_model):
     assert acts["blocks.0.attn.hook_k"].shape == (5, cfg.kv_heads, cfg.d_head)
     assert acts["blocks.0.attn.hook_pattern"].shape == (cfg.n_heads, 5, 5)
     assert acts.stack("resid_post").shape == (cfg.n_layers, 5, cfg.d_model)
-    np.testing.assert_allclose(acts["blocks.1.hook_resid_post"] @ np.eye(cfg.d_model),
-                               acts["blocks.1.hook_resid_post"], atol=1e-6)
+    np.testing.assert_allclose(
+        acts["blocks.1.hook_resid_post"] @ np.eye(cfg.d_model),
+        acts["blocks.1.hook_resid_post"],
+        atol=1e-6,
+    )
     with pytest.raises(KeyError, match="did you mean 'blocks.0.hook_resid_pre'"):
         acts["blocks.0.hook_resid_pr"]
 
@@ -44,10 +47,14 @@ def test_residual_stream_adds_up():
     _, acts = m.run(jnp.arange(6))
     np.testing.assert_allclose(
         acts["blocks.0.hook_resid_post"],
-        acts["blocks.0.hook_resid_pre"] + acts["blocks.0.hook_attn_out"] + acts["blocks.0.hook_mlp_out"],
+        acts["blocks.0.hook_resid_pre"]
+        + acts["blocks.0.hook_attn_out"]
+        + acts["blocks.0.hook_mlp_out"],
         atol=1e-5,
     )
-    np.testing.assert_allclose(acts["blocks.0.hook_resid_pre"], acts["hook_embed"] + acts["hook_pos_embed"], atol=1e-6)
+    np.testing.assert_allclose(
+        acts["blocks.0.hook_resid_pre"], acts["hook_embed"] + acts["hook_pos_embed"], atol=1e-6
+    )
     np.testing.assert_allclose(acts["blocks.0.attn.hook_pattern"].sum(-1), 1.0, atol=1e-5)
 
 
@@ -103,7 +110,9 @@ def test_weight_processing_keeps_the_function(family):
 def test_unused_activations_are_not_materialised():
     m = tiny("gpt2", d_vocab=4099)
     tokens = jnp.arange(5)
-    only_resid = jax.jit(lambda t: m.run(t)[1]["blocks.0.hook_resid_pre"]).lower(tokens).compile().as_text()
+    only_resid = (
+        jax.jit(lambda t: m.run(t)[1]["blocks.0.hook_resid_pre"]).lower(tokens).compile().as_text()
+    )
     full = jax.jit(lambda t: m.run(t)).lower(tokens).compile().as_text()
     # the logits [5, 4099] are computed only when read
     assert "f32[5,4099]" in full and "f32[5,4099]" not in only_resid
@@ -130,7 +139,9 @@ def test_bad_config():
     with pytest.raises(ValueError, match="n_kv_heads=3: expected a divisor of n_heads=4"):
         jc.models.llama(key=jax.random.key(0), n_heads=4, n_kv_heads=3)
     with pytest.raises(ValueError, match="act_fn"):
-        TransformerConfig(d_model=8, n_layers=1, n_heads=2, d_head=4, d_vocab=10, n_ctx=8, d_mlp=8, act_fn="tanh")
+        TransformerConfig(
+            d_model=8, n_layers=1, n_heads=2, d_head=4, d_vocab=10, n_ctx=8, d_mlp=8, act_fn="tanh"
+        )
     with pytest.raises(ValueError, match="rotary_dim"):
         jc.models.neox(rotary_dim=3)
     cfg = jc.models.gpt2()

@@ -29,8 +29,14 @@ def brute_force(model, clean, corrupt, metric, site, per):
         value = clean_acts[ref]
         sizes = [value.shape[1 + axes.index(a)] for a in PER[site][per]]
         row = [
-            _patched_metric(model, ref, corrupt, value,
-                            {a: jnp.int32(i) for a, i in zip(PER[site][per], unit)}, metric)
+            _patched_metric(
+                model,
+                ref,
+                corrupt,
+                value,
+                {a: jnp.int32(i) for a, i in zip(PER[site][per], unit)},
+                metric,
+            )
             for unit in np.ndindex(*sizes)
         ]
         out.append(np.reshape(row, sizes))
@@ -45,19 +51,27 @@ def test_sweep_equals_brute_force(site, per, tokens):
     model = tiny("gpt2", seed=2)
     clean, corrupt = tokens
     got = sweep(model, clean, corrupt, logit_diff, site, per)
-    np.testing.assert_allclose(got, brute_force(model, clean, corrupt, logit_diff, site, per), atol=1e-5)
+    np.testing.assert_allclose(
+        got, brute_force(model, clean, corrupt, logit_diff, site, per), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
-    "family,site,per", [("neox", "mlp_out", "position"), ("llama", "v", "head"), ("attn_only", "q", "head")]
+    "family,site,per",
+    [("neox", "mlp_out", "position"), ("llama", "v", "head"), ("attn_only", "q", "head")],
 )
 def test_sweep_other_families(family, site, per, tokens):
     model = tiny(family, seed=4)
     clean, corrupt = tokens
     got = sweep(model, clean, corrupt, logit_diff, site, per)
-    np.testing.assert_allclose(got, brute_force(model, clean, corrupt, logit_diff, site, per), atol=1e-5)
+    np.testing.assert_allclose(
+        got, brute_force(model, clean, corrupt, logit_diff, site, per), atol=1e-5
+    )
     if family == "llama":  # grouped-query: k and v have n_kv_heads heads
-        assert sweep(model, clean, corrupt, logit_diff, "k", "head").shape == (2, model.cfg.kv_heads)
+        assert sweep(model, clean, corrupt, logit_diff, "k", "head").shape == (
+            2,
+            model.cfg.kv_heads,
+        )
 
 
 def test_sweep_endpoints(tokens):
@@ -76,8 +90,15 @@ def test_chunking_and_logit_positions_do_not_change_results(tokens):
     reference = sweep(model, clean, corrupt, logit_diff, "z", "position_head")
     chunked = sweep(model, clean, corrupt, logit_diff, "z", "position_head", chunk_size=5)
     np.testing.assert_allclose(chunked, reference, atol=1e-6)
-    last_only = sweep(model, clean, corrupt, lambda lg: (lg[:, 0, 3] - lg[:, 0, 7]).mean(), "z",
-                      "position_head", logit_positions=jnp.array([5]))
+    last_only = sweep(
+        model,
+        clean,
+        corrupt,
+        lambda lg: (lg[:, 0, 3] - lg[:, 0, 7]).mean(),
+        "z",
+        "position_head",
+        logit_positions=jnp.array([5]),
+    )
     np.testing.assert_allclose(last_only, reference, atol=1e-5)
 
 

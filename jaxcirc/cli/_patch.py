@@ -119,8 +119,9 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from .. import __version__, zoo
+    from .._atomic import atomic_write
     from ..patching import sweep
-    from ..viz._heatmap import atomic_write, patching_heatmap, patching_labels
+    from ..viz._heatmap import patching_heatmap, patching_labels
 
     parser = args.parser
     _check(args, parser)

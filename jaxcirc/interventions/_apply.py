@@ -34,7 +34,9 @@ def resolve(model: Transformer, key: SiteKey) -> SiteRef:
     if isinstance(key, str):
         key = SiteRef.parse(key, [r.name for r in sites(model)])
     elif not isinstance(key, SiteRef):
-        raise TypeError(f"a site is a name like 'blocks.0.hook_resid_pre' or a SiteRef; got {key!r}")
+        raise TypeError(
+            f"a site is a name like 'blocks.0.hook_resid_pre' or a SiteRef; got {key!r}"
+        )
     if key.layer is not None and not 0 <= key.layer < model.cfg.n_layers:
         raise ValueError(
             f"layer {key.layer} out of range for site {key.kind!r}: the model has "
@@ -79,7 +81,9 @@ def intervene(
         chain = tuple(value) if isinstance(value, Sequence) else (value,)
         for item in chain:
             if not isinstance(item, AbstractIntervention):
-                raise TypeError(f"intervention for {ref.name} must be an intervention; got {item!r}")
+                raise TypeError(
+                    f"intervention for {ref.name} must be an intervention; got {item!r}"
+                )
         old = _get(model, ref)
         if old.intervention is not None:
             chain = (old.intervention, *chain)

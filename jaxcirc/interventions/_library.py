@@ -103,9 +103,9 @@ def _check_broadcast(what: str, value: Array, x: Array, site: Site, exact: bool 
 
 
 class Patch(AbstractSelectiveIntervention):
-    """Replace the activation by `value` (activation patching; Vig et al. 2020, Meng et al. 2022)."""
+    """Replace the activation by `value` (activation patching; Meng et al. 2022)."""
 
-    value: Float[Array, "..."]
+    value: Float[Array, ...]
 
     def target(self, x, site):
         _check_broadcast("Patch value", jnp.asarray(self.value), x, site, exact=True)
@@ -120,9 +120,9 @@ class Zero(AbstractSelectiveIntervention):
 
 
 class Mean(AbstractSelectiveIntervention):
-    """Replace the activation by `value`, a mean broadcast over the axes it lacks (mean ablation)."""
+    """Replace the activation by `value`, broadcast over the axes it lacks (mean ablation)."""
 
-    value: Float[Array, "..."]
+    value: Float[Array, ...]
 
     def target(self, x, site):
         _check_broadcast("Mean value", jnp.asarray(self.value), x, site)
@@ -132,7 +132,7 @@ class Mean(AbstractSelectiveIntervention):
 class Add(AbstractSelectiveIntervention):
     """Add `direction` to the activation (activation steering; Turner et al. 2023)."""
 
-    direction: Float[Array, "..."]
+    direction: Float[Array, ...]
 
     def target(self, x, site):
         _check_broadcast("Add direction", jnp.asarray(self.direction), x, site)
@@ -142,7 +142,7 @@ class Add(AbstractSelectiveIntervention):
 class Scale(AbstractSelectiveIntervention):
     """Multiply the activation by `factor`."""
 
-    factor: Float[ArrayLike, "..."]
+    factor: Float[ArrayLike, ...]
 
     def target(self, x, site):
         _check_broadcast("Scale factor", jnp.asarray(self.factor), x, site)
@@ -152,7 +152,7 @@ class Scale(AbstractSelectiveIntervention):
 class Noise(AbstractSelectiveIntervention):
     """Add Gaussian noise of standard deviation `std` drawn from `key` (causal tracing)."""
 
-    std: Float[ArrayLike, "..."]
+    std: Float[ArrayLike, ...]
     key: PRNGKeyArray
 
     def target(self, x, site):
@@ -167,7 +167,7 @@ class Subspace(AbstractSelectiveIntervention):
     """
 
     basis: Float[Array, "k n"]
-    value: Float[Array, "..."]
+    value: Float[Array, ...]
 
     def target(self, x, site):
         basis = jnp.asarray(self.basis, jnp.float32)

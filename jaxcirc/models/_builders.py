@@ -55,8 +55,10 @@ def build(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transformer:
             b_K=zeros(KV, D, present=cfg.attn_bias),
             b_V=zeros(KV, D, present=cfg.attn_bias),
             b_O=zeros(M, present=cfg.attn_out_bias),
-            **{f"hook_{k}": make_site(k.removeprefix("attn_") if k != "attn_scores" else k, layer)
-               for k in ("q", "k", "v", "attn_scores", "pattern", "z")},
+            **{
+                f"hook_{k}": make_site(k.removeprefix("attn_") if k != "attn_scores" else k, layer)
+                for k in ("q", "k", "v", "attn_scores", "pattern", "z")
+            },
             rotary_dim=cfg.rotary_dim if cfg.positional == "rotary" else 0,
             rotary_base=cfg.rotary_base,
         )
@@ -67,31 +69,53 @@ def build(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transformer:
         if cfg.block == "attn_only":
             blocks.append(
                 AttnOnlyBlock(
-                    _norm(cfg, "ln1", layer), attn,
-                    sites["hook_resid_pre"], sites["hook_attn_out"], sites["hook_resid_post"],
+                    _norm(cfg, "ln1", layer),
+                    attn,
+                    sites["hook_resid_pre"],
+                    sites["hook_attn_out"],
+                    sites["hook_resid_post"],
                 )
             )
             continue
         F = cfg.d_mlp
-        mlp_sites = {"hook_pre": make_site("mlp_pre", layer), "hook_post": make_site("mlp_post", layer)}
+        mlp_sites = {
+            "hook_pre": make_site("mlp_pre", layer),
+            "hook_post": make_site("mlp_post", layer),
+        }
         if cfg.gated_mlp:
             mlp = GatedMLP(
-                W_gate=normal(M, F), W_in=normal(M, F), W_out=normal(F, M, scale=out_scale),
-                b_gate=zeros(F, present=cfg.mlp_bias), b_in=zeros(F, present=cfg.mlp_bias),
+                W_gate=normal(M, F),
+                W_in=normal(M, F),
+                W_out=normal(F, M, scale=out_scale),
+                b_gate=zeros(F, present=cfg.mlp_bias),
+                b_in=zeros(F, present=cfg.mlp_bias),
                 b_out=zeros(M, present=cfg.mlp_bias),
-                hook_pre_linear=make_site("mlp_pre_linear", layer), act_fn=cfg.act_fn, **mlp_sites,
+                hook_pre_linear=make_site("mlp_pre_linear", layer),
+                act_fn=cfg.act_fn,
+                **mlp_sites,
             )
         else:
             mlp = MLP(
-                W_in=normal(M, F), b_in=zeros(F, present=cfg.mlp_bias),
-                W_out=normal(F, M, scale=out_scale), b_out=zeros(M, present=cfg.mlp_bias),
-                act_fn=cfg.act_fn, **mlp_sites,
+                W_in=normal(M, F),
+                b_in=zeros(F, present=cfg.mlp_bias),
+                W_out=normal(F, M, scale=out_scale),
+                b_out=zeros(M, present=cfg.mlp_bias),
+                act_fn=cfg.act_fn,
+                **mlp_sites,
             )
         if cfg.block == "parallel":
             del sites["hook_resid_mid"]
-            blocks.append(ParallelBlock(_norm(cfg, "ln1", layer), attn, _norm(cfg, "ln2", layer), mlp, **sites))
+            blocks.append(
+                ParallelBlock(
+                    _norm(cfg, "ln1", layer), attn, _norm(cfg, "ln2", layer), mlp, **sites
+                )
+            )
         else:
-            blocks.append(SequentialBlock(_norm(cfg, "ln1", layer), attn, _norm(cfg, "ln2", layer), mlp, **sites))
+            blocks.append(
+                SequentialBlock(
+                    _norm(cfg, "ln1", layer), attn, _norm(cfg, "ln2", layer), mlp, **sites
+                )
+            )
     W_E = normal(cfg.d_vocab, M)
     learned = cfg.positional == "learned"
     return Transformer(
@@ -119,17 +143,66 @@ def _preset(name: str, defaults: dict):
 
 
 _SIZES = dict(d_model=64, n_layers=2, n_heads=4, d_head=16, d_mlp=256, d_vocab=128, n_ctx=64)
-gpt2 = _preset("gpt2", dict(_SIZES, family="gpt2", act_fn="gelu_new", norm="layernorm",
-                    positional="learned", block="sequential", tied_embeddings=True))
-neox = _preset("neox", dict(_SIZES, family="gpt_neox", act_fn="gelu", norm="layernorm",
-                    positional="rotary", rotary_dim=4, block="parallel", tied_embeddings=False))
-llama = _preset("llama", dict(_SIZES, family="llama", act_fn="silu", norm="rmsnorm", norm_eps=1e-6,
-                     positional="rotary", rotary_dim=16, block="sequential", gated_mlp=True,
-                     attn_bias=False, attn_out_bias=False, mlp_bias=False, n_kv_heads=2))
-attn_only = _preset("attn_only", dict(_SIZES, family="attn_only", d_mlp=0, norm="layernorm",
-                         positional="learned", block="attn_only"))
-for _b, _family in ((gpt2, "GPT-2"), (neox, "GPT-NeoX / Pythia"), (llama, "Llama-style"),
-                    (attn_only, "attention-only")):
+gpt2 = _preset(
+    "gpt2",
+    dict(
+        _SIZES,
+        family="gpt2",
+        act_fn="gelu_new",
+        norm="layernorm",
+        positional="learned",
+        block="sequential",
+        tied_embeddings=True,
+    ),
+)
+neox = _preset(
+    "neox",
+    dict(
+        _SIZES,
+        family="gpt_neox",
+        act_fn="gelu",
+        norm="layernorm",
+        positional="rotary",
+        rotary_dim=4,
+        block="parallel",
+        tied_embeddings=False,
+    ),
+)
+llama = _preset(
+    "llama",
+    dict(
+        _SIZES,
+        family="llama",
+        act_fn="silu",
+        norm="rmsnorm",
+        norm_eps=1e-6,
+        positional="rotary",
+        rotary_dim=16,
+        block="sequential",
+        gated_mlp=True,
+        attn_bias=False,
+        attn_out_bias=False,
+        mlp_bias=False,
+        n_kv_heads=2,
+    ),
+)
+attn_only = _preset(
+    "attn_only",
+    dict(
+        _SIZES,
+        family="attn_only",
+        d_mlp=0,
+        norm="layernorm",
+        positional="learned",
+        block="attn_only",
+    ),
+)
+for _b, _family in (
+    (gpt2, "GPT-2"),
+    (neox, "GPT-NeoX / Pythia"),
+    (llama, "Llama-style"),
+    (attn_only, "attention-only"),
+):
     _b.__doc__ = (
         f"{_family} preset: with `key=`, a random `Transformer`; without, its `TransformerConfig`."
         " Keyword arguments override the preset's tiny default sizes."
@@ -172,6 +245,8 @@ def from_state_dict(cfg: TransformerConfig, arrays: dict) -> Transformer:
     for name, leaf in wanted.items():
         value = jnp.asarray(arrays[name], dtype=cfg.jnp_dtype)
         if value.shape != leaf.shape:
-            raise ValueError(f"weight {name} has shape {value.shape}; {cfg.family} config expects {leaf.shape}")
+            raise ValueError(
+                f"weight {name} has shape {value.shape}; {cfg.family} config expects {leaf.shape}"
+            )
         filled.append(value)
     return jax.tree_util.tree_unflatten(treedef, filled)

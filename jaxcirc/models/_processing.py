@@ -57,9 +57,15 @@ def fold_layer_norm(model: Transformer) -> Transformer:
         )
         model = _set(
             model,
-            lambda m: (m.blocks[i].ln1, m.blocks[i].attn.W_Q, m.blocks[i].attn.W_K,
-                       m.blocks[i].attn.W_V, m.blocks[i].attn.b_Q, m.blocks[i].attn.b_K,
-                       m.blocks[i].attn.b_V),
+            lambda m: (
+                m.blocks[i].ln1,
+                m.blocks[i].attn.W_Q,
+                m.blocks[i].attn.W_K,
+                m.blocks[i].attn.W_V,
+                m.blocks[i].attn.b_Q,
+                m.blocks[i].attn.b_K,
+                m.blocks[i].attn.b_V,
+            ),
             (ln1, wq, wk, wv, bq, bk, bv),
         )
         if not hasattr(block, "mlp"):
@@ -68,7 +74,9 @@ def fold_layer_norm(model: Transformer) -> Transformer:
         names = ["W_in", "W_gate"] if hasattr(mlp, "W_gate") else ["W_in"]
         bias_names = ["b_in", "b_gate"][: len(names)]
         ws, bs, ln2 = _fold(
-            block.ln2, [getattr(mlp, n) for n in names], [getattr(mlp, n) for n in bias_names],
+            block.ln2,
+            [getattr(mlp, n) for n in names],
+            [getattr(mlp, n) for n in bias_names],
             [0] * len(names),
         )
         model = _set(
@@ -81,7 +89,9 @@ def fold_layer_norm(model: Transformer) -> Transformer:
 
 
 def _uses_only_layer_norm(model: Transformer) -> bool:
-    norms = [model.ln_final] + [getattr(b, n) for b in model.blocks for n in ("ln1", "ln2") if hasattr(b, n)]
+    norms = [model.ln_final] + [
+        getattr(b, n) for b in model.blocks for n in ("ln1", "ln2") if hasattr(b, n)
+    ]
     return all(isinstance(n, LayerNorm) for n in norms)
 
 
@@ -116,5 +126,6 @@ def center_unembed(model: Transformer) -> Transformer:
     """Remove the mean over the vocabulary from `W_U` and `b_U`; the softmax is unchanged."""
     W_U, b_U = model.unembed.W_U, model.unembed.b_U
     new_b = None if b_U is None else b_U - b_U.mean()
-    return _set(model, lambda m: (m.unembed.W_U, m.unembed.b_U), (W_U - W_U.mean(-1, keepdims=True), new_b))
-
+    return _set(
+        model, lambda m: (m.unembed.W_U, m.unembed.b_U), (W_U - W_U.mean(-1, keepdims=True), new_b)
+    )

@@ -75,7 +75,9 @@ class Transformer(eqx.Module):
         if self.pos_embed is not None and tokens.shape[0] > self.cfg.n_ctx:
             raise ValueError(f"{tokens.shape[0]} tokens exceed the context n_ctx={self.cfg.n_ctx}")
         if not isinstance(tokens, jax.core.Tracer):
-            bad = np.flatnonzero((np.asarray(tokens) < 0) | (np.asarray(tokens) >= self.cfg.d_vocab))
+            bad = np.flatnonzero(
+                (np.asarray(tokens) < 0) | (np.asarray(tokens) >= self.cfg.d_vocab)
+            )
             if bad.size:
                 raise ValueError(
                     f"token id {int(tokens[bad[0]])} at position {int(bad[0])} is outside "

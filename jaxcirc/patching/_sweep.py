@@ -25,7 +25,10 @@ from ..models._transformer import Transformer
 
 # site kind -> the `per` choices it supports, each naming the axes enumerated
 PER = {
-    **{k: {"position": ("position",)} for k in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")},
+    **{
+        k: {"position": ("position",)}
+        for k in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+    },
     **{
         k: {"head": ("head",), "position_head": ("position", "head")}
         for k in ("q", "k", "v", "z", "pattern")
@@ -48,13 +51,20 @@ def _check(model, clean, corrupt, site, per):
     if site not in PER:
         raise ValueError(f"cannot sweep site {site!r}{nearest(site, PER)}; choices: {sorted(PER)}")
     if per not in PER[site]:
-        raise ValueError(f"site {site!r} sweeps per {sorted(PER[site])}; got per={per!r}{nearest(per, PER[site])}")
+        raise ValueError(
+            f"site {site!r} sweeps per {sorted(PER[site])}; "
+            f"got per={per!r}{nearest(per, PER[site])}"
+        )
     resolve(model, SiteRef(site, 0))
     clean, corrupt = jnp.asarray(clean), jnp.asarray(corrupt)
     if clean.shape != corrupt.shape:
-        raise ValueError(f"clean {clean.shape} and corrupt {corrupt.shape} must have the same shape [batch, seq]")
+        raise ValueError(
+            f"clean {clean.shape} and corrupt {corrupt.shape} must have the same shape [batch, seq]"
+        )
     if clean.ndim != 2 or 0 in clean.shape:
-        raise ValueError(f"clean and corrupt must be non-empty [batch, seq] token arrays; got {clean.shape}")
+        raise ValueError(
+            f"clean and corrupt must be non-empty [batch, seq] token arrays; got {clean.shape}"
+        )
     for tokens in (clean, corrupt):
         for row in tokens:
             model.check_tokens(row)
@@ -109,7 +119,9 @@ def sweep(
 
         _Progress.bar = tqdm(total=n_layers, desc=f"patching {site} per {per}", unit="layer")
     try:
-        out = _sweep(model, clean, corrupt, metric, site, per, chunk_size, logit_positions, progress)
+        out = _sweep(
+            model, clean, corrupt, metric, site, per, chunk_size, logit_positions, progress
+        )
         return jax.block_until_ready(out)
     finally:
         if _Progress.bar is not None:
@@ -121,7 +133,9 @@ def _default_chunk(model: Transformer, clean, n_units: int, logit_positions) -> 
     cfg = model.cfg
     batch, seq = clean.shape
     read = seq if logit_positions is None else logit_positions.shape[0]
-    live = batch * (seq * (8 * cfg.d_model + 2 * cfg.d_mlp + 2 * cfg.n_heads * seq) + read * cfg.d_vocab)
+    live = batch * (
+        seq * (8 * cfg.d_model + 2 * cfg.d_mlp + 2 * cfg.n_heads * seq) + read * cfg.d_vocab
+    )
     return max(1, min(n_units, (1 << 30) // (4 * live)))
 
 
@@ -129,7 +143,9 @@ def _default_chunk(model: Transformer, clean, n_units: int, logit_positions) -> 
 def _sweep(model, clean, corrupt, metric, site, per, chunk_size, logit_positions, progress):
     n_layers = model.cfg.n_layers
     clean_sites = jax.vmap(lambda t: model.run(t)[1].stack(site))(clean)  # [batch, layer, ...]
-    cache = jax.vmap(lambda t: model.run(t)[1].stack("resid_pre"))(corrupt)  # [batch, layer, seq, d]
+    cache = jax.vmap(lambda t: model.run(t)[1].stack("resid_pre"))(
+        corrupt
+    )  # [batch, layer, seq, d]
     site_shape = clean_sites.shape[2:]
     units, grid = _unit_grid(site, per, site_shape, SiteRef(site, 0).axes)
     n_units = math.prod(grid)
@@ -137,7 +153,8 @@ def _sweep(model, clean, corrupt, metric, site, per, chunk_size, logit_positions
 
     def one_example(layer, unit, clean_site, resid):
         patches = {
-            SiteRef(site, i): Patch(clean_site[i], mask=(layer == i), **unit) for i in range(n_layers)
+            SiteRef(site, i): Patch(clean_site[i], mask=(layer == i), **unit)
+            for i in range(n_layers)
         }
         patched = intervene(model, patches)
         x = resid[layer]

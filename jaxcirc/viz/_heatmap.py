@@ -7,33 +7,18 @@ backend or figure state, safe in scripts, tests and threads.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from jaxtyping import ArrayLike
 
+from .._atomic import atomic_write
+
 # `per` of `jaxcirc.patching.sweep` -> the axes of its result after the layer axis
 PATCHING_AXES = {
     "position": ("position",), "head": ("head",), "position_head": ("position", "head")
 }
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Call `write(tmp)` on a temporary file beside `path`, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _labels(labels: Sequence | None, n: int, axis: str) -> list[str]:

@@ -23,7 +23,6 @@ import functools
 import importlib.resources
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from .._atomic import atomic_write
 from ..models import Transformer, TransformerConfig, attn_only, build, from_state_dict, state_dict
 
 NAME = "induction_attn_only_2l"
@@ -155,18 +155,6 @@ def induction_model(path: str | os.PathLike | None = None) -> Transformer:
     return _read(weights, config)
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(
     path: str | os.PathLike, model: Transformer, metadata: dict[str, str] | None = None
 ) -> None:
@@ -176,11 +164,11 @@ def save(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = state_dict(model)
-    _atomic_write(
+    atomic_write(
         path.with_name(path.name + ".safetensors"),
         lambda tmp: safetensors.numpy.save_file(arrays, tmp, metadata=metadata),
     )
-    _atomic_write(
+    atomic_write(
         path.with_name(path.name + ".json"),
         lambda tmp: Path(tmp).write_text(model.cfg.to_json() + "\n"),
     )
