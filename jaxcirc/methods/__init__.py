@@ -1,0 +1,24 @@
+"""Discovery and verification methods, one module each (imported on first use)."""
+
+import importlib
+
+_EXPORTS = {
+    "causal_trace": "._tracing",
+    "TraceResult": "._tracing",
+    "path_patch": "._path_patching",
+    "CausalModel": "._interchange",
+    "Alignment": "._interchange",
+    "iia": "._interchange",
+    "das": "._interchange",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'jaxcirc.methods' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
