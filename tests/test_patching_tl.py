@@ -104,18 +104,7 @@ def test_sweep_logit_positions_matches_transformer_lens(pair):
 
 
 @pytest.mark.slow
-def test_pattern_by_position_values_match_transformer_lens(pair):
-    """Values agree once jaxcirc's `[layer, pos, head]` is transposed to TL's order."""
-    got = pair.jc_sweep("pattern", "position_head").transpose(0, 2, 1)
+def test_pattern_by_position_matches_transformer_lens(pair):
+    """Pattern per head and query position: TL's `[layer, head, dest_pos]` order."""
+    got = pair.jc_sweep("pattern", "head_position")
     np.testing.assert_allclose(got, pair.tl_sweep("attn_head_pattern_by_pos"), atol=ATOL, rtol=0)
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="sweep(site='pattern', per='position_head') returns [layer, pos, head]; "
-    "TL's get_act_patch_attn_head_pattern_by_pos returns [layer, head, dest_pos]",
-)
-def test_pattern_by_position_order_matches_transformer_lens(pair):
-    got = pair.jc_sweep("pattern", "position_head")
-    assert got.shape == pair.tl_sweep("attn_head_pattern_by_pos").shape

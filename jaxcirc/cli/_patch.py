@@ -20,7 +20,7 @@ import numpy as np
 SITES = (
     "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "q", "k", "v", "z", "pattern"
 )
-PERS = ("position", "head", "position_head")
+PERS = ("position", "head", "position_head", "head_position")
 HEAD_SITES = ("q", "k", "v", "z", "pattern")
 METRIC = "mean log-prob of the induction token over the second half"
 
@@ -51,8 +51,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--site", type=choice("site", SITES), default="resid_pre",
                         help=f"site kind to patch: {', '.join(SITES)}")
     parser.add_argument("--per", type=choice("per", PERS), default=None,
-                        help="units: position (residual sites) or head / position_head "
-                        "(q k v z pattern); default: position, or head for head sites")
+                        help="units: position (residual sites), head / position_head (q k v z), "
+                        "head / head_position (pattern); default: position, or head")
     parser.add_argument("--n-prompts", type=int, default=8,
                         help="number of clean/corrupt prompt pairs")
     parser.add_argument("--half-len", type=int, default=16,
@@ -71,7 +71,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _check(args, parser: argparse.ArgumentParser) -> None:
     if args.per is None:
         args.per = "head" if args.site in HEAD_SITES else "position"
-    valid = ("head", "position_head") if args.site in HEAD_SITES else ("position",)
+    from ..patching import PER
+
+    valid = tuple(PER[args.site]) if args.site in PER else ("position",)
     if args.per not in valid:
         parser.error(f"argument --per: site {args.site!r} is swept per {' or '.join(valid)}; "
                      f"got {args.per!r} (did you mean {valid[0]!r}?)")

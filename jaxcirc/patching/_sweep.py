@@ -29,10 +29,9 @@ PER = {
         k: {"position": ("position",)}
         for k in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
     },
-    **{
-        k: {"head": ("head",), "position_head": ("position", "head")}
-        for k in ("q", "k", "v", "z", "pattern")
-    },
+    **{k: {"head": ("head",), "position_head": ("position", "head")} for k in ("q", "k", "v", "z")},
+    # TransformerLens orders pattern results [layer, head, dest_pos]; so do we
+    "pattern": {"head": ("head",), "head_position": ("head", "position")},
 }
 
 
@@ -100,14 +99,16 @@ def sweep(
     - `metric`: maps the patched logits `[batch, seq, d_vocab]` to a scalar. It is held static:
       pass the same function object to reuse the compiled sweep.
     - `site`: `resid_pre`, `resid_mid`, `resid_post`, `attn_out`, `mlp_out` (per `"position"`),
-      or `q`, `k`, `v`, `z`, `pattern` (per `"head"` or `"position_head"`).
+      `q`, `k`, `v`, `z` (per `"head"` or `"position_head"`), or `pattern` (per `"head"` or
+      `"head_position"`, the query position).
     - `chunk_size`: units evaluated at once (vmapped); default keeps about 1 GiB live.
     - `logit_positions`: if given, only these positions are unembedded and `metric` receives
       `[batch, len(logit_positions), d_vocab]` (saves the unembedding of unread positions).
     - `progress`: show a progress bar over layers.
 
     **Returns:** `[n_layers, seq]` for `"position"`, `[n_layers, n_heads]` for `"head"`,
-    `[n_layers, seq, n_heads]` for `"position_head"` (`n_kv_heads` for `k`, `v`), the order of
+    `[n_layers, seq, n_heads]` for `"position_head"` (`n_kv_heads` for `k`, `v`),
+    `[n_layers, n_heads, seq]` for `"head_position"`: the order of
     TransformerLens's `get_act_patch_*` functions.
     """
     clean, corrupt = _check(model, clean, corrupt, site, per)

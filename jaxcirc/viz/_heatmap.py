@@ -17,7 +17,10 @@ from .._atomic import atomic_write
 
 # `per` of `jaxcirc.patching.sweep` -> the axes of its result after the layer axis
 PATCHING_AXES = {
-    "position": ("position",), "head": ("head",), "position_head": ("position", "head")
+    "position": ("position",),
+    "head": ("head",),
+    "position_head": ("position", "head"),
+    "head_position": ("head", "position"),
 }
 
 
@@ -110,7 +113,7 @@ def patching_labels(
 
     **Returns:** `(matrix, axes, x_labels, y_labels)`: `axes` names every axis of `values`
     (`{"layer": ["L0", …], "position": […], "head": ["H0", …]}`); `matrix` has layer rows
-    and position or head columns (rows `L{l}H{h}` for `"position_head"`).
+    and position or head columns (rows `L{l}H{h}` for `"position_head"` and `"head_position"`).
     """
     values = np.asarray(values)
     if per not in PATCHING_AXES:
@@ -130,6 +133,10 @@ def patching_labels(
         matrix = values.transpose(0, 2, 1).reshape(layers * heads, seq)
         rows = [f"{layer}{head}" for layer in axes["layer"] for head in axes["head"]]
         return matrix, axes, axes["position"], rows
+    if per == "head_position":
+        layers, heads, seq = values.shape
+        rows = [f"{layer}{head}" for layer in axes["layer"] for head in axes["head"]]
+        return values.reshape(layers * heads, seq), axes, axes["position"], rows
     return values, axes, axes[names[1]], axes["layer"]
 
 
@@ -151,6 +158,6 @@ def patching_heatmap(
         y_labels=y_labels,
         title=title,
         x_title="head" if per == "head" else "position",
-        y_title="layer, head" if per == "position_head" else "layer",
+        y_title="layer, head" if per in ("position_head", "head_position") else "layer",
         colorbar_label=metric_label,
     )
