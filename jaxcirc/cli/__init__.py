@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _patch
+from . import _iia, _patch
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--version", action="version", version=f"jaxcirc {__version__}")
     commands = root.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     _patch.add_parser(commands)
+    _iia.add_parser(commands)
     return root
 
 

@@ -1,0 +1,461 @@
+"""Interchange interventions: IIA of an alignment, and DAS to learn a distributed one.
+
+An `Alignment` maps each high-level variable of a `CausalModel` to model sites, with
+position/head/unit selections and optionally a subspace basis. `iia` runs the network on
+each source, patches the aligned activations into the base run and scores how often the
+network's output equals the high-level model's counterfactual output: interchange
+intervention accuracy (Geiger et al. 2021, "Causal Abstractions of Neural Networks";
+Geiger et al. 2023, "Finding Alignments Between Interpretable Causal Variables and
+Distributed Neural Representations"). `das` learns an orthogonal rotation whose first `k`
+rows span the subspace that realises the interchange (Distributed Alignment Search).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+
+from ..interventions import AbstractSelectiveIntervention, Patch, Subspace, intervene, resolve
+from ..models._site import Site, SiteRef
+from ..models._transformer import Transformer, forward
+from ._causal_model import CausalModel
+
+__all__ = ["CausalModel", "Location", "Alignment", "IIAResult", "iia", "das", "DASResult"]
+
+
+class Location(eqx.Module):
+    """Where a variable lives: a site, an optional selection and an optional subspace basis.
+
+    `position`, `head`, `unit` are indices and `mask` a weight, as for the interventions;
+    `basis: [k, d]` (rows spanning the subspace of the site's last axis) makes the
+    interchange a `Subspace` patch instead of a `Patch`.
+    """
+
+    site: SiteRef = eqx.field(static=True)
+    position: Int[Array, ...] | None = None
+    head: Int[Array, ...] | None = None
+    unit: Int[Array, ...] | None = None
+    mask: Float[Array, ...] | None = None
+    basis: Float[Array, "k d"] | None = None
+
+
+class Alignment(eqx.Module):
+    """`{high-level variable: location(s)}`; each location a `Location`, a site (name or
+    `SiteRef`), or a dict of `Location` arguments, e.g.
+    `Alignment({"A": {"site": SiteRef("resid_pre", 0), "position": 2, "unit": [0, 1]}})`.
+    """
+
+    locations: dict[str, tuple[Location, ...]]
+
+    def __init__(self, mapping: Mapping[str, object]):
+        self.locations = {
+            str(v): tuple(_location(x) for x in _listify(locs)) for v, locs in mapping.items()
+        }
+
+
+def _listify(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _location(x) -> Location:
+    if isinstance(x, Location):
+        return x
+    if isinstance(x, (str, SiteRef)):
+        x = {"site": x}
+    if not isinstance(x, Mapping):
+        raise TypeError(f"an alignment location is a Location, a site or a dict; got {x!r}")
+    unknown = set(x) - {f.name for f in dataclasses.fields(Location)}
+    if unknown:
+        raise ValueError(
+            f"unknown Location fields {sorted(unknown)}; "
+            f"known: {[f.name for f in dataclasses.fields(Location)]}"
+        )
+    arrays = {k: None if v is None else jnp.asarray(v) for k, v in x.items() if k != "site"}
+    return Location(x["site"], **arrays)
+
+
+def _check_alignment(model, high_level, alignment, variables, seq_len) -> Alignment:
+    """Resolve sites (nearest-name errors) and check indices against the site shapes."""
+    if not isinstance(alignment, Alignment):
+        alignment = Alignment(alignment)
+    for v in alignment.locations:
+        high_level.check_variable(v, "aligned variable")
+    for v in variables:
+        high_level.check_variable(v, "intervened variable")
+        if v not in alignment.locations:
+            raise ValueError(
+                f"variable {v!r} has no alignment; aligned: {sorted(alignment.locations)}"
+            )
+    shapes = eqx.filter_eval_shape(lambda t: forward(model, t)[1], jnp.zeros(seq_len, jnp.int32))
+    locations = {}
+    for v in variables:
+        resolved = []
+        for loc in alignment.locations[v]:
+            try:  # a site that does not exist -> the nearest name
+                ref = resolve(model, loc.site)
+            except (KeyError, ValueError) as e:
+                raise ValueError(
+                    f"variable {v!r} is aligned to a missing site: {e.args[0]}"
+                ) from None
+            shape = shapes[ref].shape
+            for axis in ("position", "head", "unit"):
+                index = getattr(loc, axis)
+                if index is None:
+                    continue
+                if axis not in ref.axes:
+                    raise ValueError(
+                        f"site {ref.name} has axes {ref.axes}; variable {v!r} "
+                        f"cannot be aligned by {axis!r}"
+                    )
+                size = shape[ref.axes.index(axis)]
+                bad = np.asarray(index)[(np.asarray(index) >= size) | (np.asarray(index) < -size)]
+                if bad.size:
+                    raise ValueError(
+                        f"{axis} {int(bad.flat[0])} of variable {v!r} out of range "
+                        f"for site {ref.name}: expected 0..{size - 1}"
+                    )
+            if loc.basis is not None and (loc.basis.ndim != 2 or loc.basis.shape[1] != shape[-1]):
+                raise ValueError(
+                    f"basis of variable {v!r} has shape {loc.basis.shape}; "
+                    f"site {ref.name} needs [k, {shape[-1]}]"
+                )
+            resolved.append(dataclasses.replace(loc, site=ref))
+        locations[v] = tuple(resolved)
+    return Alignment(locations)
+
+
+class _OrthoSubspace(AbstractSelectiveIntervention):
+    """Subspace interchange for an orthonormal `basis` (no pseudo-inverse: cheap gradients)."""
+
+    basis: Float[Array, "k d"]
+    value: Float[Array, ...]
+
+    def target(self, x, site: Site):
+        return x + ((self.value - x) @ self.basis.T) @ self.basis
+
+
+def _intervention(loc: Location, value: Array, orthonormal: bool = False):
+    sel = dict(position=loc.position, head=loc.head, unit=loc.unit, mask=loc.mask)
+    if loc.basis is None:
+        return Patch(value, **sel)
+    return (_OrthoSubspace if orthonormal else Subspace)(loc.basis, value, **sel)
+
+
+def _interchange_logits(model, alignment, variables, base, sources, readout, orthonormal=False):
+    """Logits at `readout` of one base run with the aligned activations from `sources`."""
+    by_site: dict[SiteRef, list] = {}
+    cache = {}
+    for v in variables:
+        src = sources[v]
+        key = id(src)
+        if key not in cache:
+            cache[key] = forward(model, src)[1]
+        for loc in alignment.locations[v]:
+            iv = _intervention(loc, cache[key][loc.site], orthonormal)
+            by_site.setdefault(loc.site, []).append(iv)
+    return intervene(model, by_site)(base)[readout]
+
+
+@dataclasses.dataclass(frozen=True)
+class IIAResult:
+    """`accuracy` (the IIA), and per pair: `correct`, the network's `predicted` output and
+    the high-level model's counterfactual `expected` output."""
+
+    accuracy: float
+    correct: np.ndarray
+    predicted: np.ndarray
+    expected: np.ndarray
+
+    def __float__(self):
+        return self.accuracy
+
+
+def _check_tokens(model, tokens, what) -> Array:
+    tokens = jnp.asarray(tokens)
+    if not jnp.issubdtype(tokens.dtype, jnp.integer) or tokens.ndim != 2:
+        raise ValueError(
+            f"{what} must be integer token ids of shape [n_pairs, seq]; "
+            f"got {tokens.dtype} of shape {tokens.shape}"
+        )
+    bad = np.argwhere((np.asarray(tokens) < 0) | (np.asarray(tokens) >= model.cfg.d_vocab))
+    if bad.size:
+        raise ValueError(
+            f"{what}[{bad[0, 0]}, {bad[0, 1]}] = {int(tokens[tuple(bad[0])])} is "
+            f"outside [0, d_vocab={model.cfg.d_vocab})"
+        )
+    return tokens
+
+
+def _check_inputs(high_level, inputs, n, what) -> dict[str, Array]:
+    inputs = {k: jnp.asarray(x) for k, x in dict(inputs).items()}
+    for name in inputs:
+        if name not in high_level.inputs:
+            high_level.check_variable(name, f"{what} key")
+            raise ValueError(
+                f"{what} key {name!r} is not an input variable; inputs: {list(high_level.inputs)}"
+            )
+    missing = [v for v in high_level.inputs if v not in inputs]
+    if missing:
+        raise ValueError(f"{what} lacks input variables {missing}")
+    for name, x in inputs.items():
+        if x.ndim == 0 or x.shape[0] != n:
+            raise ValueError(
+                f"{what}[{name!r}] has {x.shape[0] if x.ndim else 'no'} rows but "
+                f"there are {n} model inputs (token rows): they must match"
+            )
+    return inputs
+
+
+def _prepare(
+    model, high_level, alignment, base_tokens, source_tokens, base_inputs, source_inputs, variables
+):
+    if variables is None:
+        variables = list(
+            (alignment.locations if isinstance(alignment, Alignment) else alignment).keys()
+        )
+    variables = tuple([variables] if isinstance(variables, str) else variables)
+    if not variables:
+        raise ValueError("no variables to interchange: give variables=[...]")
+    base_tokens = _check_tokens(model, base_tokens, "base_tokens")
+    n = base_tokens.shape[0]
+    base_inputs = _check_inputs(high_level, base_inputs, n, "base_inputs")
+    multi = isinstance(source_tokens, Mapping)
+    if multi != isinstance(next(iter(source_inputs.values()), None), Mapping):
+        raise ValueError(
+            "give source_tokens and source_inputs both per variable (dicts keyed by "
+            "variable: multi-source) or both for one shared source"
+        )
+    src_tok = dict(source_tokens) if multi else {v: source_tokens for v in variables}
+    src_in = dict(source_inputs) if multi else {v: source_inputs for v in variables}
+    tokens, ins = {}, {}
+    for v in variables:
+        if v not in src_tok or v not in src_in:
+            high_level.check_variable(v)
+            raise ValueError(f"no source for variable {v!r}: source keys {sorted(src_tok)}")
+        tokens[v] = _check_tokens(model, src_tok[v], f"source_tokens[{v!r}]")
+        if tokens[v].shape != base_tokens.shape:
+            raise ValueError(
+                f"source_tokens for {v!r} have shape {tokens[v].shape}; expected "
+                f"the base tokens' shape {base_tokens.shape}"
+            )
+        ins[v] = _check_inputs(high_level, src_in[v], n, f"source_inputs for {v!r}")
+    if not multi:  # one shared source: the same arrays, so it runs once
+        tokens = {v: tokens[variables[0]] for v in variables}
+    alignment = _check_alignment(model, high_level, alignment, variables, base_tokens.shape[1])
+    return alignment, variables, base_tokens, tokens, base_inputs, ins
+
+
+def _counterfactual(high_level, variables, base_inputs, source_inputs):
+    def one(base, sources):
+        return high_level.interchange(base, sources)[high_level.output]
+
+    return jax.vmap(one)(base_inputs, {v: source_inputs[v] for v in variables})
+
+
+def _batched_logits(model, alignment, variables, base, sources, readout, orthonormal=False):
+    shared = len({id(x) for x in sources.values()}) == 1
+    if shared:  # one source for every variable: pass (and run) it once
+        sources = next(iter(sources.values()))
+    return _batched_logits_jit(
+        model, alignment, variables, base, sources, readout, orthonormal, shared
+    )
+
+
+@eqx.filter_jit
+def _batched_logits_jit(model, alignment, variables, base, sources, readout, orthonormal, shared):
+    def one(b, s):
+        s = {v: s for v in variables} if shared else s
+        return _interchange_logits(model, alignment, variables, b, s, readout, orthonormal)
+
+    return jax.vmap(one)(base, sources)
+
+
+def iia(
+    model: Transformer,
+    high_level: CausalModel,
+    alignment: Alignment | Mapping,
+    base_tokens: Int[ArrayLike, "n seq"],
+    source_tokens: Int[ArrayLike, "n seq"] | Mapping[str, Int[ArrayLike, "n seq"]],
+    *,
+    base_inputs: Mapping[str, ArrayLike],
+    source_inputs: Mapping[str, ArrayLike] | Mapping[str, Mapping[str, ArrayLike]],
+    variables: Sequence[str] | str | None = None,
+    answer_tokens: Int[ArrayLike, " n_outputs"] | None = None,
+    label_fn: Callable[[Float[Array, " d_vocab"]], Array] | None = None,
+    readout_position: int = -1,
+) -> IIAResult:
+    """Interchange-intervention accuracy of `alignment` over (base, source) pairs.
+
+    For pair `i`, the aligned activations of `variables` are taken from the model's run on
+    the source tokens and patched into its run on `base_tokens[i]`; the output at
+    `readout_position` is mapped to a high-level value (`answer_tokens[j]` is the token of
+    output value `j`, the prediction being the argmax over those tokens; or `label_fn(logits)`)
+    and compared with `high_level.interchange(base_inputs[i], {var: source_inputs[i]})`.
+    Single source: `source_tokens: [n, seq]`, `source_inputs: {input: [n]}`; multi-source:
+    both dicts keyed by variable. One compiled, vmapped program per alignment structure.
+    """
+    if (answer_tokens is None) == (label_fn is None):
+        raise ValueError(
+            "give exactly one of answer_tokens= (token id per output value) or "
+            "label_fn= (logits -> output value)"
+        )
+    alignment, variables, base, sources, base_in, src_in = _prepare(
+        model,
+        high_level,
+        alignment,
+        base_tokens,
+        source_tokens,
+        base_inputs,
+        source_inputs,
+        variables,
+    )
+    logits = _batched_logits(model, alignment, variables, base, sources, readout_position)
+    if answer_tokens is not None:
+        predicted = jnp.argmax(logits[:, jnp.asarray(answer_tokens)], axis=-1)
+    else:
+        predicted = jax.vmap(label_fn)(logits)
+    expected = _counterfactual(high_level, variables, base_in, src_in)
+    correct = np.asarray(predicted == expected.astype(predicted.dtype))
+    return IIAResult(float(correct.mean()), correct, np.asarray(predicted), np.asarray(expected))
+
+
+@dataclasses.dataclass(frozen=True)
+class DASResult:
+    """The learned `rotation` (`[d, d]`, orthogonal), its subspace `basis = rotation[:k]`,
+    the `alignment` using it, `train_iia` / `test_iia` and the training `losses`."""
+
+    rotation: np.ndarray
+    basis: np.ndarray
+    alignment: Alignment
+    train_iia: float
+    test_iia: float
+    losses: np.ndarray
+
+
+def rotation(params: Float[Array, "d d"]) -> Float[Array, "d d"]:
+    """The orthogonal matrix `expm(W - Wᵀ)` (the exponential map of skew-symmetric matrices)."""
+    return jax.scipy.linalg.expm(params - params.T)
+
+
+def das(
+    model: Transformer,
+    high_level: CausalModel,
+    variable: str,
+    location: Location | Mapping | str | SiteRef,
+    base_tokens: Int[ArrayLike, "n seq"],
+    source_tokens: Int[ArrayLike, "n seq"],
+    *,
+    base_inputs: Mapping[str, ArrayLike],
+    source_inputs: Mapping[str, ArrayLike],
+    answer_tokens: Int[ArrayLike, " n_outputs"],
+    k: int = 1,
+    steps: int = 300,
+    learning_rate: float = 1e-2,
+    batch_size: int = 64,
+    test_fraction: float = 0.25,
+    readout_position: int = -1,
+    key: PRNGKeyArray,
+) -> DASResult:
+    """Distributed Alignment Search (Geiger et al. 2023) for one variable at one location.
+
+    Learns an orthogonal rotation `R = expm(W - Wᵀ)` of the site's last axis (the exponential
+    map, so `R` stays exactly orthogonal) with adam; the interchange replaces the component
+    in the span of `R[:k]` by the source's, and the loss is the cross-entropy, over
+    `answer_tokens`, of the high-level counterfactual output. Pairs are split into train and
+    held-out test sets; IIA is reported on both. The training step is one `eqx.filter_jit`.
+    """
+    n = np.shape(base_tokens)[0]
+    n_test = int(round(n * test_fraction))
+    if not 1 <= n_test < n:
+        raise ValueError(
+            f"test_fraction={test_fraction} of {n} pairs leaves no train or no "
+            f"test pairs; expected a fraction giving 1..{n - 1} test pairs"
+        )
+    loc = _location(location)
+    aligned, variables, base, sources, base_in, src_in = _prepare(
+        model,
+        high_level,
+        Alignment({variable: loc}),
+        base_tokens,
+        source_tokens,
+        base_inputs,
+        source_inputs,
+        [variable],
+    )
+    loc = aligned.locations[variable][0]
+    d = eqx.filter_eval_shape(lambda t: forward(model, t)[1][loc.site], base[0]).shape[-1]
+    if not 1 <= k <= d:
+        raise ValueError(f"k={k}: expected 1..{d} (the size of {loc.site.name}'s last axis)")
+    answers = jnp.asarray(answer_tokens)
+    labels = _counterfactual(high_level, variables, base_in, src_in).astype(jnp.int32)
+    key_split, key_init, key_train = jax.random.split(key, 3)
+    order = jax.random.permutation(key_split, n)
+    test, train = order[:n_test], order[n_test:]
+    src = sources[variable]
+    params = jax.random.normal(key_init, (d, d)) / np.sqrt(d)
+    optimiser = optax.adam(learning_rate)
+    opt_state = optimiser.init(params)
+
+    def with_basis(basis):
+        return Alignment({variable: dataclasses.replace(loc, basis=basis)})
+
+    def loss_fn(params, idx):
+        al = with_basis(rotation(params)[:k])
+        logits = _batched_logits(
+            model,
+            al,
+            variables,
+            base[idx],
+            {variable: src[idx]},
+            readout_position,
+            orthonormal=True,
+        )[:, answers]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels[idx]).mean()
+
+    @eqx.filter_jit
+    def step(params, opt_state, key):
+        idx = train[
+            jax.random.choice(
+                key, train.shape[0], (min(batch_size, train.shape[0]),), replace=False
+            )
+        ]
+        loss, grads = jax.value_and_grad(loss_fn)(params, idx)
+        updates, opt_state = optimiser.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    losses = []
+    for step_key in jax.random.split(key_train, steps):
+        params, opt_state, loss = step(params, opt_state, step_key)
+        losses.append(loss)
+    rot = rotation(params)
+    alignment = with_basis(rot[:k])
+
+    def score(idx):
+        return iia(
+            model,
+            high_level,
+            alignment,
+            base[idx],
+            src[idx],
+            base_inputs={k_: x[idx] for k_, x in base_in.items()},
+            source_inputs={k_: x[idx] for k_, x in src_in[variable].items()},
+            variables=[variable],
+            answer_tokens=answers,
+            readout_position=readout_position,
+        ).accuracy
+
+    return DASResult(
+        np.asarray(rot),
+        np.asarray(rot[:k]),
+        alignment,
+        score(train),
+        score(test),
+        np.asarray(jnp.stack(losses)),
+    )

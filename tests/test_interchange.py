@@ -1,0 +1,237 @@
+"""Interchange interventions: the high-level causal model, IIA against hand-computed values,
+multi-source interchange, DAS recovering a planted subspace, and bad-input errors."""
+
+import itertools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcirc.methods import Alignment, CausalModel, das, iia
+from jaxcirc.models import TransformerConfig, build
+from jaxcirc.models._site import SiteRef
+
+N = 4  # a, b in 0..N-1; token t = N * a + b; the model outputs S = a + b (token id S)
+D = 16
+
+
+def sum_model(rotation=None, nuisance=0.0, seed=0):
+    """A one-position, attention-only model whose residual stream holds z = [a, b, 1, noise…]
+    (rotated by `rotation`: x = z @ rotation) and whose unembedding reads S = a + b back:
+    logit_s = 2 s (a + b) − s², maximal exactly at s = a + b."""
+    cfg = TransformerConfig(
+        d_model=D,
+        n_layers=1,
+        n_heads=1,
+        d_head=4,
+        d_vocab=N * N,
+        n_ctx=4,
+        block="attn_only",
+        norm="none",
+        positional="none",
+        final_norm=False,
+        attn_bias=False,
+        attn_out_bias=False,
+    )
+    model = build(cfg, key=jax.random.key(seed))
+    a, b = np.divmod(np.arange(N * N), N)
+    z = np.zeros((N * N, D), np.float32)
+    z[:, 0], z[:, 1], z[:, 2] = a, b, 1.0
+    z[:, 3:] = nuisance * np.random.default_rng(seed).normal(size=(N * N, D - 3))
+    w_u = np.zeros((D, N * N), np.float32)
+    s = np.arange(2 * N - 1)
+    w_u[0, s] = w_u[1, s] = 2 * s
+    w_u[2, s] = -(s**2)
+    w_u[2, 2 * N - 1 :] = -1e3
+    rot = np.eye(D, dtype=np.float32) if rotation is None else np.asarray(rotation, np.float32)
+    return eqx.tree_at(
+        lambda m: (m.embed.W_E, m.unembed.W_U, m.blocks[0].attn.W_O),
+        model,
+        (jnp.asarray(z @ rot), jnp.asarray(rot.T @ w_u), jnp.zeros_like(model.blocks[0].attn.W_O)),
+    )
+
+
+HIGH = CausalModel(
+    ["a", "b", "A", "B", "S"],
+    {"A": ["a"], "B": ["b"], "S": ["A", "B"]},
+    {"A": lambda a: a, "B": lambda b: b, "S": jnp.add},
+    ["a", "b"],
+    "S",
+)
+ANSWERS = jnp.arange(2 * N - 1)
+ALL = np.array(list(itertools.product(range(N), repeat=2)))  # every (a, b)
+
+
+def data(pairs):
+    """Tokens [n, 1] and high-level inputs of each side of `pairs` (index arrays into ALL)."""
+    ab = ALL[pairs]
+    return jnp.asarray(N * ab[:, 0] + ab[:, 1])[:, None], {"a": ab[:, 0], "b": ab[:, 1]}
+
+
+def all_pairs():
+    base, source = np.divmod(np.arange(len(ALL) ** 2), len(ALL))
+    return data(base), data(source)
+
+
+def test_causal_model_run_do_and_interchange():
+    assert int(HIGH.run({"a": 1, "b": 2})["S"]) == 3
+    assert int(HIGH.run({"a": 1, "b": 2}, interventions={"A": 5})["S"]) == 7
+    assert int(HIGH.interchange({"a": 1, "b": 2}, {"A": {"a": 3, "b": 0}})["S"]) == 5
+    multi = HIGH.interchange({"a": 1, "b": 2}, {"A": {"a": 3, "b": 0}, "B": {"a": 0, "b": 0}})
+    assert int(multi["S"]) == 3
+    batch = HIGH.run({"a": jnp.arange(3), "b": jnp.ones(3, int)})
+    np.testing.assert_array_equal(batch["S"], [1, 2, 3])
+
+
+def test_iia_hand_computed_on_all_pairs():
+    model = sum_model()
+    (bt, bi), (st, si) = all_pairs()
+    right = {"A": {"site": SiteRef("resid_post", 0), "position": 0, "unit": 0}}
+    res = iia(model, HIGH, right, bt, st, base_inputs=bi, source_inputs=si, answer_tokens=ANSWERS)
+    assert res.accuracy == 1.0
+    # wrong: A read from unit 1 (b). Model: a_base + b_src; high level: a_src + b_base. Equal
+    # iff a_base − b_base = a_src − b_src; a − b over 4×4 has counts 1,2,3,4,3,2,1 -> 44/256.
+    wrong = Alignment({"A": {"site": "blocks.0.hook_resid_pre", "position": 0, "unit": 1}})
+    res = iia(model, HIGH, wrong, bt, st, base_inputs=bi, source_inputs=si, answer_tokens=ANSWERS)
+    assert res.accuracy == pytest.approx(44 / 256)
+    # the same through label_fn and through a whole-site subspace basis along unit 0
+    sub = {"A": {"site": SiteRef("resid_pre", 0), "basis": jnp.eye(D)[:1]}}
+    res = iia(
+        model,
+        HIGH,
+        sub,
+        bt,
+        st,
+        base_inputs=bi,
+        source_inputs=si,
+        label_fn=lambda logits: jnp.argmax(logits[ANSWERS]),
+    )
+    assert res.accuracy == 1.0
+
+
+def test_iia_multi_source():
+    model = sum_model()
+    rng = np.random.default_rng(0)
+    b, s1, s2 = (rng.integers(0, len(ALL), 200) for _ in range(3))
+    (bt, bi), (t1, i1), (t2, i2) = data(b), data(s1), data(s2)
+    site = SiteRef("resid_post", 0)
+    right = {"A": {"site": site, "unit": 0}, "B": {"site": site, "unit": 1}}
+    kw = dict(base_inputs=bi, source_inputs={"A": i1, "B": i2}, answer_tokens=ANSWERS)
+    res = iia(model, HIGH, right, bt, {"A": t1, "B": t2}, **kw)
+    assert res.accuracy == 1.0
+    np.testing.assert_array_equal(res.expected, i1["a"] + i2["b"])
+    swapped = {"A": {"site": site, "unit": 1}, "B": {"site": site, "unit": 0}}
+    res = iia(model, HIGH, swapped, bt, {"A": t1, "B": t2}, **kw)
+    # the model now outputs a_s2 + b_s1 while the high level says a_s1 + b_s2
+    expected = np.mean(i2["a"] + i1["b"] == i1["a"] + i2["b"])
+    assert res.accuracy == pytest.approx(expected) and expected < 0.5
+    # single source for both variables: everything comes from the source -> S(source)
+    res = iia(model, HIGH, right, bt, t1, base_inputs=bi, source_inputs=i1, answer_tokens=ANSWERS)
+    assert res.accuracy == 1.0
+    np.testing.assert_array_equal(res.predicted, i1["a"] + i1["b"])
+
+
+def test_das_recovers_planted_subspace():
+    q = np.linalg.qr(np.random.default_rng(1).normal(size=(D, D)))[0].astype(np.float32)
+    model = sum_model(rotation=q, nuisance=1.0)
+    rng = np.random.default_rng(2)
+    base, source = rng.integers(0, len(ALL), 512), rng.integers(0, len(ALL), 512)
+    (bt, bi), (st, si) = data(base), data(source)
+    loc = {"site": SiteRef("resid_post", 0), "position": 0}
+    result = das(
+        model,
+        HIGH,
+        "A",
+        loc,
+        bt,
+        st,
+        base_inputs=bi,
+        source_inputs=si,
+        answer_tokens=ANSWERS,
+        k=1,
+        steps=200,
+        learning_rate=0.05,
+        key=jax.random.key(0),
+    )
+    assert result.test_iia >= 0.95
+    # principal angle between the learned and the planted direction (row 0 of q)
+    cos = np.linalg.svd(result.basis @ q[:1].T, compute_uv=False).min()
+    assert cos >= 0.95
+    np.testing.assert_allclose(result.rotation @ result.rotation.T, np.eye(D), atol=1e-4)
+    random_basis = jnp.asarray(np.linalg.qr(rng.normal(size=(D, 1)))[0].T)
+    rand = iia(
+        model,
+        HIGH,
+        {"A": {**loc, "basis": random_basis}},
+        bt,
+        st,
+        base_inputs=bi,
+        source_inputs=si,
+        variables="A",
+        answer_tokens=ANSWERS,
+    )
+    assert rand.accuracy < 0.6
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = sum_model()
+    (bt, bi), (st, si) = data(np.arange(4)), data(np.arange(4, 8))
+    kw = dict(base_inputs=bi, source_inputs=si, answer_tokens=ANSWERS)
+    with pytest.raises(
+        ValueError, match="'A' is aligned to a missing site.*no site.*did you mean 'attn_out'"
+    ):
+        iia(model, HIGH, {"A": SiteRef("mlp_out", 0)}, bt, st, **kw)  # attention-only model
+    with pytest.raises(ValueError, match="did you mean 'blocks.0.hook_resid_post'"):
+        iia(model, HIGH, {"A": "blocks.0.hook_resid_pots"}, bt, st, **kw)
+    with pytest.raises(ValueError, match="'BB' is not a variable.*did you mean 'B'"):
+        iia(model, HIGH, {"BB": SiteRef("resid_pre", 0)}, bt, st, **kw)
+    with pytest.raises(ValueError, match="rows but there are 3 model inputs"):
+        iia(model, HIGH, {"A": SiteRef("resid_pre", 0)}, bt[:3], st[:3], **kw)
+    with pytest.raises(ValueError, match="unit 16 .* out of range"):
+        iia(model, HIGH, {"A": {"site": SiteRef("resid_pre", 0), "unit": 16}}, bt, st, **kw)
+    with pytest.raises(ValueError, match="lacks input variables \\['b'\\]"):
+        iia(
+            model,
+            HIGH,
+            {"A": SiteRef("resid_pre", 0)},
+            bt,
+            st,
+            base_inputs={"a": bi["a"]},
+            source_inputs=si,
+            answer_tokens=ANSWERS,
+        )
+    with pytest.raises(ValueError, match="exactly one of answer_tokens"):
+        iia(model, HIGH, {"A": SiteRef("resid_pre", 0)}, bt, st, base_inputs=bi, source_inputs=si)
+    with pytest.raises(ValueError, match="cycle"):
+        CausalModel(["x", "y"], {"x": ["y"], "y": ["x"]}, {"x": abs, "y": abs}, [], "x")
+    with pytest.raises(ValueError, match="did you mean 'A'"):
+        HIGH.run({"a": 1, "b": 1}, interventions={"AA": 1})
+
+
+def test_cli_iia_writes_table(tmp_path, capsys):
+    import json
+
+    from jaxcirc.cli import main
+
+    assert (
+        main(
+            [
+                "iia",
+                "--out",
+                str(tmp_path),
+                "--n-pairs",
+                "64",
+                "--das-steps",
+                "100",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    rows = json.loads((tmp_path / "iia_toy.json").read_text())["rows"]
+    assert rows[0]["iia"] == 1.0 and rows[1]["iia"] < 0.5 and rows[2]["iia"] == 1.0
+    assert (tmp_path / "iia_toy.png").stat().st_size > 0
+    assert "IIA" in capsys.readouterr().out
+    assert main(["iia", "--n-pairs", "2", "--out", str(tmp_path)]) == 2
