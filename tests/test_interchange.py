@@ -235,3 +235,105 @@ def test_cli_iia_writes_table(tmp_path, capsys):
     assert (tmp_path / "iia_toy.png").stat().st_size > 0
     assert "IIA" in capsys.readouterr().out
     assert main(["iia", "--n-pairs", "2", "--out", str(tmp_path)]) == 2
+
+
+def tracr_to_jaxcirc(compiled):
+    """A jaxcirc Transformer with the weights of a tracr `AssembledTransformerModel`
+    (norm-free attention + ReLU-MLP blocks); `unembed` reads residual dim 0 into logit 0."""
+    from jaxcirc.models import from_state_dict
+
+    p = {k: {kk: np.asarray(v) for kk, v in d.items()} for k, d in compiled.params.items()}
+    c = compiled.model_config
+    heads, dk = c.num_heads, c.key_size
+    vocab, dm = p["token_embed"]["embeddings"].shape
+    cfg = TransformerConfig(
+        d_model=dm,
+        n_layers=c.num_layers,
+        n_heads=heads,
+        d_head=dk,
+        d_vocab=vocab,
+        n_ctx=p["pos_embed"]["embeddings"].shape[0],
+        d_mlp=c.mlp_hidden_size,
+        act_fn="relu",
+        norm="none",
+        final_norm=False,
+    )
+    sd = {
+        "embed.W_E": p["token_embed"]["embeddings"],
+        "pos_embed.W_pos": p["pos_embed"]["embeddings"],
+        "unembed.W_U": np.eye(dm, vocab, dtype=np.float32),
+    }
+    for layer in range(cfg.n_layers):
+        a, m, ours = (
+            f"transformer/layer_{layer}/attn/",
+            f"transformer/layer_{layer}/mlp/",
+            f"blocks.{layer}.",
+        )
+        for n, hk in (("Q", "query"), ("K", "key"), ("V", "value")):
+            sd[f"{ours}attn.W_{n}"] = p[a + hk]["w"].reshape(dm, heads, dk).transpose(1, 0, 2)
+            sd[f"{ours}attn.b_{n}"] = p[a + hk]["b"].reshape(heads, dk)
+        sd[f"{ours}attn.W_O"] = p[a + "linear"]["w"].reshape(heads, dk, dm)
+        sd[f"{ours}attn.b_O"] = p[a + "linear"]["b"]
+        sd[f"{ours}mlp.W_in"], sd[f"{ours}mlp.b_in"] = (
+            p[m + "linear_1"]["w"],
+            p[m + "linear_1"]["b"],
+        )
+        sd[f"{ours}mlp.W_out"], sd[f"{ours}mlp.b_out"] = (
+            p[m + "linear_2"]["w"],
+            p[m + "linear_2"]["b"],
+        )
+    return from_state_dict(cfg, sd)
+
+
+def test_tracr_frac_prevs_alignment():
+    """IIA of the alignment tracr's compiler defines (each position's `tokens == "x"` value in
+    the `map` residual dim before layer 1) is 1.0; the `tokens:x` dim (read by nobody) is not.
+    Runs only where tracr is installed (`pip install tracr-pypi`; not a jaxcirc dependency)."""
+    pytest.importorskip("tracr")
+    from tracr.compiler import compiling, lib
+    from tracr.rasp import rasp
+
+    length = 5
+    compiled = compiling.compile_rasp_to_model(
+        lib.make_frac_prevs(rasp.tokens == "x"),
+        vocab={"w", "x", "y", "z"},
+        max_seq_len=length,
+        compiler_bos="BOS",
+    )
+    labels = [str(label) for label in compiled.residual_labels]
+    assert labels[0].startswith("frac_prevs")  # the output dim, read by unembed column 0
+    model = tracr_to_jaxcirc(compiled)
+    enc = compiled.input_encoder.encoding_map
+    rng = np.random.default_rng(0)
+    words = rng.choice(["w", "x", "y", "z"], size=(300, length))
+    for row in words[:10]:
+        ref = np.asarray(compiled.apply(["BOS", *row]).decoded[1:], np.float32)
+        ours = model(jnp.asarray([enc["BOS"], *(enc[w] for w in row)]))[1:, 0]
+        np.testing.assert_allclose(ours, ref, atol=1e-5)
+    tokens = jnp.asarray([[enc["BOS"], *(enc[w] for w in row)] for row in words])
+    names = [f"x{i}" for i in range(1, length + 1)]
+    mechanisms = {
+        v: (lambda i: lambda t: (t[i] == enc["x"]).astype(jnp.int32))(i + 1)
+        for i, v in enumerate(names)
+    }
+    mechanisms["frac"] = lambda *xs: jnp.round(60 * jnp.mean(jnp.stack(xs))).astype(jnp.int32)
+    hl = CausalModel(
+        ["tokens", *names, "frac"],
+        {**{v: ["tokens"] for v in names}, "frac": names},
+        mechanisms,
+        ["tokens"],
+        "frac",
+    )
+    source = tokens[rng.permutation(len(tokens))]
+    site = SiteRef("resid_pre", 1)
+    map_dim = next(i for i, label in enumerate(labels) if label.startswith("map"))
+    kw = dict(
+        base_inputs={"tokens": tokens},
+        source_inputs={"tokens": source},
+        label_fn=lambda logits: jnp.round(60 * logits[0]).astype(jnp.int32),
+    )
+    for j, v in enumerate(names):
+        right = {v: {"site": site, "position": j + 1, "unit": map_dim}}
+        wrong = {v: {"site": site, "position": j + 1, "unit": labels.index("tokens:x")}}
+        assert iia(model, hl, right, tokens, source, variables=v, **kw).accuracy >= 0.99
+        assert iia(model, hl, wrong, tokens, source, variables=v, **kw).accuracy < 0.8
