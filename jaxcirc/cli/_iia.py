@@ -94,29 +94,6 @@ def _data(rng, n):
     return np.asarray(N * a + b)[:, None], {"a": a, "b": b}
 
 
-def _table_png(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .._atomic import atomic_write
-
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1))
-    names = [r["alignment"] for r in rows][::-1]
-    values = [r["iia"] for r in rows][::-1]
-    ax.barh(names, values, color=["tab:green" if v >= 0.95 else "tab:gray" for v in values])
-    for i, v in enumerate(values):
-        ax.text(min(v + 0.01, 0.9), i, f"{v:.3f}", va="center")
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("interchange-intervention accuracy")
-    ax.set_title("jaxcirc iia: toy S = a + b")
-    fig.tight_layout()
-    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-    return out
-
-
 def run(args) -> int:
     import jax
     import jax.numpy as jnp
@@ -126,6 +103,7 @@ def run(args) -> int:
     from .._atomic import atomic_write
     from ..methods import das, iia
     from ..models._site import SiteRef
+    from ..viz import plot_iia
 
     if args.n_pairs < 8:
         args.parser.error(f"argument --n-pairs: must be at least 8; got {args.n_pairs}")
@@ -203,7 +181,11 @@ def run(args) -> int:
         )
         bar.update()
 
-    png = _table_png(rows, args.out / "iia_toy.png")
+    png = plot_iia(
+        {r["alignment"]: r["iia"] for r in rows},
+        args.out / "iia_toy.png",
+        title="jaxcirc iia: toy S = a + b",
+    )
     record = {
         "jaxcirc_version": __version__,
         "example": "toy S = a + b (a, b in 0..3)",

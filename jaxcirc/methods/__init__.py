@@ -9,7 +9,10 @@ _EXPORTS = {
     "CausalModel": "._interchange",
     "Alignment": "._interchange",
     "iia": "._interchange",
-    "das": "._interchange",
+    "das": "._das",
+    "DASResult": "._das",
+    "IIAResult": "._interchange",
+    "Location": "._interchange",
 }
 __all__ = sorted(_EXPORTS)
 

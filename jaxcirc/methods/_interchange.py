@@ -7,7 +7,8 @@ network's output equals the high-level model's counterfactual output: interchang
 intervention accuracy (Geiger et al. 2021, "Causal Abstractions of Neural Networks";
 Geiger et al. 2023, "Finding Alignments Between Interpretable Causal Variables and
 Distributed Neural Representations"). `das` learns an orthogonal rotation whose first `k`
-rows span the subspace that realises the interchange (Distributed Alignment Search).
+rows span the subspace that realises the interchange (Distributed Alignment Search,
+in `._das`).
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from ..interventions import AbstractSelectiveIntervention, Patch, Subspace, intervene, resolve
 from ..models._site import Site, SiteRef
 from ..models._transformer import Transformer, forward
 from ._causal_model import CausalModel
 
-__all__ = ["CausalModel", "Location", "Alignment", "IIAResult", "iia", "das", "DASResult"]
+__all__ = ["CausalModel", "Location", "Alignment", "IIAResult", "iia"]
 
 
 class Location(eqx.Module):
@@ -324,138 +324,3 @@ def iia(
     expected = _counterfactual(high_level, variables, base_in, src_in)
     correct = np.asarray(predicted == expected.astype(predicted.dtype))
     return IIAResult(float(correct.mean()), correct, np.asarray(predicted), np.asarray(expected))
-
-
-@dataclasses.dataclass(frozen=True)
-class DASResult:
-    """The learned `rotation` (`[d, d]`, orthogonal), its subspace `basis = rotation[:k]`,
-    the `alignment` using it, `train_iia` / `test_iia` and the training `losses`."""
-
-    rotation: np.ndarray
-    basis: np.ndarray
-    alignment: Alignment
-    train_iia: float
-    test_iia: float
-    losses: np.ndarray
-
-
-def rotation(params: Float[Array, "d d"]) -> Float[Array, "d d"]:
-    """The orthogonal matrix `expm(W - Wᵀ)` (the exponential map of skew-symmetric matrices)."""
-    return jax.scipy.linalg.expm(params - params.T)
-
-
-def das(
-    model: Transformer,
-    high_level: CausalModel,
-    variable: str,
-    location: Location | Mapping | str | SiteRef,
-    base_tokens: Int[ArrayLike, "n seq"],
-    source_tokens: Int[ArrayLike, "n seq"],
-    *,
-    base_inputs: Mapping[str, ArrayLike],
-    source_inputs: Mapping[str, ArrayLike],
-    answer_tokens: Int[ArrayLike, " n_outputs"],
-    k: int = 1,
-    steps: int = 300,
-    learning_rate: float = 1e-2,
-    batch_size: int = 64,
-    test_fraction: float = 0.25,
-    readout_position: int = -1,
-    key: PRNGKeyArray,
-) -> DASResult:
-    """Distributed Alignment Search (Geiger et al. 2023) for one variable at one location.
-
-    Learns an orthogonal rotation `R = expm(W - Wᵀ)` of the site's last axis (the exponential
-    map, so `R` stays exactly orthogonal) with adam; the interchange replaces the component
-    in the span of `R[:k]` by the source's, and the loss is the cross-entropy, over
-    `answer_tokens`, of the high-level counterfactual output. Pairs are split into train and
-    held-out test sets; IIA is reported on both. The training step is one `eqx.filter_jit`.
-    """
-    n = np.shape(base_tokens)[0]
-    n_test = int(round(n * test_fraction))
-    if not 1 <= n_test < n:
-        raise ValueError(
-            f"test_fraction={test_fraction} of {n} pairs leaves no train or no "
-            f"test pairs; expected a fraction giving 1..{n - 1} test pairs"
-        )
-    loc = _location(location)
-    aligned, variables, base, sources, base_in, src_in = _prepare(
-        model,
-        high_level,
-        Alignment({variable: loc}),
-        base_tokens,
-        source_tokens,
-        base_inputs,
-        source_inputs,
-        [variable],
-    )
-    loc = aligned.locations[variable][0]
-    d = eqx.filter_eval_shape(lambda t: forward(model, t)[1][loc.site], base[0]).shape[-1]
-    if not 1 <= k <= d:
-        raise ValueError(f"k={k}: expected 1..{d} (the size of {loc.site.name}'s last axis)")
-    answers = jnp.asarray(answer_tokens)
-    labels = _counterfactual(high_level, variables, base_in, src_in).astype(jnp.int32)
-    key_split, key_init, key_train = jax.random.split(key, 3)
-    order = jax.random.permutation(key_split, n)
-    test, train = order[:n_test], order[n_test:]
-    src = sources[variable]
-    params = jax.random.normal(key_init, (d, d)) / np.sqrt(d)
-    optimiser = optax.adam(learning_rate)
-    opt_state = optimiser.init(params)
-
-    def with_basis(basis):
-        return Alignment({variable: dataclasses.replace(loc, basis=basis)})
-
-    def loss_fn(params, idx):
-        al = with_basis(rotation(params)[:k])
-        logits = _batched_logits(
-            model,
-            al,
-            variables,
-            base[idx],
-            {variable: src[idx]},
-            readout_position,
-            orthonormal=True,
-        )[:, answers]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels[idx]).mean()
-
-    @eqx.filter_jit
-    def step(params, opt_state, key):
-        idx = train[
-            jax.random.choice(
-                key, train.shape[0], (min(batch_size, train.shape[0]),), replace=False
-            )
-        ]
-        loss, grads = jax.value_and_grad(loss_fn)(params, idx)
-        updates, opt_state = optimiser.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    losses = []
-    for step_key in jax.random.split(key_train, steps):
-        params, opt_state, loss = step(params, opt_state, step_key)
-        losses.append(loss)
-    rot = rotation(params)
-    alignment = with_basis(rot[:k])
-
-    def score(idx):
-        return iia(
-            model,
-            high_level,
-            alignment,
-            base[idx],
-            src[idx],
-            base_inputs={k_: x[idx] for k_, x in base_in.items()},
-            source_inputs={k_: x[idx] for k_, x in src_in[variable].items()},
-            variables=[variable],
-            answer_tokens=answers,
-            readout_position=readout_position,
-        ).accuracy
-
-    return DASResult(
-        np.asarray(rot),
-        np.asarray(rot[:k]),
-        alignment,
-        score(train),
-        score(test),
-        np.asarray(jnp.stack(losses)),
-    )

@@ -1,6 +1,7 @@
-"""Plots: heatmaps of per-unit results such as patching sweeps."""
+"""Plots: patching and tracing heatmaps, path-patching maps, IIA tables."""
 
 from ._heatmap import heatmap as heatmap
 from ._heatmap import patching_heatmap as patching_heatmap
 from ._heatmap import patching_labels as patching_labels
+from ._iia import plot_iia as plot_iia
 from ._tracing import plot_trace as plot_trace
