@@ -39,29 +39,49 @@ class Attention(eqx.Module):
 
     def __call__(self, x: Float[Array, "seq d_model"]) -> tuple[Array, dict]:
         acts: dict = {}
+        q = jnp.einsum("sm,hmd->shd", x, self.W_Q)
+        k = jnp.einsum("sm,hmd->shd", x, self.W_K)
+        v = jnp.einsum("sm,hmd->shd", x, self.W_V)
+        z = self._attend(q, k, v, acts)
+        out = jnp.einsum("qhd,hdm->qm", z, self.W_O)
+        return (out if self.b_O is None else out + self.b_O), acts
 
-        def project(W, b):
-            y = jnp.einsum("sm,hmd->shd", x, W)
+    def heads(
+        self,
+        xq: Float[Array, "n_heads seq d_model"],
+        xk: Float[Array, "n_kv_heads seq d_model"],
+        xv: Float[Array, "n_kv_heads seq d_model"],
+    ) -> Float[Array, "n_heads seq d_model"]:
+        """Each head's output (without `b_O`) when every head reads its own (normalised) q,
+        k and v inputs: the split-input attention of edge-level circuit graphs."""
+        q = jnp.einsum("hsm,hmd->shd", xq, self.W_Q)
+        k = jnp.einsum("hsm,hmd->shd", xk, self.W_K)
+        v = jnp.einsum("hsm,hmd->shd", xv, self.W_V)
+        z = self._attend(q, k, v, {})
+        return jnp.einsum("qhd,hdm->hqm", z, self.W_O)
+
+    def _attend(self, q, k, v, acts: dict) -> Float[Array, "seq n_heads d_head"]:
+        """Biases, sites, rotary and causal softmax attention from projected q, k, v."""
+
+        def bias(y, b):
             return y if b is None else y + b
 
-        q = record(acts, self.hook_q, project(self.W_Q, self.b_Q))
-        k = record(acts, self.hook_k, project(self.W_K, self.b_K))
-        v = record(acts, self.hook_v, project(self.W_V, self.b_V))
+        q = record(acts, self.hook_q, bias(q, self.b_Q))
+        k = record(acts, self.hook_k, bias(k, self.b_K))
+        v = record(acts, self.hook_v, bias(v, self.b_V))
         if self.rotary_dim:
             q = apply_rotary(q, self.rotary_dim, self.rotary_base)
             k = apply_rotary(k, self.rotary_dim, self.rotary_base)
         group = q.shape[1] // k.shape[1]
         k = jnp.repeat(k, group, axis=1)
         v = jnp.repeat(v, group, axis=1)
-        seq = x.shape[0]
+        seq = q.shape[0]
         scores = jnp.einsum("qhd,khd->hqk", q, k).astype(jnp.float32) / jnp.sqrt(
             jnp.float32(q.shape[-1])
         )
         causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
         scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
         scores = record(acts, self.hook_attn_scores, scores)
-        pattern = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        pattern = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         pattern = record(acts, self.hook_pattern, pattern)
-        z = record(acts, self.hook_z, jnp.einsum("hqk,khd->qhd", pattern, v))
-        out = jnp.einsum("qhd,hdm->qm", z, self.W_O)
-        return (out if self.b_O is None else out + self.b_O), acts
+        return record(acts, self.hook_z, jnp.einsum("hqk,khd->qhd", pattern, v))
