@@ -94,6 +94,27 @@ class Graph:
                 f"{', '.join(names[:3])}, …, {names[-1]}"
             ) from None
 
+    @functools.cached_property
+    def target_sources(self) -> tuple[tuple[int, ...], ...]:
+        """For each target, the sources whose output it feeds (none for `logits`)."""
+        group = self.n_heads // self.n_kv_heads
+        out = []
+        for name in self.targets:
+            node, _, kind = name.partition(".")
+            if name == "logits":
+                out.append(())
+            elif "KV" in node:  # a shared key/value head feeds its group of query heads
+                layer, g = (int(x) for x in node[1:].split("KV"))
+                out.append(
+                    tuple(
+                        self.sources.index(f"L{layer}H{h}")
+                        for h in range(g * group, (g + 1) * group)
+                    )
+                )
+            else:
+                out.append((self.sources.index(node),))
+        return tuple(out)
+
     # slices of the stacked sources and targets, per layer
     def head_sources(self, layer: int) -> slice:
         start = self.sources.index(f"L{layer}H0")
