@@ -17,7 +17,8 @@ class Attention(eqx.Module):
     Weights are stored per head: `W_Q: [n_heads, d_model, d_head]`,
     `W_K, W_V: [n_kv_heads, d_model, d_head]`, `W_O: [n_heads, d_head, d_model]`. Query head `h`
     reads key/value head `h // (n_heads // n_kv_heads)`. Sites: `hook_q`, `hook_k`, `hook_v`
-    (before rotary), `hook_attn_scores` (masked), `hook_pattern`, `hook_z`.
+    (before rotary), `hook_attn_scores` (masked), `hook_pattern`, `hook_z`. `causal=False`
+    (config `causal`) drops the mask, for compiled tracr programs, which attend both ways.
     """
 
     W_Q: Float[Array, "n_heads d_model d_head"]
@@ -36,6 +37,7 @@ class Attention(eqx.Module):
     hook_z: Site
     rotary_dim: int = eqx.field(static=True)
     rotary_base: float = eqx.field(static=True)
+    causal: bool = eqx.field(static=True, default=True)
 
     def __call__(self, x: Float[Array, "seq d_model"]) -> tuple[Array, dict]:
         acts: dict = {}
@@ -61,7 +63,7 @@ class Attention(eqx.Module):
         return jnp.einsum("qhd,hdm->hqm", z, self.W_O)
 
     def _attend(self, q, k, v, acts: dict) -> Float[Array, "seq n_heads d_head"]:
-        """Biases, sites, rotary and causal softmax attention from projected q, k, v."""
+        """Biases, sites, rotary and (causal) softmax attention from projected q, k, v."""
 
         def bias(y, b):
             return y if b is None else y + b
@@ -79,8 +81,9 @@ class Attention(eqx.Module):
         scores = jnp.einsum("qhd,khd->hqk", q, k).astype(jnp.float32) / jnp.sqrt(
             jnp.float32(q.shape[-1])
         )
-        causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
-        scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+        if self.causal:  # static; only compiled tracr programs attend to later positions
+            causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
+            scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
         scores = record(acts, self.hook_attn_scores, scores)
         pattern = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         pattern = record(acts, self.hook_pattern, pattern)

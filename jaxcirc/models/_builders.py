@@ -61,6 +61,7 @@ def build(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transformer:
             },
             rotary_dim=cfg.rotary_dim if cfg.positional == "rotary" else 0,
             rotary_base=cfg.rotary_base,
+            causal=cfg.causal,
         )
         sites = {
             f"hook_{k}": make_site(k, layer)

@@ -50,6 +50,7 @@ class TransformerConfig:
     unembed_bias: bool = False
     tied_embeddings: bool = False
     final_norm: bool = True
+    causal: bool = True  # False only for converted tracr models (bidirectional attention)
     dtype: str = "float32"
     family: str = "custom"
 
