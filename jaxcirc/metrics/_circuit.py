@@ -1,0 +1,155 @@
+"""Scoring circuits: faithfulness, completeness, circuits from scores, ROC/AUROC and SHD.
+
+Faithfulness is `(m(C) - m(∅)) / (m(M) - m(∅))` (Wang et al. 2023; Hanna et al. 2024):
+`m(M)` the clean model, `m(∅)` every edge ablated, `m(C)` only the circuit's edges kept.
+Completeness is `1 -` the faithfulness of the complement: the share of the behaviour lost
+when the circuit alone is ablated. ROC and AUROC compare edge (or node) scores with a
+ground-truth circuit (Conmy et al. 2023; Gupta et al. 2024, InterpBench); SHD counts the
+edges in one circuit and not the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from ..graph import EdgeMask, NodeMask, ablation_values, graph
+from ..graph._masked import _masked_logits, _weights
+
+
+def _edges(mask) -> EdgeMask:
+    return mask.to_edges() if isinstance(mask, NodeMask) else mask
+
+
+def top_n(scores: EdgeMask | NodeMask, n: int, *, absolute: bool = True):
+    """The `n` valid edges (or nodes) of largest score (`|score|` by default), as a 0/1 mask."""
+    values = np.asarray(scores.values, np.float64)
+    valid = scores.graph.valid if isinstance(scores, EdgeMask) else scores.graph.valid.any(1)
+    key = np.where(valid, np.abs(values) if absolute else values, -np.inf)
+    if not 0 <= n <= valid.sum():
+        raise ValueError(f"n={n}: expected 0..{int(valid.sum())} (the number of valid units)")
+    keep = np.zeros(values.size, np.float32)
+    keep[np.argsort(-key, axis=None, kind="stable")[:n]] = 1.0
+    return type(scores)(jnp.asarray(keep.reshape(values.shape)), scores.graph)
+
+
+def above(scores: EdgeMask | NodeMask, threshold: float, *, absolute: bool = True):
+    """The valid edges (or nodes) whose score (`|score|` by default) exceeds `threshold`."""
+    values = np.asarray(scores.values)
+    valid = scores.graph.valid if isinstance(scores, EdgeMask) else scores.graph.valid.any(1)
+    keep = ((np.abs(values) if absolute else values) > threshold) & valid
+    return type(scores)(jnp.asarray(keep, jnp.float32), scores.graph)
+
+
+def faithfulness(
+    model,
+    clean: Int[Array, "batch seq"],
+    corrupt: Int[Array, "batch seq"],
+    metric: Callable,
+    circuits: EdgeMask | NodeMask | Sequence[EdgeMask | NodeMask],
+    *,
+    ablation: str = "corrupt",
+) -> Float[Array, ...]:
+    """`(m(C) - m(∅)) / (m(M) - m(∅))` for one circuit, or for each of a list in one
+    compiled `vmap` (the faithfulness-against-size curve)."""
+    g = graph(model)
+    single = not isinstance(circuits, (list, tuple))
+    stack = jnp.stack([_weights(c, g) for c in ([circuits] if single else circuits)])
+    clean = jnp.asarray(clean)
+    ablated = ablation_values(model, clean, corrupt, ablation, g)
+    values = _faithfulness(model, g, clean, ablated, metric, stack)
+    return values[0] if single else values
+
+
+@eqx.filter_jit
+def _faithfulness(model, g, clean, ablated, metric, stack):
+    def m(weights):
+        return metric(_masked_logits(model, g, clean, weights, ablated))
+
+    full, empty = m(jnp.ones(g.valid.shape)), m(jnp.zeros(g.valid.shape))
+    scale = full - empty
+    safe = jnp.where(scale == 0, 1.0, scale)
+    values = jax.vmap(m)(stack)
+    return jnp.where(scale == 0, jnp.nan, (values - empty) / safe)
+
+
+def completeness(model, clean, corrupt, metric, circuit, *, ablation: str = "corrupt"):
+    """`1 - faithfulness(complement)`: the share of the behaviour lost when only the
+    circuit's edges are ablated (1: the circuit carries all of it)."""
+    edges = _edges(circuit)
+    complement = EdgeMask(1.0 - edges.values, edges.graph)
+    return 1.0 - faithfulness(model, clean, corrupt, metric, complement, ablation=ablation)
+
+
+def faithfulness_curve(model, clean, corrupt, metric, scores, sizes, *, ablation="corrupt"):
+    """Faithfulness of the top-`n` circuits of `scores` for each `n` in `sizes` (one vmap)."""
+    circuits = [top_n(scores, int(n)) for n in sizes]
+    return faithfulness(model, clean, corrupt, metric, circuits, ablation=ablation)
+
+
+def _truth(truth, g) -> EdgeMask:
+    if isinstance(truth, (EdgeMask, NodeMask)):
+        return _edges(truth)
+    return EdgeMask.from_edges(g, truth)
+
+
+def roc(scores: EdgeMask, truth, *, absolute: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """`(fpr, tpr)` over every threshold of the valid edges' scores against `truth` (an
+    `EdgeMask` or `(source, target)` pairs), from (0, 0) to (1, 1)."""
+    y, s = _labels(scores, truth, absolute)
+    order = np.argsort(-s, kind="stable")
+    y, s = y[order], s[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
+    tps, fps = np.cumsum(y)[distinct], np.cumsum(1 - y)[distinct]
+    pos, neg = max(y.sum(), 1), max((1 - y).sum(), 1)
+    return np.r_[0.0, fps / neg], np.r_[0.0, tps / pos]
+
+
+def _labels(scores, truth, absolute):
+    g = scores.graph
+    if isinstance(scores, NodeMask):
+        t = np.asarray(_truth(truth, g).values, bool).any(1)
+        valid = g.valid.any(1)
+        y, s = t[valid], np.asarray(scores.values, np.float64)[valid]
+    else:
+        y = np.asarray(_truth(truth, g).values, bool)[g.valid]
+        s = np.asarray(scores.values, np.float64)[g.valid]
+    if y.all() or not y.any():
+        raise ValueError("the ground truth must contain some but not all units for a ROC")
+    return y.astype(np.float64), (np.abs(s) if absolute else s)
+
+
+def auroc(scores: EdgeMask | NodeMask, truth, *, absolute: bool = True) -> float:
+    """Area under the ROC: the chance a true edge outscores a false one (ties count half)."""
+    y, s = _labels(scores, truth, absolute)
+    ranks = _average_ranks(s)
+    pos = y.sum()
+    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * (y.size - pos)))
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(x.size)
+    ranks[order] = np.arange(1, x.size + 1)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, ranks)
+    return (sums / counts)[inverse]
+
+
+def node_scores(scores: EdgeMask) -> NodeMask:
+    """A source node's score: the largest `|score|` of its outgoing edges."""
+    values = jnp.where(jnp.asarray(scores.graph.valid), jnp.abs(scores.values), 0.0).max(1)
+    return NodeMask(values, scores.graph)
+
+
+def shd(found: EdgeMask | NodeMask, truth) -> int:
+    """Structural Hamming distance: valid edges kept by one circuit and not the other."""
+    found = _edges(found)
+    t = np.asarray(_truth(truth, found.graph).values) > 0.5
+    f = np.asarray(found.values) > 0.5
+    return int(((t != f) & found.graph.valid).sum())
