@@ -1,0 +1,404 @@
+"""Path patching: the effect of one component on another through the direct path only.
+
+Wang et al. 2023, "Interpretability in the Wild" (IOI), section 3.1 and appendix B;
+Goldowsky-Dill et al. 2023, "Localizing Model Behavior with Path Patching". Senders are
+outputs written into the residual stream (`L{l}H{h}`: one attention head's share of the
+attention output, without `b_O`; `MLP{l}`; `embed` on request); receivers are inputs read from
+it (`L{l}H{h}.q`, `.k`, `.v`, with grouped-query attention `L{l}KV{g}.k`, `.v`; `MLP{l}`;
+`logits`, the final residual stream). The names are those of `jaxcirc.graph`.
+
+For a sender `s` and a receiver `r` (direction `"noise"`, the paper's): the sender's output
+is set to its corrupted value and every other head and MLP output is frozen at its clean
+value, so the receiver's (pre-norm) input becomes `x_r + (a_s - z_s)` (`x_r` its clean input,
+`a_s`, `z_s` the sender's corrupted and clean outputs); then the clean forward pass runs with
+only that receiver's input replaced, recomputed through the receiver's own norm (`ln1` of the
+head, `ln2` of the MLP, `ln_final` for the logits; nothing is linearised), everything after
+it recomputed, and `metric` reads the logits. `direction="denoise"` swaps the roles: senders
+from the clean run into the corrupted run. A sender computed after the receiver has no path
+to it: NaN. For one (sender, receiver) pair this is edge patching with the corrupted run as
+ablation (`jaxcirc.methods.edge_patching`).
+
+Pairs are array data: one `lax.map` over chunks of pairs that share the receiver's layer, a
+vmap inside; each pair starts from the cached clean residual stream at its receiver's layer,
+so a full map traces and compiles once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from ..graph import Graph, graph
+from ..models._block import AttnOnlyBlock, ParallelBlock, SequentialBlock
+from ..models._site import Site, SiteRef, nearest
+from ..models._transformer import Transformer
+
+Metric = Callable[[Float[Array, "batch seq d_vocab"]], Float[Array, ""]]
+DIRECTIONS = ("noise", "denoise")
+
+
+class PathPatchResult(eqx.Module):
+    """What `path_patch` returns.
+
+    - `values`: `[n_senders, n_receivers]` metric of each path-patched run; NaN where the
+      sender is computed after the receiver reads the residual stream (no path).
+    - `clean`, `corrupt`: the metric of the clean and of the corrupted run.
+    - `senders`, `receivers`: the row and column labels (`"L0H1"`, `"MLP0"`, `"L1H2.k"`,
+      `"logits"`); `direction`: `"noise"` (senders from the corrupted run into the clean run)
+      or `"denoise"` (the reverse).
+    """
+
+    values: Float[Array, "n_senders n_receivers"]
+    clean: Float[Array, ""]
+    corrupt: Float[Array, ""]
+    senders: tuple[str, ...] = eqx.field(static=True)
+    receivers: tuple[str, ...] = eqx.field(static=True)
+    direction: str = eqx.field(static=True, default="noise")
+
+    @property
+    def valid(self) -> Bool[Array, "n_senders n_receivers"]:
+        """Which pairs have a direct path (the sender is computed before the receiver)."""
+        return jnp.isfinite(self.values)
+
+    @property
+    def baseline(self) -> Float[Array, ""]:
+        """The metric of the run patched into: clean for `"noise"`, corrupt for `"denoise"`."""
+        return self.clean if self.direction == "noise" else self.corrupt
+
+    @property
+    def effects(self) -> Float[Array, "n_senders n_receivers"]:
+        """`values - baseline`: the change the path makes (NaN where there is no path)."""
+        return self.values - self.baseline
+
+    def normalized(self) -> Float[Array, "n_senders n_receivers"]:
+        """`effects` as a fraction of the total effect (`corrupt - clean` for `"noise"`)."""
+        other = self.corrupt if self.direction == "noise" else self.clean
+        return self.effects / (other - self.baseline)
+
+    def __getitem__(self, pair: tuple[str, str]) -> Float[Array, ""]:
+        """`result["L0H2", "L1H0.k"]`: the value of one pair."""
+        sender, receiver = pair
+        return self.values[
+            _index(sender, self.senders, "sender"), _index(receiver, self.receivers, "receiver")
+        ]
+
+    def top(self, k: int = 5) -> list[tuple[str, str, float]]:
+        """The `k` pairs with the largest `|effect|`, as `(sender, receiver, effect)`."""
+        effects = np.asarray(self.effects, np.float64)
+        flat = np.where(np.isfinite(effects), np.abs(effects), -np.inf).reshape(-1)
+        order = [i for i in np.argsort(-flat, kind="stable")[:k] if np.isfinite(flat[i])]
+        pairs = [np.unravel_index(i, effects.shape) for i in order]
+        return [(self.senders[i], self.receivers[j], float(effects[i, j])) for i, j in pairs]
+
+
+class _Progress:
+    """Host-side progress bar ticked from inside the compiled map."""
+
+    bar = None
+
+    @classmethod
+    def tick(cls, _):
+        if cls.bar is not None:
+            cls.bar.update(1)
+
+
+def _index(name: str, names: Sequence[str], what: str) -> int:
+    try:
+        return list(names).index(name)
+    except ValueError:
+        raise KeyError(f"unknown {what} {name!r}{nearest(name, names)}") from None
+
+
+def _select(spec, names: tuple[str, ...], default: tuple[str, ...], what: str) -> list[int]:
+    """Indices into `names` of `spec`: `None` (the default), a name, a glob such as `"L1H*.k"`,
+    or a sequence of those; unknown names raise with the nearest name."""
+    if spec is None:
+        return [names.index(n) for n in default]
+    items = [spec] if isinstance(spec, str) else list(spec)
+    chosen: list[int] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{what}s are names like {names[1]!r}; got {item!r}")
+        if any(c in item for c in "*?["):
+            hits = [i for i, n in enumerate(names) if fnmatch.fnmatchcase(n, item)]
+            if not hits:
+                raise ValueError(
+                    f"{what} pattern {item!r} matches no {what}{nearest(item, names)}; "
+                    f"{what}s: {', '.join(names[:4])}, …, {names[-1]}"
+                )
+        elif item in names:
+            hits = [names.index(item)]
+        else:
+            raise ValueError(
+                f"unknown {what} {item!r}{nearest(item, names)}; {what}s: "
+                f"{', '.join(names[:4])}, …, {names[-1]}"
+            )
+        chosen += [i for i in hits if i not in chosen]
+    if not chosen:
+        raise ValueError(f"no {what}s selected")
+    return chosen
+
+
+def _check_tokens(model, clean, corrupt):
+    clean, corrupt = jnp.asarray(clean), jnp.asarray(corrupt)
+    if clean.shape != corrupt.shape:
+        raise ValueError(
+            f"clean {clean.shape} and corrupt {corrupt.shape} must have the same shape [batch, seq]"
+        )
+    if clean.ndim == 1:
+        clean, corrupt = clean[None], corrupt[None]
+    if clean.ndim != 2 or 0 in clean.shape:
+        raise ValueError(
+            f"clean and corrupt must be non-empty [batch, seq] token arrays; got {clean.shape}"
+        )
+    for tokens in (clean, corrupt):
+        for row in tokens:
+            model.check_tokens(row)
+    return clean, corrupt
+
+
+def _check_model(model):
+    if not isinstance(model, Transformer):
+        raise TypeError(f"path_patch needs a jaxcirc Transformer; got {type(model).__name__}")
+    for block in model.blocks:
+        if not isinstance(block, (SequentialBlock, ParallelBlock, AttnOnlyBlock)):
+            raise NotImplementedError(
+                f"path_patch supports sequential, parallel and attention-only blocks; this "
+                f"{model.cfg.family} model has {type(block).__name__}"
+            )
+    sites = [
+        s.name
+        for s in jax.tree_util.tree_leaves(model, is_leaf=lambda x: isinstance(x, Site))
+        if isinstance(s, Site) and s.intervention is not None
+    ]
+    if sites:
+        raise ValueError(
+            f"path_patch needs a model without interventions; {sites[0]} carries one "
+            f"(remove them with jaxcirc.interventions.clear)"
+        )
+
+
+def _layout(g: Graph, senders: list[int], receivers: list[int]):
+    """Each receiver's layer (`n_layers` for the logits) and slot inside its layer
+    (q heads, k heads, v heads, MLP), and the valid (sender, receiver) pairs by layer."""
+    slots = {"logits": (g.n_layers, 0)}
+    for layer in range(g.n_layers):
+        first = g.qkv_targets(layer)[0].start
+        last = g.mlp_target(layer) if g.has_mlp else g.qkv_targets(layer)[2].stop - 1
+        for t in range(first, last + 1):
+            slots[g.targets[t]] = (layer, t - first)
+    place = [slots[g.targets[j]] for j in receivers]
+    order_s = np.asarray(g.source_order)[senders]
+    order_t = np.asarray(g.target_order)[receivers]
+    valid = order_s[:, None] < order_t[None, :]
+    return place, valid
+
+
+def path_patch(
+    model: Transformer,
+    clean: Int[Array, "batch seq"],
+    corrupt: Int[Array, "batch seq"],
+    metric: Metric,
+    *,
+    senders: str | Sequence[str] | None = None,
+    receivers: str | Sequence[str] | None = None,
+    direction: str = "noise",
+    chunk_size: int | None = None,
+    progress: bool = False,
+) -> PathPatchResult:
+    """Path patching (Wang et al. 2023; Goldowsky-Dill et al. 2023): `metric` with each
+    sender's effect on each receiver patched through the direct path alone.
+
+    **Arguments:**
+
+    - `model`: a `jaxcirc.Transformer` without interventions (any family: sequential,
+      parallel and attention-only blocks, grouped-query attention).
+    - `clean`, `corrupt`: token batches of the same shape `[batch, seq]`.
+    - `metric`: maps logits `[batch, seq, d_vocab]` to a scalar; held static (pass the same
+      function object, or an `eqx.Module` of arrays, to reuse the compiled program).
+    - `senders`: names or glob patterns (`"L0H*"`); default every head and MLP (`"embed"`, the
+      embedding output, on request).
+    - `receivers`: names or patterns (`"L1H*.k"`, `"MLP*"`, `"logits"`); default all inputs.
+    - `direction`: `"noise"` (default; the paper's): senders take their corrupted output in
+      the clean run; `"denoise"`: senders take their clean output in the corrupted run.
+    - `chunk_size`: pairs evaluated at once (vmapped); default keeps about 1 GiB live.
+    - `progress`: a progress bar over chunks of pairs.
+
+    **Returns:** a `PathPatchResult` (`values[sender, receiver]`, baselines, labels).
+    """
+    _check_model(model)
+    clean, corrupt = _check_tokens(model, clean, corrupt)
+    if not callable(metric):
+        raise TypeError(f"metric must map logits [batch, seq, d_vocab] to a scalar; got {metric!r}")
+    if direction not in DIRECTIONS:
+        raise ValueError(
+            f"unknown direction {direction!r}{nearest(direction, DIRECTIONS)}; "
+            f"choices: {DIRECTIONS}"
+        )
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+    g = graph(model)
+    heads_mlps = tuple(s for s in g.sources if s != "embed")
+    s_idx = _select(senders, g.sources, heads_mlps, "sender")
+    r_idx = _select(receivers, g.targets, g.targets, "receiver")
+    place, valid = _layout(g, s_idx, r_idx)
+    if not valid.any():
+        raise ValueError(
+            "no sender is computed before any receiver: every selected pair has no path "
+            "(senders must come from earlier layers than their receivers)"
+        )
+
+    # pairs grouped by receiver layer, each group padded to whole chunks of one layer
+    counts = np.bincount(
+        [place[j][0] for _, j in zip(*np.nonzero(valid))], minlength=g.n_layers + 1
+    )
+    chunk = int(chunk_size) if chunk_size else _default_chunk(model, clean, g)
+    chunk = max(1, min(chunk, int(counts.max())))
+    layers, pair_s, pair_slot, cells = [], [], [], []
+    for layer in range(g.n_layers + 1):
+        pairs = [(i, j) for i, j in zip(*np.nonzero(valid)) if place[j][0] == layer]
+        if not pairs:
+            continue
+        n_chunks = -(-len(pairs) // chunk)
+        padded = pairs + [pairs[0]] * (n_chunks * chunk - len(pairs))
+        layers += [layer] * n_chunks
+        pair_s += [i for i, _ in padded]
+        pair_slot += [place[j][1] for _, j in padded]
+        cells += pairs + [None] * (len(padded) - len(pairs))
+    n_chunks = len(layers)
+
+    base, other = (clean, corrupt) if direction == "noise" else (corrupt, clean)
+    if progress:
+        from tqdm.auto import tqdm
+
+        _Progress.bar = tqdm(total=n_chunks, desc="path patching", unit="chunk")
+    try:
+        flat, m_base, m_other = _path_patch(
+            model, g, base, other, metric,
+            jnp.asarray(np.asarray(s_idx, np.int32)),
+            jnp.asarray(np.asarray(layers, np.int32)),
+            jnp.asarray(np.asarray(pair_s, np.int32).reshape(n_chunks, chunk)),
+            jnp.asarray(np.asarray(pair_slot, np.int32).reshape(n_chunks, chunk)),
+            bool(progress),
+        )  # fmt: skip
+        flat = np.asarray(jax.block_until_ready(flat)).reshape(-1)
+    finally:
+        if _Progress.bar is not None:
+            _Progress.bar.close()
+            _Progress.bar = None
+    values = np.full(valid.shape, np.nan, np.float32)
+    keep = [k for k, c in enumerate(cells) if c is not None]
+    rows, cols = zip(*(cells[k] for k in keep))
+    values[list(rows), list(cols)] = flat[keep]
+    m_clean, m_corrupt = (m_base, m_other) if direction == "noise" else (m_other, m_base)
+    return PathPatchResult(
+        jnp.asarray(values),
+        m_clean,
+        m_corrupt,
+        tuple(g.sources[i] for i in s_idx),
+        tuple(g.targets[j] for j in r_idx),
+        direction,
+    )
+
+
+def _default_chunk(model: Transformer, tokens, g: Graph) -> int:
+    cfg = model.cfg
+    batch, seq = tokens.shape
+    slots = g.n_heads + 2 * g.n_kv_heads + 1
+    live = (
+        batch
+        * seq
+        * ((8 + 3 * slots) * cfg.d_model + 2 * cfg.d_mlp + 2 * cfg.n_heads * seq + cfg.d_vocab)
+    )
+    return max(1, (1 << 30) // (4 * live))
+
+
+def _source_outputs(model: Transformer, g: Graph, tokens):
+    """The metric's logits and, per example, every source's output `[n_sources, seq, d]`
+    in `g.sources` order, and the residual stream into each layer and after the last
+    `[n_layers + 1, seq, d]`."""
+
+    def one(t):
+        logits, acts = model.run(t)
+        outs = [model.embed_tokens(t)[0][None]]
+        for layer, block in enumerate(model.blocks):
+            z = acts[SiteRef("z", layer)]
+            outs.append(jnp.einsum("shd,hdm->hsm", z, block.attn.W_O))
+            if g.has_mlp:
+                outs.append(acts[SiteRef("mlp_out", layer)][None])
+        resid = jnp.concatenate(
+            [acts.stack("resid_pre"), acts[SiteRef("resid_post", g.n_layers - 1)][None]]
+        )
+        return logits, jnp.concatenate(outs), resid
+
+    return jax.vmap(one)(tokens)
+
+
+def _norm(ln, x: Float[Array, "n seq d"]) -> Float[Array, "n seq d"]:
+    return jax.vmap(lambda y: ln(y)[0])(x)
+
+
+def _split_block(block, g: Graph, x, weights, delta):
+    """One block whose receivers (q heads, k heads, v heads, MLP: `weights`, one-hot) read
+    `x + delta` through their own norm, the others the clean `x`."""
+    inputs = x[None] + weights[:, None, None] * delta[None]
+    nq, nkv = g.n_heads, g.n_kv_heads
+    heads = block.attn.heads(
+        _norm(block.ln1, inputs[:nq]),
+        _norm(block.ln1, inputs[nq : nq + nkv]),
+        _norm(block.ln1, inputs[nq + nkv : nq + 2 * nkv]),
+    )
+    attn_out = heads.sum(0)
+    if block.attn.b_O is not None:
+        attn_out = attn_out + block.attn.b_O
+    if isinstance(block, AttnOnlyBlock):
+        return x + attn_out
+    if isinstance(block, ParallelBlock):
+        return x + attn_out + block.mlp(block.ln2(inputs[-1])[0])[0]
+    mid = x + attn_out
+    return mid + block.mlp(block.ln2(mid + weights[-1] * delta)[0])[0]
+
+
+@eqx.filter_jit
+def _path_patch(model, g, base, other, metric, senders, layers, pair_s, pair_slot, progress):
+    base_logits, base_outs, resid = _source_outputs(model, g, base)
+    other_logits, other_outs, _ = _source_outputs(model, g, other)
+    m_base, m_other = metric(base_logits), metric(other_logits)
+    if jnp.shape(m_base) != ():
+        raise ValueError(f"metric must return a scalar; got shape {jnp.shape(m_base)}")
+    deltas = (other_outs - base_outs)[:, senders]  # [batch, n_senders, seq, d]
+    n_layers = g.n_layers
+    n_slots = g.n_heads + 2 * g.n_kv_heads + int(g.has_mlp)
+
+    def one_example(layer, slot, x, delta):
+        weights = (jnp.arange(n_slots) == slot).astype(x.dtype)
+        x = x[layer]
+        for i, block in enumerate(model.blocks):
+            branches = (
+                lambda x: x,
+                lambda x, b=block: _split_block(b, g, x, weights, delta),
+                lambda x, b=block: b(x)[0],
+            )
+            x = jax.lax.switch(jnp.sign(i - layer) + 1, branches, x)
+        x = x + jnp.where(layer == n_layers, delta, jnp.zeros_like(delta))
+        return model.readout(x)[0]
+
+    def one_pair(layer, s, slot):
+        per_example = jax.vmap(one_example, (None, None, 0, 0))
+        return metric(per_example(layer, slot, resid, deltas[:, s]))
+
+    def one_chunk(args):
+        layer, s, slot = args
+        values = jax.vmap(one_pair, (None, 0, 0))(layer, s, slot)
+        if progress:
+            jax.debug.callback(_Progress.tick, layer)
+        return values
+
+    flat = jax.lax.map(one_chunk, (layers, pair_s, pair_slot))
+    return flat, m_base, m_other
