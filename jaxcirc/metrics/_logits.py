@@ -1,0 +1,222 @@
+"""Metrics on batched logits `[batch, seq, d_vocab]`, read at one position per example.
+
+Each function is pure `jax.numpy`, so it can be jitted, differentiated and used inside a
+patching sweep. `position` is an int (default `-1`, the last token) or an int array `[batch]`
+of per-example positions. Token ids are `[batch]`, a scalar shared by the batch, or a set per
+example `[batch, k]` where negative ids are padding (sets of different sizes in one array).
+
+`logit_diff` is the IOI metric (Wang et al. 2023, "Interpretability in the Wild"); `prob_diff`
+the greater-than metric (Hanna et al. 2023, "How does GPT-2 compute greater-than?");
+`kl_to_clean` and `normalized` follow Heimersheim & Nanda 2024, "How to use and interpret
+activation patching". `bind` turns any of them into a metric `logits -> scalar` for
+`jaxcirc.patching.sweep`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int
+
+Position = int | Int[ArrayLike, " batch"]
+
+
+def at_position(
+    logits: Float[Array, "batch seq d_vocab"], position: Position = -1
+) -> Float[Array, "batch d_vocab"]:
+    """The logits at `position`: one int for every example, or an int array `[batch]`."""
+    logits = jnp.asarray(logits)
+    if logits.ndim != 3:
+        raise ValueError(
+            f"metrics take logits of shape [batch, seq, d_vocab]; got shape {list(logits.shape)}"
+            + (" (a single example? add a batch axis: logits[None])" if logits.ndim == 2 else "")
+        )
+    batch, seq, _ = logits.shape
+    position = jnp.asarray(position)
+    if not jnp.issubdtype(position.dtype, jnp.integer):
+        raise ValueError(f"position must be an int or int array; got dtype {position.dtype}")
+    if position.ndim == 0:
+        return logits[:, position]
+    if position.shape != (batch,):
+        raise ValueError(
+            f"position must be an int or an int array of shape [batch] = [{batch}]; "
+            f"got shape {list(position.shape)}"
+        )
+    position = jnp.where(position < 0, position + seq, position)
+    return jnp.take_along_axis(logits, position[:, None, None], axis=1)[:, 0]
+
+
+def _ids(ids, batch: int, name: str) -> tuple[Int[Array, "batch k"], Array]:
+    """Token ids as `[batch, k]` with the mask of real (non-negative) ids."""
+    ids = jnp.asarray(ids)
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(f"{name} must be integer token ids; got dtype {ids.dtype}")
+    if ids.ndim == 0:
+        ids = jnp.broadcast_to(ids, (batch,))
+    if ids.ndim == 1:
+        ids = ids[:, None]
+    if ids.ndim != 2 or ids.shape[0] != batch:
+        raise ValueError(
+            f"{name} must have shape [batch], [batch, k] or [] with batch = {batch}; "
+            f"got shape {list(ids.shape)}"
+        )
+    return ids, ids >= 0
+
+
+def _gather(values: Float[Array, "batch d_vocab"], ids, name: str):
+    ids, mask = _ids(ids, values.shape[0], name)
+    return jnp.take_along_axis(values, jnp.where(mask, ids, 0), axis=1), mask
+
+
+def logit_diff(
+    logits: Float[Array, "batch seq d_vocab"],
+    answer: Int[ArrayLike, "batch *k"],
+    distractor: Int[ArrayLike, "batch *k"],
+    *,
+    position: Position = -1,
+) -> Float[Array, ""]:
+    """Mean over the batch of `logit[answer] - logit[distractor]` at `position`.
+
+    With sets `[batch, k]`, each side is the mean logit over its (non-negative) ids.
+    The IOI metric of Wang et al. 2023.
+    """
+    x = at_position(logits, position).astype(jnp.float32)
+    a, a_mask = _gather(x, answer, "answer")
+    d, d_mask = _gather(x, distractor, "distractor")
+    side = lambda v, m: (v * m).sum(-1) / m.sum(-1)
+    return (side(a, a_mask) - side(d, d_mask)).mean()
+
+
+def prob_diff(
+    logits: Float[Array, "batch seq d_vocab"],
+    answer: Int[ArrayLike, "batch *k"],
+    distractor: Int[ArrayLike, "batch *k"],
+    *,
+    position: Position = -1,
+) -> Float[Array, ""]:
+    """Mean over the batch of `p(answer) - p(distractor)` at `position`.
+
+    With sets `[batch, k]`, each side is the total probability of its (non-negative) ids:
+    Hanna et al. 2023's greater-than metric `sum p(y > YY) - sum p(y <= YY)`.
+    """
+    p = jax.nn.softmax(at_position(logits, position).astype(jnp.float32), axis=-1)
+    a, a_mask = _gather(p, answer, "answer")
+    d, d_mask = _gather(p, distractor, "distractor")
+    return ((a * a_mask).sum(-1) - (d * d_mask).sum(-1)).mean()
+
+
+def cross_entropy(
+    logits: Float[Array, "batch seq d_vocab"],
+    answer: Int[ArrayLike, "batch *k"],
+    *,
+    position: Position = -1,
+) -> Float[Array, ""]:
+    """Mean over the batch of `-log p(answer)` at `position` (of the set's total probability)."""
+    logp = jax.nn.log_softmax(at_position(logits, position).astype(jnp.float32), axis=-1)
+    a, mask = _gather(logp, answer, "answer")
+    return -jax.nn.logsumexp(jnp.where(mask, a, -jnp.inf), axis=-1).mean()
+
+
+def kl_to_clean(
+    logits: Float[Array, "batch seq d_vocab"],
+    clean_logits: Float[Array, "batch seq d_vocab"] | Float[Array, "batch d_vocab"],
+    *,
+    position: Position = -1,
+) -> Float[Array, ""]:
+    """Mean over the batch of `KL(p_clean || p)` between next-token distributions at `position`.
+
+    `clean_logits` is `[batch, seq, d_vocab]` (read at `position` too) or already `[batch,
+    d_vocab]` (store only that row when binding it into a sweep metric).
+    """
+    logp = jax.nn.log_softmax(at_position(logits, position).astype(jnp.float32), axis=-1)
+    clean_logits = jnp.asarray(clean_logits)
+    if clean_logits.ndim == 3:
+        clean_logits = at_position(clean_logits, position)
+    if clean_logits.shape != logp.shape:
+        raise ValueError(
+            f"clean_logits at the position has shape {list(clean_logits.shape)}; expected "
+            f"{list(logp.shape)} (logits {list(jnp.shape(logits))})"
+        )
+    logq = jax.nn.log_softmax(clean_logits.astype(jnp.float32), axis=-1)
+    return (jnp.exp(logq) * (logq - logp)).sum(-1).mean()
+
+
+def normalized(
+    metric_value: Float[ArrayLike, "*shape"],
+    clean_value: Float[ArrayLike, ""],
+    corrupt_value: Float[ArrayLike, ""],
+) -> Float[Array, "*shape"]:
+    """`(m - m_corrupt) / (m_clean - m_corrupt)`: 0 at the corrupt run, 1 at the clean run.
+
+    Works on a whole sweep grid. Raises `ValueError` when the clean and corrupt values are
+    equal (nothing to normalise by); under `jit` the same check is an `eqx.error_if`.
+    """
+    clean_value, corrupt_value = jnp.asarray(clean_value), jnp.asarray(corrupt_value)
+    gap = clean_value - corrupt_value
+    concrete = not any(isinstance(v, jax.core.Tracer) for v in (gap, metric_value))
+    if concrete and not bool(jnp.all(gap != 0) & jnp.all(jnp.isfinite(gap))):
+        raise ValueError(
+            f"cannot normalise: clean value {np.asarray(clean_value).tolist()} and corrupt value "
+            f"{np.asarray(corrupt_value).tolist()} do not differ (or are not finite); the metric "
+            "does not separate the clean and corrupt runs"
+        )
+    if not concrete:
+        gap = eqx.error_if(
+            gap, (gap == 0) | ~jnp.isfinite(gap), "normalized: clean value == corrupt value"
+        )
+    return (jnp.asarray(metric_value) - corrupt_value) / gap
+
+
+class Bound(eqx.Module):
+    """A metric `logits -> scalar`: `fn(logits, **kwargs)`; made by `bind`.
+
+    An `eqx.Module`, so its arrays are traced (not baked in as constants) when a sweep
+    compiles it; `fn` is static, so two `Bound`s of the same `fn` share the compiled sweep.
+    """
+
+    fn: Callable = eqx.field(static=True)
+    kwargs: dict[str, Any]
+
+    def __call__(self, logits: Float[Array, "batch seq d_vocab"]) -> Float[Array, ""]:
+        return self.fn(logits, **self.kwargs)
+
+
+def bind(fn: Callable, **kwargs) -> Bound:
+    """Fix every argument of a metric but the logits: `bind(logit_diff, answer=a, distractor=d)`.
+
+    The result is the `metric` that `jaxcirc.patching.sweep(model, clean, corrupt, metric, ...)`
+    expects. NumPy arrays become JAX arrays; ints (e.g. `position=-1`) stay static.
+    """
+    if not callable(fn):
+        raise TypeError(f"bind expects a metric function first; got {type(fn).__name__}")
+    arrays = {
+        k: jnp.asarray(v) if isinstance(v, (np.ndarray, list)) else v for k, v in kwargs.items()
+    }
+    return Bound(fn, arrays)
+
+
+class Normalized(eqx.Module):
+    """`normalized(metric(logits), clean_value, corrupt_value)`: a metric; made by `normalize`."""
+
+    metric: Callable
+    clean_value: Float[Array, ""]
+    corrupt_value: Float[Array, ""]
+
+    def __call__(self, logits: Float[Array, "batch seq d_vocab"]) -> Float[Array, ""]:
+        return normalized(self.metric(logits), self.clean_value, self.corrupt_value)
+
+
+def normalize(metric: Callable, clean_value, corrupt_value) -> Normalized:
+    """Wrap `metric` so it reads 1 on the clean run and 0 on the corrupt run.
+
+    Raises `ValueError` at once when the two values are equal.
+    """
+    clean_value = jnp.asarray(clean_value, jnp.float32)
+    corrupt_value = jnp.asarray(corrupt_value, jnp.float32)
+    normalized(clean_value, clean_value, corrupt_value)  # the eager check
+    return Normalized(metric, clean_value, corrupt_value)
