@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _iia, _patch
+from . import _iia, _patch, _trace
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,6 +23,7 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     _patch.add_parser(commands)
     _iia.add_parser(commands)
+    _trace.add_parser(commands)
     return root
 
 
