@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny
 
 import jaxcirc as jc
 from jaxcirc.metrics import (
@@ -18,8 +19,6 @@ from jaxcirc.metrics import (
     normalized,
     prob_diff,
 )
-
-from conftest import tiny
 
 B, S, V = 4, 6, 11
 

@@ -1,4 +1,4 @@
-"""Metrics: functions of batched logits `[batch, seq, d_vocab]`, and wrappers making sweep metrics."""
+"""Metrics on batched logits `[batch, seq, d_vocab]`, and wrappers that make sweep metrics."""
 
 from ._logits import Bound as Bound
 from ._logits import Normalized as Normalized

@@ -75,8 +75,8 @@ def _gather(values: Float[Array, "batch d_vocab"], ids, name: str):
 
 def logit_diff(
     logits: Float[Array, "batch seq d_vocab"],
-    answer: Int[ArrayLike, "batch *k"],
-    distractor: Int[ArrayLike, "batch *k"],
+    answer: Int[ArrayLike, "batch ..."],
+    distractor: Int[ArrayLike, "batch ..."],
     *,
     position: Position = -1,
 ) -> Float[Array, ""]:
@@ -94,8 +94,8 @@ def logit_diff(
 
 def prob_diff(
     logits: Float[Array, "batch seq d_vocab"],
-    answer: Int[ArrayLike, "batch *k"],
-    distractor: Int[ArrayLike, "batch *k"],
+    answer: Int[ArrayLike, "batch ..."],
+    distractor: Int[ArrayLike, "batch ..."],
     *,
     position: Position = -1,
 ) -> Float[Array, ""]:
@@ -112,7 +112,7 @@ def prob_diff(
 
 def cross_entropy(
     logits: Float[Array, "batch seq d_vocab"],
-    answer: Int[ArrayLike, "batch *k"],
+    answer: Int[ArrayLike, "batch ..."],
     *,
     position: Position = -1,
 ) -> Float[Array, ""]:

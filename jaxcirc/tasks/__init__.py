@@ -1,0 +1,21 @@
+"""Tasks: clean/corrupt prompt pairs with answers, per-example positions and a default metric.
+
+`ioi` (Wang et al. 2023), `induction` (Olsson et al. 2022), `greater_than` (Hanna et al. 2023),
+`factual` (Meng et al. 2022), and `from_strings` for your own; each returns a `Task`.
+"""
+
+from ._factual import FACTS as FACTS
+from ._factual import factual as factual
+from ._greater_than import NOUNS as NOUNS
+from ._greater_than import greater_than as greater_than
+from ._induction import induction as induction
+from ._ioi import ABBA_TEMPLATES as ABBA_TEMPLATES
+from ._ioi import BABA_TEMPLATES as BABA_TEMPLATES
+from ._ioi import NAMES as NAMES
+from ._ioi import OBJECTS as OBJECTS
+from ._ioi import PLACES as PLACES
+from ._ioi import ioi as ioi
+from ._ioi import ioi_names as ioi_names
+from ._task import Task as Task
+from ._task import from_strings as from_strings
+from ._task import single_token as single_token
