@@ -88,10 +88,14 @@ class _JitInitHaiku:
     @staticmethod
     def transform(f):
         import haiku
-        import jax
 
         t = haiku.transform(f)
-        return haiku.Transformed(init=jax.jit(t.init), apply=t.apply)
+
+        def init(*args):
+            return _quick_jit(t.init, *args)
+
+        init._original_fn = t.init._original_fn  # haiku's without_apply_rng reads it
+        return haiku.Transformed(init=init, apply=t.apply)
 
 
 @contextlib.contextmanager
@@ -352,24 +356,68 @@ def tracr_readout_matrix(assembled) -> np.ndarray:
     return np.asarray(unembed.apply({}, jnp.eye(d, dtype=jnp.float32))).reshape(d, -1)
 
 
+_QUICK = {"xla_backend_optimization_level": 0}  # these models are tiny: compile, don't optimise
+
+
+def _quick_jit(f, *args):
+    import jax
+
+    return jax.jit(f).lower(*args).compile(compiler_options=_QUICK)(*args)
+
+
 def tracr_readout(assembled, tokens) -> np.ndarray:
     """tracr's own output before the argmax, `[batch, seq, n_out]`, for token ids
     `[batch, seq]` (BOS included), through tracr's haiku forward pass."""
-
-    forward = _jitted_forward(id(assembled), assembled)
-    out = forward(assembled.params, np.asarray(tokens))
-    return np.asarray(out.transformer_output.output) @ tracr_readout_matrix(assembled)
-
-
-_FORWARDS: dict = {}
+    tokens = np.asarray(tokens)
+    out = _quick_jit(
+        lambda p, x: assembled.forward(p, x).transformer_output.output, assembled.params, tokens
+    )
+    return np.asarray(out) @ tracr_readout_matrix(assembled)
 
 
-def _jitted_forward(key, assembled):
+def _model_outputs(model: Transformer, tokens) -> np.ndarray:
+    import equinox as eqx
     import jax
 
-    if key not in _FORWARDS or _FORWARDS[key][0] is not assembled:
-        _FORWARDS[key] = (assembled, jax.jit(assembled.forward))
-    return _FORWARDS[key][1]
+    from ..models._transformer import forward
+
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def run(p, x):
+        return jax.vmap(lambda t: forward(eqx.combine(p, static), t)[0])(x)
+
+    return np.asarray(_quick_jit(run, params, np.asarray(tokens)))
+
+
+def check_against_tracr(compiled, model: Transformer, *, limit: int = 20_000, seed: int = 0):
+    """Compare `model` with tracr's own forward pass on every input (BOS + 1..max_len
+    vocabulary tokens), or on `limit` seeded random inputs per length where there are more.
+
+    Returns `{"n_inputs", "exhaustive", "max_abs_diff", "argmax_mismatches"}`: the largest
+    difference of the output scores (BOS position excluded) and, for categorical programs,
+    how many positions decode differently.
+    """
+    assembled = compiled.assembled if isinstance(compiled, TracrCompilation) else compiled
+    enc = assembled.input_encoder
+    vocab = [v for v in enc.encoding_map if v not in (enc.bos_token, enc.pad_token)]
+    ids = np.asarray([enc.encoding_map[v] for v in vocab])
+    bos = enc.encoding_map[enc.bos_token]
+    rng = np.random.default_rng(seed)
+    report = {"n_inputs": 0, "exhaustive": True, "max_abs_diff": 0.0, "argmax_mismatches": 0}
+    for length in range(1, enc._max_seq_len):  # the encoder's limit counts BOS
+        if len(vocab) ** length <= limit:
+            rows = _all_inputs(vocab, length)
+        else:
+            rows = rng.integers(0, len(vocab), (limit, length))
+            report["exhaustive"] = False
+        tokens = np.concatenate([np.full((len(rows), 1), bos), ids[rows]], 1)
+        ref = tracr_readout(assembled, tokens)[:, 1:]
+        ours = _model_outputs(model, tokens)[:, 1:, : ref.shape[-1]]
+        report["n_inputs"] += len(rows)
+        report["max_abs_diff"] = max(report["max_abs_diff"], float(np.abs(ref - ours).max()))
+        if ref.shape[-1] > 1:
+            report["argmax_mismatches"] += int((ref.argmax(-1) != ours.argmax(-1)).sum())
+    return report
 
 
 def from_tracr(compiled) -> tuple[Transformer, TracrCircuit]:
