@@ -134,13 +134,20 @@ _TRACR_LIB = {  # fallback programs from tracr's own library: (builder, vocab, m
 
 
 def tracr_case(name: str, n: int, seed: int):
-    """The converted tracr model for `name` and `n` clean/corrupt prompt pairs (BOS first)."""
-    import jaxcirc.io as jio
-
-    if hasattr(jio, "tracr_case"):  # the library's cached, converted benchmark programs
-        model, _circuit, info = jio.tracr_case(name)
-        clean, corrupt = _tracr_case_tokens(info, n, seed)
-        return model, clean, corrupt, info.case.output if hasattr(info, "case") else "categorical"
+    """The converted tracr model for `name` and `n` clean/corrupt prompt pairs (BOS first):
+    `jaxcirc.io.tracr_case`'s cached model where the library ships it, else compiled here."""
+    try:
+        from jaxcirc.io import tracr_case as shipped
+    except ImportError:
+        shipped = None
+    if shipped is not None:
+        try:
+            model, _circuit, info = shipped(name)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"jaxcirc.io.tracr_case({name!r}) unavailable ({e}); compiling with tracr")
+        else:
+            clean, corrupt = info.sample(n, seed=seed)
+            return model, clean, corrupt, info.case.output
     from tracr.compiler import compiling, lib
     from tracr.rasp import rasp
 
@@ -164,16 +171,6 @@ def tracr_case(name: str, n: int, seed: int):
         return np.asarray([[enc["BOS"], *(enc[vocab[i]] for i in row)] for row in rows])
 
     return _convert_tracr(compiled, program.label), draw(), draw(), output
-
-
-def _tracr_case_tokens(info, n: int, seed: int):
-    """Token ids of `n` prompt pairs from a `TracrCaseInfo` (its `pairs` and encoder)."""
-    case = info.case
-    clean, corrupt = case.pairs(n, seed=seed)
-    encode = info.encode if hasattr(info, "encode") else None
-    if encode is None:
-        raise SystemExit("TracrCaseInfo has no encode(); update export.py to its API")
-    return np.asarray(encode(clean)), np.asarray(encode(corrupt))
 
 
 # ----------------------------------------------------------------------------- export
