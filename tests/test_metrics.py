@@ -118,6 +118,8 @@ def test_normalized():
     with pytest.raises(Exception, match="clean value == corrupt value"):
         jax.jit(normalized)(2.0, 1.5, 1.5).block_until_ready()
     np.testing.assert_allclose(jax.jit(normalized)(2.0, 3.0, 1.0), 0.5)
+    with pytest.raises(ValueError, match="do not differ"):  # concrete baselines: caught at once
+        jax.jit(lambda m: normalized(m, 1.5, 1.5))(2.0)
 
 
 def test_shape_errors(logits):

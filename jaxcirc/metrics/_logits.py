@@ -156,19 +156,21 @@ def normalized(
     Works on a whole sweep grid. Raises `ValueError` when the clean and corrupt values are
     equal (nothing to normalise by); under `jit` the same check is an `eqx.error_if`.
     """
+    values = (clean_value, corrupt_value)
+    if not any(isinstance(v, jax.core.Tracer) for v in values):  # checked now, even under jit
+        clean, corrupt = (np.asarray(v, np.float64) for v in values)
+        if not (np.all(clean != corrupt) and np.all(np.isfinite(clean - corrupt))):
+            raise ValueError(
+                f"cannot normalise: clean value {clean.tolist()} and corrupt value "
+                f"{corrupt.tolist()} do not differ (or are not finite); the metric does not "
+                "separate the clean and corrupt runs"
+            )
     clean_value, corrupt_value = jnp.asarray(clean_value), jnp.asarray(corrupt_value)
-    gap = clean_value - corrupt_value
-    concrete = not any(isinstance(v, jax.core.Tracer) for v in (gap, metric_value))
-    if concrete and not bool(jnp.all(gap != 0) & jnp.all(jnp.isfinite(gap))):
-        raise ValueError(
-            f"cannot normalise: clean value {np.asarray(clean_value).tolist()} and corrupt value "
-            f"{np.asarray(corrupt_value).tolist()} do not differ (or are not finite); the metric "
-            "does not separate the clean and corrupt runs"
-        )
-    if not concrete:
-        gap = eqx.error_if(
-            gap, (gap == 0) | ~jnp.isfinite(gap), "normalized: clean value == corrupt value"
-        )
+    gap = eqx.error_if(
+        clean_value - corrupt_value,
+        (clean_value == corrupt_value) | ~jnp.isfinite(clean_value - corrupt_value),
+        "normalized: clean value == corrupt value",
+    )
     return (jnp.asarray(metric_value) - corrupt_value) / gap
 
 

@@ -209,8 +209,9 @@ def ioi(
       indirect object; `"S2"`: the second subject mention becomes the `IO` name, so the
       repeated name, and with it the expected answer, flips (clean answer `IO`, corrupt `S`).
       Places, objects and templates are kept.
-    - `seq_len`: the token length of every prompt; default: the length most (template, place,
-      object) combinations share. Combinations of other lengths are not used.
+    - `seq_len`: the token length of every prompt; default: the length that the most
+      templates give (with one-token names and this tokenizer's places and objects); other
+      templates, places and objects are not used. Templates are drawn uniformly.
 
     **Returns:** a `Task` with `answer` = `IO`, `distractor` = `S` (`[batch]`), metric
     `logit_diff` at the last position, and `positions` `io`, `s1`, `s2`, `end` (`[batch]`).
@@ -250,8 +251,8 @@ def ioi(
         )
         for _, t, p, o in combos
     ]
-    if seq_len is None:
-        seq_len = most_common_length(lengths)
+    if seq_len is None:  # the length that the most templates can fill
+        seq_len = most_common_length([m for _, m in {(c[1], m) for c, m in zip(combos, lengths)}])
     # template -> its (place, object) fillings of the chosen length, per template set
     by_kind = {"BABA": {}, "ABBA": {}}
     for (kind, t, place, obj), m in zip(combos, lengths):
