@@ -178,6 +178,8 @@ def test_induction_wraps_the_zoo_task():
     assert (with_bos.corrupt[:, 1:] != 3).all()
     np.testing.assert_array_equal(with_bos.answer, with_bos.clean[:, 6])
     np.testing.assert_array_equal(with_bos.metric.targets[:, :-1], with_bos.clean[:, 1:])
+    key = jax.random.key(7)
+    np.testing.assert_array_equal(induction(2, seed=key).clean, induction(2, seed=key).clean)
     with pytest.raises(ValueError, match="bos=20"):
         induction(2, half_len=4, d_vocab=20, bos=20)
 

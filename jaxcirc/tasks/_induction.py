@@ -10,16 +10,16 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ..zoo._induction import InductionMetric, induction_task
-from ._task import Task
+from ._task import Task, as_seed
 
 
 def induction(
-    n: int, *, half_len: int = 16, d_vocab: int = 64, seed: int = 0, bos: int | None = None
+    n: int, *, half_len: int = 16, d_vocab: int = 64, seed=0, bos: int | None = None
 ) -> Task:
     """`n` repeated random-token prompts `[bos?] A A[:-1]` of `half_len` distinct tokens each.
 
     **Arguments:** `n` prompts; `half_len` tokens in `A`; tokens drawn from `0..d_vocab-1`
-    (never `bos`); `seed` an int; `bos`: a token id to put first, or `None`.
+    (never `bos`); `seed` an int or a `jax.random` key; `bos`: a token id to put first, or `None`.
 
     **Returns:** a `Task` (length `2 * half_len - 1`, plus one with `bos`): `corrupt` is
     `[A', A[:-1]]`; `answer` = `A[-1]`, the next token of the repeat; `distractor` = `A'[-1]`,
@@ -30,7 +30,7 @@ def induction(
     if bos is not None and not 0 <= bos < d_vocab:
         raise ValueError(f"induction: bos={bos} must be a token id in [0, d_vocab={d_vocab})")
     vocab = d_vocab if bos is None else d_vocab - 1
-    base = induction_task(n, half_len, seed, d_vocab=vocab)
+    base = induction_task(n, half_len, as_seed(seed), d_vocab=vocab)
     clean, corrupt = base.clean, base.corrupt
     targets, weights = base.metric.targets, base.metric.weights
     if bos is not None:  # draw from d_vocab - 1 ids, skip over bos, put it first

@@ -202,9 +202,14 @@ def from_strings(
     )
 
 
-def as_rng(seed) -> np.random.Generator:
+def as_seed(seed) -> int:
+    """An int seed from an int or a `jax.random` key."""
     if isinstance(seed, jax.Array):
         seed = int(jax.random.randint(seed, (), 0, 2**31 - 1))
     if not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int or a jax.random key; got {type(seed).__name__}")
-    return np.random.default_rng(int(seed))
+    return int(seed)
+
+
+def as_rng(seed) -> np.random.Generator:
+    return np.random.default_rng(as_seed(seed))
