@@ -278,7 +278,7 @@ TRACR_CASES: dict[str, TracrCase] = {
             "how often each position's token occurs",
             program_hist,
             _ABC,
-            5,
+            4,
             "categorical",
             corrupt=_flip_one(_ABC),
             corruption="one position changed",
@@ -312,14 +312,14 @@ TRACR_CASES: dict[str, TracrCase] = {
             "categorical",
         ),
         _case(
-            "prev_token", "the token one position back", program_prev_token, _ABC, 5, "categorical"
+            "prev_token", "the token one position back", program_prev_token, _ABC, 4, "categorical"
         ),
         _case(
             "pair_sum",
             "this token plus the previous one",
             program_pair_sum,
             (0, 1, 2),
-            5,
+            4,
             "categorical",
         ),
         _case(
@@ -327,7 +327,7 @@ TRACR_CASES: dict[str, TracrCase] = {
             "1 where the bigram 'ab' ends",
             program_detect_ab,
             _ABC,
-            5,
+            4,
             "categorical",
             corrupt=_flip_one(_ABC),
             corruption="one position changed",
@@ -355,7 +355,7 @@ TRACR_CASES: dict[str, TracrCase] = {
             "fraction of '(' minus fraction of ')' so far",
             program_pair_balance,
             ("(", ")"),
-            6,
+            5,
             "numerical",
             sample=_brackets,
         ),
@@ -364,7 +364,7 @@ TRACR_CASES: dict[str, TracrCase] = {
             "whether the bracket string is balanced",
             program_balanced,
             ("(", ")"),
-            6,
+            5,
             "categorical",
             sample=_brackets,
             corrupt=_flip_one(("(", ")")),
