@@ -28,6 +28,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ KINDS = {"resid": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_o
 SAMPLES, WINDOW, NOISE_SCALE, SEED = 10, 10, 3.0, 0
 ATOL = 1e-4
 MODELS = ("smollm2", "gpt2")
+TITLES = {"smollm2": "SmolLM2-135M", "gpt2": "GPT-2-small-shaped model"}
 
 
 # ---------------------------------------------------------------- inputs (parent)
@@ -153,7 +155,9 @@ def side_jax(args, workdir: Path) -> None:
 
     compile_s = c.compile_clock()
     (first,), _ = c.timed(run, 1)
+    cpu = time.process_time()
     steady, r = c.timed(run, args.repeat)
+    cpu = (time.process_time() - cpu) / args.repeat
     grids = np.stack([np.asarray(r.indirect[k]) for k in KINDS])
     probs = np.array([float(r.clean_prob), float(r.corrupt_prob)])
     c.finish_side(
@@ -164,6 +168,7 @@ def side_jax(args, workdir: Path) -> None:
         compile_s=compile_s(),
         first_s=first,
         steady_s=steady,
+        cpu_s=cpu,
     )
 
 
@@ -286,7 +291,9 @@ def side_torch(args, workdir: Path) -> None:
 
     with torch.no_grad():
         model(tokens[None].expand(args.samples, -1))  # warm-up
+        cpu = time.process_time()
         steady, (grids, clean, corrupt) = c.timed(run, args.tl_repeat)
+        cpu = (time.process_time() - cpu) / args.tl_repeat
     grids = np.stack([grids[k] for k in KINDS])
     c.finish_side(
         workdir,
@@ -294,6 +301,7 @@ def side_torch(args, workdir: Path) -> None:
         {"grids": grids, "probs": np.array([clean, corrupt])},
         baseline_rss_mib=baseline,
         steady_s=steady,
+        cpu_s=cpu,
     )
 
 
@@ -312,7 +320,7 @@ def describe(name: str, cfg: dict, args) -> str:
     return f"random GPT-2-small-shaped weights ({size})"
 
 
-def report(name, cfg, args, seq, n_subject, reports, errs) -> str:
+def report(name, cfg, args, info, seq, n_subject, reports, errs) -> str:
     jx, tl = reports["jax"], reports["torch"]
     j_med, t_med = statistics.median(jx["steady_s"]), statistics.median(tl["steady_s"])
     cells = 3 * cfg["n_layers"] * seq
@@ -325,6 +333,8 @@ def report(name, cfg, args, seq, n_subject, reports, errs) -> str:
             c.ms(t_med),
         ],
         ["**speed-up vs TL, steady state**", f"**{t_med / j_med:.1f}×**", "1×"],
+        ["CPU time per grid (all threads)", c.ms(jx["cpu_s"]), c.ms(tl["cpu_s"])],
+        ["speed-up vs TL in CPU time", f"{tl['cpu_s'] / jx['cpu_s']:.1f}×", "1×"],
         ["speed-up vs TL, jaxcirc incl. compile", f"{t_med / jx['first_s']:.1f}×", "1×"],
         [
             "peak RSS (own process)",
@@ -341,7 +351,10 @@ def report(name, cfg, args, seq, n_subject, reports, errs) -> str:
     ratio = t_med / j_med
     return "\n\n".join(
         [
-            f"### {describe(name, cfg, args)}",
+            f"## Causal tracing, {TITLES[name]}: jaxcirc `causal_trace` vs TransformerLens "
+            "hooks (CPU)",
+            c.machine_markdown(info),
+            f"{describe(name, cfg, args)}. {setup(args)}",
             f"Prompt of {seq} tokens, {n_subject} subject tokens noised; {cells} cells "
             f"(3 kinds × {cfg['n_layers']} layers × {seq} positions), each a run of {args.samples} "
             f"noise samples (TL: {cells} `run_with_hooks` calls of batch {args.samples}).",
@@ -387,11 +400,10 @@ def main() -> None:
         sys.exit(f"--models: unknown model {bad[0]!r}; choose from {', '.join(MODELS)}")
     if args.quick:
         models, args.layers = ["gpt2"], None
-    info = c.machine()
     ids, mask = prompt_ids(args.prompt, args.subject)
-    sections = []
     with tempfile.TemporaryDirectory(prefix="jaxcirc-bench-") as tmp:
         for name in models:
+            info = c.machine()
             workdir = Path(tmp) / name
             cfg = write_inputs(name, args, workdir, ids, mask)
             print(f"== {name}: {describe(name, cfg, args)}", flush=True)
@@ -407,18 +419,10 @@ def main() -> None:
             }
             probs = c.load_output(workdir, "jax", "probs")
             print(f"clean p = {probs[0]:.4f}, corrupt p = {probs[1]:.4f}")
-            sections.append(report(name, cfg, args, len(ids), int(mask.sum()), reports, errs))
-    text = "\n\n".join(
-        [
-            "## Causal tracing: jaxcirc `causal_trace` vs TransformerLens hooks (CPU)",
-            c.machine_markdown(info),
-            setup(args),
-            *sections,
-        ]
-    )
-    print(text)
-    if not args.quick:
-        c.write_section("bench_tracing", text)
+            text = report(name, cfg, args, info, len(ids), int(mask.sum()), reports, errs)
+            print(text, flush=True)
+            if not args.quick:  # each model its own section, written as soon as it is done
+                c.write_section(f"bench_tracing_{name}", text)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ restoration puts back the clean value of one site kind (`resid_post`, `mlp_out` 
 the answer at the last position. One compiled program per kind: the window is a layer mask,
 the noise samples and prompts are vmapped, and (layer, position) run under `lax.map`, the
 position in chunks. The corrupted residual stream is cached, so a restoration starting at
-layer `l` skips the `l` blocks before it.
+layer `l` skips the `l` blocks before it (a restored `resid_post` of layer `l` starts at layer
+`l + 1`). In a causal model nothing before the first subject position differs between the
+clean and the corrupted run, so those cells are the corrupted probability and are not run.
 """
 
 from __future__ import annotations
@@ -174,10 +176,12 @@ def causal_trace(
         from tqdm.auto import tqdm
 
         _Progress.bar = tqdm(total=n_layers * len(kinds), desc="causal tracing", unit="layer")
+    # positions before the first subject token are identical in the clean and corrupted runs
+    start = int(np.asarray(mask).any(0).argmax()) if model.cfg.causal else 0
     try:
         clean, corrupt, grids = _trace(
             model, tokens, mask, answer, jnp.asarray(std, jnp.float32), keys,
-            tuple(kinds), int(window), chunk_size, bool(progress),
+            tuple(kinds), int(window), chunk_size, bool(progress), start,
         )  # fmt: skip
         grids = jax.block_until_ready(grids)
     finally:
@@ -201,13 +205,13 @@ def _default_chunk(model, n_examples: int, seq: int) -> int:
 
 
 @eqx.filter_jit
-def _trace(model, tokens, mask, answer, std, keys, kinds, window, chunk_size, progress):
+def _trace(model, tokens, mask, answer, std, keys, kinds, window, chunk_size, progress, start=0):
     n_layers, seq = model.cfg.n_layers, tokens.shape[1]
 
     def corrupted(t, subject, key):
         noisy = intervene(model, {SiteRef("embed"): Noise(std, key, mask=subject[:, None])})
         _, acts = noisy.run(t)
-        return acts.stack("resid_pre"), acts.stack("resid_post")[-1]
+        return acts.stack("resid_pre"), acts.stack("resid_post")
 
     def clean_run(t, a):
         logits, acts = model.run(t)
@@ -215,10 +219,20 @@ def _trace(model, tokens, mask, answer, std, keys, kinds, window, chunk_size, pr
         return jax.nn.softmax(logits[-1].astype(jnp.float32))[a], sites
 
     clean_prob, clean_sites = jax.vmap(clean_run)(tokens, answer)
-    cache, final = jax.vmap(jax.vmap(corrupted, (None, None, 0)), (0, 0, 0))(tokens, mask, keys)
-    corrupt_prob = jax.vmap(jax.vmap(lambda x, a: _prob(model, x, a), (0, None)))(final, answer)
+    cache, post = jax.vmap(jax.vmap(corrupted, (None, None, 0)), (0, 0, 0))(tokens, mask, keys)
+    corrupt_prob = jax.vmap(jax.vmap(lambda x, a: _prob(model, x, a), (0, None)))(
+        post[:, :, -1], answer
+    )
     n_examples = keys.shape[0] * keys.shape[1]
     chunk = chunk_size or _default_chunk(model, n_examples, seq)
+    positions = jnp.arange(start, seq)
+
+    def restored_resid(layer, position, clean_site, resid_post, a):
+        # the clean resid_post of `layer` at `position` in the corrupted stream; layers after it
+        x = jnp.where((jnp.arange(seq) == position)[:, None], clean_site[layer], resid_post[layer])
+        for i, block in enumerate(model.blocks):
+            x = jax.lax.cond(i > layer, lambda x, b=block: b(x)[0], lambda x: x, x)
+        return _prob(model, x, a)
 
     grids = {}
     for kind in kinds:
@@ -237,13 +251,15 @@ def _trace(model, tokens, mask, answer, std, keys, kinds, window, chunk_size, pr
                 x = jax.lax.cond(i >= lo, lambda x, b=block: b(x)[0], lambda x: x, x)
             return _prob(patched, x, a)
 
-        def one_cell(layer, position, clean_site=clean_sites[kind], one=one):
-            per_sample = jax.vmap(one, (None, None, None, 0, None))
+        def one_cell(layer, position, clean_site=clean_sites[kind], one=one, kind=kind):
+            fn, states = (restored_resid, post) if kind == "resid" else (one, cache)
+            per_sample = jax.vmap(fn, (None, None, None, 0, None))
             per_prompt = jax.vmap(per_sample, (None, None, 0, 0, 0))
-            return per_prompt(layer, position, clean_site, cache, answer).mean()
+            return per_prompt(layer, position, clean_site, states, answer).mean()
 
         def one_layer(layer, one_cell=one_cell):
-            row = jax.lax.map(lambda p: one_cell(layer, p), jnp.arange(seq), batch_size=chunk)
+            row = jax.lax.map(lambda p: one_cell(layer, p), positions, batch_size=chunk)
+            row = jnp.concatenate([jnp.full(start, corrupt_prob.mean(), row.dtype), row])
             if progress:
                 jax.debug.callback(_Progress.tick, layer)
             return row
