@@ -143,11 +143,7 @@ def test_smollm2_default(tmp_path, capsys):
     assert main(["trace", "--samples", "1", "--out", str(tmp_path), "--no-progress"]) == 0
     record = json.loads((tmp_path / "trace.json").read_text())
     assert record["answer"] == " Paris"
-    assert [record["token_labels"][i] for i in record["subject_positions"]] == [
-        " E",
-        "iff",
-        "el",
-        " Tower",
-    ]
+    subject = [record["token_labels"][i] for i in record["subject_positions"]]
+    assert subject == [" E", "iffel", " Tower"]
     assert record["shape"] == [30, len(record["tokens"])]
     assert record["clean_prob"] > record["corrupt_prob"]
