@@ -147,6 +147,7 @@ def tracr_case(name: str, n: int, seed: int):
             print(f"jaxcirc.io.tracr_case({name!r}) unavailable ({e}); compiling with tracr")
         else:
             clean, corrupt = info.sample(n, seed=seed)
+            print(f"model: jaxcirc.io.tracr_case({name!r})", file=sys.stderr)
             return model, clean, corrupt, info.case.output
     from tracr.compiler import compiling, lib
     from tracr.rasp import rasp
@@ -156,6 +157,7 @@ def tracr_case(name: str, n: int, seed: int):
             f"unknown tracr case {name!r}; without jaxcirc.io.tracr_case: {sorted(_TRACR_LIB)}"
         )
     build, vocab, max_len, output = _TRACR_LIB[name]
+    print(f"model: tracr.compiler.lib program {name!r}, converted here", file=sys.stderr)
     program = build(lib, rasp)
     compiled = compiling.compile_rasp_to_model(
         program, vocab=set(vocab), max_seq_len=max_len, compiler_bos="BOS"
