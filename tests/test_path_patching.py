@@ -62,23 +62,22 @@ def brute_force(model, clean, corrupt, metric):
     m_corrupt = corrupt_acts.stack("mlp_out") if has_mlp else None
 
     # every receiver site, patched with mask 0 unless it is the receiver
-    def patches(receiver_site=None, value=None, head=None):
-        out = {}
-        for layer in range(cfg.n_layers):
-            for kind in "qkv" + "2" * has_mlp:
-                site = _norm_site("ln2", layer) if kind == "2" else jc.SiteRef(kind, layer)
-                v = clean_acts[site]
-                mask = jnp.zeros(v.shape[2:3] + (1,)) if kind != "2" else jnp.zeros(())
-                if site == receiver_site:
-                    v = value
-                    mask = (jnp.arange(v.shape[2]) == head)[:, None] * 1.0 if kind != "2" else 1.0
-                out[site.name] = (v, jnp.asarray(mask, jnp.float32))
-        site = _norm_site("ln_final")
-        if site == receiver_site:
-            out[site.name] = (value, jnp.ones((), jnp.float32))
-        else:
-            out[site.name] = (clean_acts[site], jnp.zeros((), jnp.float32))
-        return out
+    sites = [jc.SiteRef(k, i) for i in range(cfg.n_layers) for k in "qkv"]
+    sites += [_norm_site("ln2", i) for i in range(cfg.n_layers) if has_mlp]
+    sites += [_norm_site("ln_final")]
+    base = {
+        s.name: (
+            clean_acts[s],
+            np.zeros(clean_acts[s].shape[2:3] + (1,) if s.kind in "qkv" else (), np.float32),
+        )
+        for s in sites
+    }
+
+    def patches(site, value, head=None):
+        mask = np.ones((), np.float32)
+        if head is not None:
+            mask = (np.arange(value.shape[2]) == head)[:, None].astype(np.float32)
+        return {**base, site.name: (value, mask)}
 
     out = {}
     for sl in range(cfg.n_layers):
@@ -100,7 +99,7 @@ def brute_force(model, clean, corrupt, metric):
                 ):
                     value = jnp.einsum("bsm,hmd->bshd", x, W) + (0.0 if b is None else b)
                     for g in range(n):
-                        p = patches(jc.SiteRef(kind, rl), value, g)
+                        p = patches(jc.SiteRef(kind, rl), value, int(g))
                         out[sender, f"L{rl}{tag}{g}.{kind}"] = _receiver_run(
                             model, clean, p, metric
                         )
@@ -159,15 +158,18 @@ def test_denoise_swaps_runs():
     )
 
 
-def test_traces_once(monkeypatch):
+def test_traces_once(monkeypatch, capsys):
     model = tiny("attn_only", seed=3)
     counted = eqx.filter_jit(
         eqx.debug.assert_max_traces(_path_patching._path_patch.__wrapped__, max_traces=1)
     )
     monkeypatch.setattr(_path_patching, "_path_patch", counted)
-    maps = [path_patch(model, *_tokens(seed), logit_diff).values for seed in (1, 2, 3)]
+    maps = [
+        path_patch(model, *_tokens(seed), logit_diff, progress=True).values for seed in (1, 2, 3)
+    ]
     assert not np.allclose(maps[0], maps[1], equal_nan=True)
     assert eqx.debug.get_num_traces(counted) == 1
+    assert "path patching" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ def test_induction_path(tmp_path):
 
 
 def test_bad_input():
-    model = tiny("gpt2", seed=3)
+    model = tiny("attn_only", seed=3)  # compiled by the tests above
     clean, corrupt = _tokens()
     with pytest.raises(ValueError, match="same shape"):
         path_patch(model, clean, corrupt[:, :5], logit_diff)

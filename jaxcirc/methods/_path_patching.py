@@ -279,9 +279,14 @@ def path_patch(
 
         _Progress.bar = tqdm(total=n_chunks, desc="path patching", unit="chunk")
     try:
-        flat, m_base, m_other = _path_patch(
-            model, g, base, other, metric,
-            jnp.asarray(np.asarray(s_idx, np.int32)),
+        base_logits, base_outs, resid = _runs(model, g, base)
+        other_logits, other_outs, _ = _runs(model, g, other)
+        m_base, m_other = metric(base_logits), metric(other_logits)
+        if jnp.shape(m_base) != ():
+            raise ValueError(f"metric must return a scalar; got shape {jnp.shape(m_base)}")
+        senders_idx = np.asarray(s_idx, np.int32)
+        flat = _path_patch(
+            model, g, resid, (other_outs - base_outs)[:, senders_idx], metric,
             jnp.asarray(np.asarray(layers, np.int32)),
             jnp.asarray(np.asarray(pair_s, np.int32).reshape(n_chunks, chunk)),
             jnp.asarray(np.asarray(pair_slot, np.int32).reshape(n_chunks, chunk)),
@@ -320,7 +325,7 @@ def _default_chunk(model: Transformer, tokens, g: Graph) -> int:
 
 
 def _source_outputs(model: Transformer, g: Graph, tokens):
-    """The metric's logits and, per example, every source's output `[n_sources, seq, d]`
+    """The logits and, per example, every source's output `[n_sources, seq, d]`
     in `g.sources` order, and the residual stream into each layer and after the last
     `[n_layers + 1, seq, d]`."""
 
@@ -366,13 +371,14 @@ def _split_block(block, g: Graph, x, weights, delta):
 
 
 @eqx.filter_jit
-def _path_patch(model, g, base, other, metric, senders, layers, pair_s, pair_slot, progress):
-    base_logits, base_outs, resid = _source_outputs(model, g, base)
-    other_logits, other_outs, _ = _source_outputs(model, g, other)
-    m_base, m_other = metric(base_logits), metric(other_logits)
-    if jnp.shape(m_base) != ():
-        raise ValueError(f"metric must return a scalar; got shape {jnp.shape(m_base)}")
-    deltas = (other_outs - base_outs)[:, senders]  # [batch, n_senders, seq, d]
+def _runs(model, g, tokens):
+    return _source_outputs(model, g, tokens)
+
+
+@eqx.filter_jit
+def _path_patch(model, g, resid, deltas, metric, layers, pair_s, pair_slot, progress):
+    """`metric` of each pair of a chunk; `deltas`: `[batch, n_senders, seq, d]` sender output
+    changes; `resid`: `[batch, n_layers + 1, seq, d]` the base run's residual stream."""
     n_layers = g.n_layers
     n_slots = g.n_heads + 2 * g.n_kv_heads + int(g.has_mlp)
 
@@ -380,12 +386,12 @@ def _path_patch(model, g, base, other, metric, senders, layers, pair_s, pair_slo
         weights = (jnp.arange(n_slots) == slot).astype(x.dtype)
         x = x[layer]
         for i, block in enumerate(model.blocks):
-            branches = (
+            x = jax.lax.cond(
+                i >= layer,
+                lambda x, b=block, i=i: _split_block(b, g, x, weights * (i == layer), delta),
                 lambda x: x,
-                lambda x, b=block: _split_block(b, g, x, weights, delta),
-                lambda x, b=block: b(x)[0],
+                x,
             )
-            x = jax.lax.switch(jnp.sign(i - layer) + 1, branches, x)
         x = x + jnp.where(layer == n_layers, delta, jnp.zeros_like(delta))
         return model.readout(x)[0]
 
@@ -400,5 +406,4 @@ def _path_patch(model, g, base, other, metric, senders, layers, pair_s, pair_slo
             jax.debug.callback(_Progress.tick, layer)
         return values
 
-    flat = jax.lax.map(one_chunk, (layers, pair_s, pair_slot))
-    return flat, m_base, m_other
+    return jax.lax.map(one_chunk, (layers, pair_s, pair_slot))
