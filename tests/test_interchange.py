@@ -237,54 +237,6 @@ def test_cli_iia_writes_table(tmp_path, capsys):
     assert main(["iia", "--n-pairs", "2", "--out", str(tmp_path)]) == 2
 
 
-def tracr_to_jaxcirc(compiled):
-    """A jaxcirc Transformer with the weights of a tracr `AssembledTransformerModel`
-    (norm-free attention + ReLU-MLP blocks); `unembed` reads residual dim 0 into logit 0."""
-    from jaxcirc.models import from_state_dict
-
-    p = {k: {kk: np.asarray(v) for kk, v in d.items()} for k, d in compiled.params.items()}
-    c = compiled.model_config
-    heads, dk = c.num_heads, c.key_size
-    vocab, dm = p["token_embed"]["embeddings"].shape
-    cfg = TransformerConfig(
-        d_model=dm,
-        n_layers=c.num_layers,
-        n_heads=heads,
-        d_head=dk,
-        d_vocab=vocab,
-        n_ctx=p["pos_embed"]["embeddings"].shape[0],
-        d_mlp=c.mlp_hidden_size,
-        act_fn="relu",
-        norm="none",
-        final_norm=False,
-    )
-    sd = {
-        "embed.W_E": p["token_embed"]["embeddings"],
-        "pos_embed.W_pos": p["pos_embed"]["embeddings"],
-        "unembed.W_U": np.eye(dm, vocab, dtype=np.float32),
-    }
-    for layer in range(cfg.n_layers):
-        a, m, ours = (
-            f"transformer/layer_{layer}/attn/",
-            f"transformer/layer_{layer}/mlp/",
-            f"blocks.{layer}.",
-        )
-        for n, hk in (("Q", "query"), ("K", "key"), ("V", "value")):
-            sd[f"{ours}attn.W_{n}"] = p[a + hk]["w"].reshape(dm, heads, dk).transpose(1, 0, 2)
-            sd[f"{ours}attn.b_{n}"] = p[a + hk]["b"].reshape(heads, dk)
-        sd[f"{ours}attn.W_O"] = p[a + "linear"]["w"].reshape(heads, dk, dm)
-        sd[f"{ours}attn.b_O"] = p[a + "linear"]["b"]
-        sd[f"{ours}mlp.W_in"], sd[f"{ours}mlp.b_in"] = (
-            p[m + "linear_1"]["w"],
-            p[m + "linear_1"]["b"],
-        )
-        sd[f"{ours}mlp.W_out"], sd[f"{ours}mlp.b_out"] = (
-            p[m + "linear_2"]["w"],
-            p[m + "linear_2"]["b"],
-        )
-    return from_state_dict(cfg, sd)
-
-
 def test_tracr_frac_prevs_alignment():
     """IIA of the alignment tracr's compiler defines (each position's `tokens == "x"` value in
     the `map` residual dim before layer 1) is 1.0; the `tokens:x` dim (read by nobody) is not.
@@ -300,9 +252,11 @@ def test_tracr_frac_prevs_alignment():
         max_seq_len=length,
         compiler_bos="BOS",
     )
+    from jaxcirc.io import from_tracr
+
     labels = [str(label) for label in compiled.residual_labels]
-    assert labels[0].startswith("frac_prevs")  # the output dim, read by unembed column 0
-    model = tracr_to_jaxcirc(compiled)
+    model, circuit = from_tracr(compiled)  # numerical output: logit column 0 holds the value
+    assert ("L1H0", "logits") in circuit.edges
     enc = compiled.input_encoder.encoding_map
     rng = np.random.default_rng(0)
     words = rng.choice(["w", "x", "y", "z"], size=(300, length))

@@ -1,4 +1,5 @@
-"""Model files: Hugging Face safetensors, orbax checkpoints, GGUF; `load` picks the reader."""
+"""Model files: Hugging Face safetensors, orbax checkpoints, GGUF (`load` picks the reader);
+compiled tracr programs (`from_tracr`) and the shipped tracr benchmarks (`tracr_case`)."""
 
 from ._checkpoint import load_checkpoint as load_checkpoint
 from ._checkpoint import save_checkpoint as save_checkpoint
@@ -9,3 +10,12 @@ from ._hf import load_hf as load_hf
 from ._load import load as load
 from ._load import save as save
 from ._tokenizer import load_tokenizer as load_tokenizer
+from ._tracr import TRACR_CASE_NAMES as TRACR_CASE_NAMES
+from ._tracr import TracrCaseInfo as TracrCaseInfo
+from ._tracr import TracrCircuit as TracrCircuit
+from ._tracr import TracrCompilation as TracrCompilation
+from ._tracr import check_against_tracr as check_against_tracr
+from ._tracr import compile_case as compile_case
+from ._tracr import compile_rasp as compile_rasp
+from ._tracr import from_tracr as from_tracr
+from ._tracr import tracr_case as tracr_case

@@ -164,10 +164,38 @@ def compile_rasp(
     return TracrCompilation(assembled, craft_model, graph, sink)
 
 
+def canonical_labels(program):
+    """Number the expressions of `program` in dependency order, in place, and return it.
+
+    tracr labels an expression `name_id` with an id from a process-wide counter, and orders the
+    residual stream by label, so the same program built twice compiles to differently labelled
+    and permuted weights. Fixed ids make compiling reproducible (the shipped cache relies on
+    it). `tokens`, `indices` and `length` are shared singletons with fixed labels; left alone.
+    """
+    from tracr.rasp import rasp
+
+    order: dict[int, Any] = {}
+
+    def visit(expr):
+        if id(expr) in order:
+            return
+        for child in expr.children:
+            visit(child)
+        order[id(expr)] = expr
+
+    visit(program)
+    for k, expr in enumerate(order.values(), 1):
+        if not isinstance(expr, (rasp.TokensType, rasp.IndicesType, rasp.LengthType)):
+            expr.__dict__["unique_id"] = k  # overrides the cached_property
+    return program
+
+
 def compile_case(case: str | TracrCase) -> TracrCompilation:
-    """Compile one of `TRACR_CASES` (by name or value) with tracr."""
+    """Compile one of `TRACR_CASES` (by name or value) with tracr, reproducibly labelled."""
     case = _lookup(case) if isinstance(case, str) else case
-    return compile_rasp(case.program(), case.vocab, case.max_len, compiler_bos=case.compiler_bos)
+    _tracr()
+    program = canonical_labels(case.program())
+    return compile_rasp(program, case.vocab, case.max_len, compiler_bos=case.compiler_bos)
 
 
 # --- the circuit -------------------------------------------------------------------------------
@@ -626,15 +654,21 @@ def build_case(name: str, out_dir: Path, *, n_reference: int = 24) -> dict:
         else []
     )
     rng = np.random.default_rng(0)
+    lengths = [case.max_len] * (n_reference // 2)
+    lengths += sorted(int(n) for n in rng.integers(1, case.max_len + 1, n_reference // 2))
     inputs, outputs, readouts = [], [], []
-    for k in range(n_reference):
-        length = int(rng.integers(1, case.max_len + 1)) if k % 2 else case.max_len
-        row = case.sample(rng, 1, length)[0]
-        inputs.append([_json_value(v) for v in row])
-        decoded = asm.apply([case.compiler_bos, *row]).decoded[1:]
-        outputs.append([_json_value(v) for v in decoded])
-        ids = np.asarray([[token_ids[case.compiler_bos], *(token_ids[v] for v in row)]])
-        readouts.append(np.round(tracr_readout(asm, ids)[0, 1:], 6).tolist())
+    for length in sorted(set(lengths)):
+        rows = case.sample(rng, lengths.count(length), length)
+        bos = token_ids[case.compiler_bos]
+        ids = np.asarray([[bos, *(token_ids[v] for v in row)] for row in rows])
+        scores = tracr_readout(asm, ids)[:, 1:]  # tracr's forward; its decoding is the argmax
+        for row, score in zip(rows, scores):
+            inputs.append([_json_value(v) for v in row])
+            if case.output == "numerical":
+                outputs.append(score[:, 0].tolist())
+            else:
+                outputs.append([output_values[i] for i in score.argmax(-1)])
+            readouts.append(np.round(score, 6).tolist())
     meta = {
         "case": case.name,
         "description": case.description,
