@@ -101,7 +101,8 @@ def _flip_one(vocab: Sequence):
 
 
 def _brackets(rng, n, length):
-    """Bracket strings, half of them balanced prefixes-closed walks, half uniform."""
+    """Bracket strings: even rows are walks that never dip below zero and close what they can
+    (balanced when the length allows), odd rows uniform."""
     rows = []
     for k in range(n):
         if k % 2 == 0:
