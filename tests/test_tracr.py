@@ -12,7 +12,7 @@ import pytest
 
 import jaxcirc.io as jio
 from jaxcirc.graph import graph
-from jaxcirc.io._tracr import _model_outputs, node_order
+from jaxcirc.io._tracr import _model_outputs, _node_key, node_order
 from jaxcirc.models import state_dict
 
 CASES = jio.TRACR_CASE_NAMES
@@ -69,7 +69,7 @@ def test_cached_circuit_is_well_formed(name):
     model, circuit, info = jio.tracr_case(name)
     g = graph(model)
     assert circuit.nodes[0] == "embed" and circuit.nodes[-1] == "logits"
-    assert list(circuit.nodes) == sorted(circuit.nodes, key=node_order)
+    assert list(circuit.nodes) == sorted(circuit.nodes, key=_node_key)
     for node in circuit.nodes[1:-1]:
         assert node in g.sources, node
     assert circuit.edges, "a circuit without edges"

@@ -262,10 +262,16 @@ def node_order(name: str) -> int:
     raise ValueError(f"not a circuit node: {name!r}")
 
 
+def _node_key(name: str) -> tuple[int, int]:
+    """Computation order, then head index within a layer."""
+    head = int(name[name.index("H") + 1 :]) if name.startswith("L") else 0
+    return node_order(name), head
+
+
 def _circuit(reads: dict, writes: dict, constant: set, rasp_labels: dict) -> TracrCircuit:
     """Edges from read/write overlaps. `reads[node][kind]`, `writes[node]`: direction labels;
     nodes are `embed`, heads, MLPs and `logits` (which only reads)."""
-    names = sorted(set(reads) | set(writes), key=node_order)
+    names = sorted(set(reads) | set(writes), key=_node_key)
     edges, constant_edges, spaces = [], [], {}
     for src in names:
         for dst in names:

@@ -365,7 +365,7 @@ TRACR_CASES: dict[str, TracrCase] = {
             "whether the bracket string is balanced",
             program_balanced,
             ("(", ")"),
-            5,
+            4,
             "categorical",
             sample=_brackets,
             corrupt=_flip_one(("(", ")")),
