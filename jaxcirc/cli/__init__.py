@@ -1,4 +1,4 @@
-"""The `jaxcirc` command: `jaxcirc patch …`, `jaxcirc --version`.
+"""The `jaxcirc` command: `jaxcirc patch|trace|iia|bench …`, `jaxcirc --version`.
 
 A thin `argparse` layer; each subcommand lives in its own module and imports JAX only when
 it runs, so `jaxcirc --help` is instant.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _iia, _patch, _trace
+from . import _bench, _iia, _patch, _trace
 
 
 def parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def parser() -> argparse.ArgumentParser:
     _patch.add_parser(commands)
     _iia.add_parser(commands)
     _trace.add_parser(commands)
+    _bench.add_parser(commands)
     return root
 
 

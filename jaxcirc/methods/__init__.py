@@ -6,6 +6,8 @@ _EXPORTS = {
     "causal_trace": "._tracing",
     "TraceResult": "._tracing",
     "path_patch": "._path_patching",
+    "PathPatchResult": "._path_patching",
+    "subject_mask": "._tracing",
     "edge_patching": "._edge_attribution",
     "eap": "._edge_attribution",
     "eap_ig": "._edge_attribution",

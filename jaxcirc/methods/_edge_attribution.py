@@ -134,8 +134,8 @@ def eap_ig(
 ) -> EdgeMask:
     """EAP-IG (Hanna et al. 2024): EAP with the gradient averaged along `steps` points.
 
-    `variant="inputs"` interpolates the input embeddings between the corrupted and the clean
-    prompt (needs `ablation="corrupt"`); `"activations"` interpolates the targets' inputs
+    `variant="inputs"` interpolates the input embeddings from their ablated value (the
+    corrupted prompt's, their mean, or zero) to the clean prompt's; `"activations"` interpolates the targets' inputs
     between their ablated and clean values, one place in the computation order at a time
     (`steps` × places gradients). The steps run as one compiled `lax.map`.
     """
@@ -143,27 +143,21 @@ def eap_ig(
         raise ValueError(f"unknown variant {variant!r}; choices: {VARIANTS}")
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
-    if variant == "inputs" and ablation != "corrupt" and steps > 1:
-        raise ValueError(
-            f"EAP-IG over inputs interpolates from the corrupted prompt; ablation={ablation!r} "
-            f"has none: use ablation='corrupt' or variant='activations'"
-        )
     g, clean, ablated = _prepare(model, clean, corrupt, metric, ablation)
-    corrupt = jnp.asarray(corrupt) if variant == "inputs" and steps > 1 else clean
-    return _eap_ig(model, g, clean, corrupt, ablated, metric, int(steps), variant)
+    return _eap_ig(model, g, clean, ablated, metric, int(steps), variant)
 
 
 @eqx.filter_jit
-def _eap_ig(model, g, clean, corrupt, ablated, metric, steps, variant):
+def _eap_ig(model, g, clean, ablated, metric, steps, variant):
     x_clean = _embed(model, clean)
     alphas = jnp.arange(1, steps + 1, dtype=x_clean.dtype) / steps
     if variant == "activations":
         return _activation_ig(model, g, x_clean, ablated, metric, alphas)
-    x_corrupt = _embed(model, corrupt)
+    x_base = ablated[:, 0]  # the ablated embedding: corrupted, mean or zero
     ones = jnp.ones(g.valid.shape)
 
     def gradient_at(alpha):
-        x0 = x_corrupt + alpha * (x_clean - x_corrupt)
+        x0 = x_base + alpha * (x_clean - x_base)
         return _input_gradients(model, g, x0, ones, ablated, metric)
 
     grads = jax.lax.map(gradient_at, alphas).mean(0)

@@ -2,6 +2,7 @@
 
 `ioi` (Wang et al. 2023), `induction` (Olsson et al. 2022), `greater_than` (Hanna et al. 2023),
 `factual` (Meng et al. 2022), and `from_strings` for your own; each returns a `Task`.
+`TRACR_CASES`: RASP programs with known circuits, compiled and cached by `jaxcirc.io.tracr_case`.
 """
 
 from ._factual import FACTS as FACTS
@@ -19,3 +20,6 @@ from ._ioi import ioi_names as ioi_names
 from ._task import Task as Task
 from ._task import from_strings as from_strings
 from ._task import single_token as single_token
+from ._tracr_cases import TRACR_CASE_NAMES as TRACR_CASE_NAMES
+from ._tracr_cases import TRACR_CASES as TRACR_CASES
+from ._tracr_cases import TracrCase as TracrCase

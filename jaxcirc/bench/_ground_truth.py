@@ -1,0 +1,278 @@
+"""The ground-truth scorecard: every discovery method on every tracr case, scored.
+
+For each case of `jaxcirc.tasks.TRACR_CASES` (compiled programs whose circuit is known; Lindner
+et al. 2023, as in InterpBench, Gupta et al. 2024) and each method, the edge scores are compared
+with the true edges: edge and node AUROC, SHD of the top-`k` circuit at the true edge count `k`,
+that circuit's faithfulness, and the wall time. Every method sees the same model, the same
+clean/corrupt inputs and the same metric:
+
+- categorical outputs: the logit difference between the clean and the corrupted output value,
+  averaged over the positions where they differ (1 at the clean model, scaled below);
+- numerical outputs: the output projected on the clean-minus-corrupt direction.
+
+Both are normalised to 1 on the clean run and 0 on the corrupted run, so attribution methods
+get a non-zero gradient; ACDC and learned masks minimise the divergence from the clean model
+(KL for categorical outputs, squared error for numerical ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._atomic import atomic_write
+from ..graph import EdgeMask, NodeMask
+from ..metrics._circuit import auroc, faithfulness, node_scores, shd, top_n
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One scorecard case: model, inputs, metric, divergence and the true edges."""
+
+    name: str
+    model: object
+    clean: jnp.ndarray
+    corrupt: jnp.ndarray
+    metric: Callable
+    divergence: Callable
+    truth: tuple[tuple[str, str], ...]
+    ablation: str
+
+
+def _positions_metric(clean_logits, ablated_logits, output: str):
+    """The normalised task metric and the divergence described in the module docstring."""
+    if output == "numerical":
+        y_clean, y_corrupt = clean_logits[..., 1:, 0], ablated_logits[..., 1:, 0]
+        direction = y_clean - y_corrupt
+        scale = jnp.maximum((direction**2).mean(), 1e-12)
+
+        def metric(logits):
+            return ((logits[..., 1:, 0] - y_corrupt) * direction).mean() / scale
+
+        def divergence(logits, clean):
+            return ((logits[..., 1:, 0] - clean[..., 1:, 0]) ** 2).mean()
+
+        return metric, divergence
+    a = jnp.argmax(clean_logits[..., 1:, :], -1)
+    b = jnp.argmax(ablated_logits[..., 1:, :], -1)
+    differ = (a != b).astype(jnp.float32)
+    count = jnp.maximum(differ.sum(), 1.0)
+
+    def raw(logits):
+        lp = jax.nn.log_softmax(logits[..., 1:, :].astype(jnp.float32), -1)
+        gap = jnp.take_along_axis(lp, a[..., None], -1) - jnp.take_along_axis(lp, b[..., None], -1)
+        return (gap[..., 0] * differ).sum() / count
+
+    top, bottom = raw(clean_logits), raw(ablated_logits)
+    scale = jnp.where(top == bottom, 1.0, top - bottom)
+
+    def metric(logits):
+        return (raw(logits) - bottom) / scale
+
+    def divergence(logits, clean):
+        p = jax.nn.log_softmax(clean[..., 1:, :].astype(jnp.float32), -1)
+        q = jax.nn.log_softmax(logits[..., 1:, :].astype(jnp.float32), -1)
+        return (jnp.exp(p) * (p - q)).sum(-1).mean()
+
+    return metric, divergence
+
+
+def problem(name: str, n: int = 32, seed: int = 0, ablation: str = "zero") -> Problem:
+    """The scorecard case `name`: cached converted model, `n` input pairs, metric.
+
+    With `ablation="zero"` (the default) a removed edge carries nothing, so every edge the
+    compiled program uses matters, and the truth is the circuit's edges together with its
+    constant edges (those carrying tracr's `one` direction and BOS attention). With
+    `"corrupt"` an edge matters only where the counterfactual changes what it carries (a
+    same-length resample never changes a length or an index), and the truth is the edges.
+    """
+    from ..graph import ablation_values, graph, masked_logits
+    from ..io._tracr import tracr_case
+
+    model, circuit, info = tracr_case(name)
+    clean, corrupt = (jnp.asarray(x) for x in info.sample(n, seed=seed))
+    g = graph(model)
+    ablated = ablation_values(model, clean, corrupt, ablation, g)
+    none = EdgeMask(jnp.zeros(g.valid.shape), g)
+    clean_logits = jax.vmap(model)(clean)
+    metric, divergence = _positions_metric(
+        clean_logits, masked_logits(model, clean, none, ablated, g), info.case.output
+    )
+    truth = tuple(circuit.edges) + (tuple(circuit.constant_edges) if ablation == "zero" else ())
+    return Problem(name, model, clean, corrupt, metric, divergence, truth, ablation)
+
+
+def _methods():
+    from ..methods._acdc import acdc
+    from ..methods._edge_attribution import eap, eap_ig, edge_patching
+    from ..methods._learned_mask import learned_mask
+
+    def data(p):
+        return (p.model, p.clean, p.corrupt)
+
+    def scored(p):
+        return (*data(p), p.metric)
+
+    return {
+        "EAP": lambda p: eap(*scored(p), ablation=p.ablation),
+        "EAP-IG (inputs)": lambda p: eap_ig(*scored(p), steps=5, ablation=p.ablation),
+        "EAP-IG (inputs, m=50)": lambda p: eap_ig(*scored(p), steps=50, ablation=p.ablation),
+        "EAP-IG (activations)": lambda p: eap_ig(
+            *scored(p), steps=5, variant="activations", ablation=p.ablation
+        ),
+        "ACDC": lambda p: (
+            acdc(*data(p), threshold=1e-4, divergence=p.divergence, ablation=p.ablation).scores
+        ),
+        "learned mask": lambda p: (
+            learned_mask(
+                *data(p), penalty=1e-2, steps=300, divergence=p.divergence, ablation=p.ablation
+            ).scores
+        ),
+        "edge patching": lambda p: edge_patching(*scored(p), ablation=p.ablation),
+    }
+
+
+METHODS = (
+    "EAP", "EAP-IG (inputs)", "EAP-IG (inputs, m=50)", "EAP-IG (activations)", "ACDC",
+    "learned mask", "edge patching",
+)  # fmt: skip
+
+
+def score(p: Problem, method: str, scores: EdgeMask, seconds: float) -> dict:
+    """The scorecard row of `scores` on problem `p`."""
+    g = scores.graph
+    truth = EdgeMask.from_edges(g, p.truth)
+    k = len(p.truth)
+    ranked = _ranked(method, scores)
+    circuit = top_n(ranked, k)
+    nodes = node_scores(ranked)
+    return {
+        "case": p.name,
+        "method": method,
+        "ablation": p.ablation,
+        "edge_auroc": auroc(ranked, truth),
+        "node_auroc": _node_auroc(nodes, truth),
+        "shd_at_k": shd(circuit, truth),
+        "true_edges": k,
+        "n_edges": g.n_edges,
+        "faithfulness": float(
+            faithfulness(p.model, p.clean, p.corrupt, p.metric, circuit, ablation=p.ablation)
+        ),
+        "seconds": round(seconds, 3),
+    }
+
+
+def _node_auroc(nodes: NodeMask, truth: EdgeMask) -> float | None:
+    kept = np.asarray(truth.values, bool).any(1)[truth.graph.valid.any(1)]
+    if kept.all() or not kept.any():
+        return None  # every (or no) node is in the circuit: a node ROC is undefined
+    return auroc(nodes, truth)
+
+
+def scorecard(
+    cases: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    *,
+    n: int = 32,
+    seed: int = 0,
+    ablation: str = "zero",
+    progress: bool = True,
+) -> tuple[list[dict], dict]:
+    """Run `methods` on `cases` (default: all of both).
+
+    **Returns:** `(records, found)`: one record per (case, method), and per case the true
+    edges with each method's top-`k` circuit (for `write`'s figures)."""
+    from ..tasks._tracr_cases import TRACR_CASE_NAMES
+
+    cases = list(TRACR_CASE_NAMES if cases is None else cases)
+    methods = list(METHODS if methods is None else methods)
+    table = _methods()
+    for m in methods:
+        if m not in table:
+            raise ValueError(f"unknown method {m!r}; choices: {list(table)}")
+    records, found = [], {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(cases) * len(methods), desc="scorecard", unit="run")
+    for name in cases:
+        p = problem(name, n, seed, ablation)
+        for m in methods:
+            table[m](p)  # compile, then time a second run
+            start = time.perf_counter()
+            scores = jax.block_until_ready(table[m](p))
+            records.append(score(p, m, scores, time.perf_counter() - start))
+            found.setdefault(name, (p.truth, {}))[1][m] = _top_k(p, m, scores)
+            if bar is not None:
+                bar.set_postfix_str(f"{name}: {m}")
+                bar.update()
+    if bar is not None:
+        bar.close()
+    return records, found
+
+
+def _ranked(method: str, scores: EdgeMask) -> EdgeMask:
+    """Learned-mask logits rank by value (larger keeps), shifted to be >= 0; the other
+    methods' scores by magnitude."""
+    if method != "learned mask":
+        return scores
+    return EdgeMask(scores.values - scores.values.min(), scores.graph)
+
+
+def _top_k(p: Problem, method: str, scores: EdgeMask) -> EdgeMask:
+    return top_n(_ranked(method, scores), len(p.truth))
+
+
+def markdown(records: list[dict]) -> str:
+    """The scorecard as a Markdown table, plus the mean of each method over the cases."""
+
+    def fmt(x):
+        return "–" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+    cols = ["case", "method", "edge_auroc", "node_auroc", "shd_at_k", "true_edges",
+            "faithfulness", "seconds"]  # fmt: skip
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in records]
+    lines += ["", "| method | mean edge AUROC | mean SHD at k | mean faithfulness | total s |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for m in dict.fromkeys(r["method"] for r in records):
+        rows = [r for r in records if r["method"] == m]
+        lines.append(
+            f"| {m} | {np.mean([r['edge_auroc'] for r in rows]):.3f} | "
+            f"{np.mean([r['shd_at_k'] for r in rows]):.1f} | "
+            f"{np.nanmean([r['faithfulness'] for r in rows]):.3f} | "
+            f"{sum(r['seconds'] for r in rows):.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write(records: list[dict], out: str | Path, found: dict | None = None) -> list[Path]:
+    """`out/scorecard.md`, `out/scorecard.json` and, given `found`, `out/circuits/<case>.png`."""
+    out = Path(out)
+    paths = [
+        atomic_write(out / "scorecard.md", lambda t: Path(t).write_text(markdown(records))),
+        atomic_write(
+            out / "scorecard.json",
+            lambda t: Path(t).write_text(json.dumps(records, indent=1) + "\n"),
+        ),
+    ]
+    from ..viz._circuit import plot_circuit
+
+    for case, (truth, circuits) in (found or {}).items():
+        paths.append(
+            plot_circuit(
+                circuits,
+                truth,
+                out / "circuits" / f"{case}.png",
+                title=f"{case}: top-k edges (k = true edge count)",
+            )
+        )
+    return paths
