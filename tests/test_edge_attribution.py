@@ -180,3 +180,20 @@ def test_bad_input(model, data):
         eap(model, clean, corrupt[:, :4], logit_diff)
     with pytest.raises(ValueError, match="outside"):
         eap(model, clean.at[0, 0].set(99), corrupt, logit_diff)
+
+
+def test_methods_take_a_task(model, data):
+    """`method(model, task)`: the task's tokens and metric, same scores as the long form."""
+    from jaxcirc.methods import acdc
+    from jaxcirc.tasks import from_strings  # noqa: F401 - the Task type lives beside it
+    from jaxcirc.tasks._task import Task
+
+    clean, corrupt = data
+    task = Task(clean, corrupt, jnp.full(3, 3), jnp.full(3, 7), logit_diff, {}, (), (), ())
+    np.testing.assert_allclose(eap(model, task).values,
+                               eap(model, clean, corrupt, logit_diff).values, atol=1e-6)
+    assert acdc(model, task, threshold=1e-2).n_tested > 0
+    with pytest.raises(TypeError, match="give a metric"):
+        eap(model, clean, corrupt)
+    with pytest.raises(TypeError, match="not both"):
+        eap(model, task, corrupt)

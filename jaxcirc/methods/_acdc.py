@@ -20,6 +20,7 @@ from jaxtyping import Array, Float, Int
 
 from ..graph import EdgeMask, ablation_values, graph
 from ..graph._masked import _masked_logits
+from ._task_args import task_arguments
 
 
 def kl_divergence(
@@ -45,7 +46,7 @@ class ACDCResult(eqx.Module):
 def acdc(
     model,
     clean: Int[Array, "batch seq"],
-    corrupt: Int[Array, "batch seq"],
+    corrupt: Int[Array, "batch seq"] | None = None,
     *,
     threshold: float = 0.01,
     divergence: Callable = kl_divergence,
@@ -60,6 +61,7 @@ def acdc(
     """
     if not float(threshold) >= 0:
         raise ValueError(f"threshold must be a number >= 0; got {threshold}")
+    clean, corrupt, _ = task_arguments(clean, corrupt, None, needs_metric=False)
     g = graph(model)
     clean = jnp.asarray(clean)
     ablated = ablation_values(model, clean, corrupt, ablation, g)

@@ -1,6 +1,7 @@
 """Edge scores on the computational graph: exact edge patching and attribution patching.
 
-All share one shape, `method(model, clean, corrupt, metric, ...) -> EdgeMask` of scores, the
+All share one shape, `method(model, clean, corrupt, metric, ...) -> EdgeMask` of scores (or
+`method(model, task)` with a `jaxcirc.tasks.Task`), the
 score of edge `s -> t` estimating `metric(edge ablated) - metric(clean)` (negative: the edge
 helps the metric). `metric` maps batched logits `[batch, seq, d_vocab]` to a scalar.
 
@@ -30,12 +31,14 @@ from jaxtyping import Array, Float, Int
 
 from ..graph import EdgeMask, Graph, NodeMask, ablation_values, graph
 from ..graph._masked import run_graph
+from ._task_args import task_arguments
 
 Metric = Callable[[Float[Array, "batch seq d_vocab"]], Float[Array, ""]]
 VARIANTS = ("inputs", "activations")
 
 
 def _prepare(model, clean, corrupt, metric, ablation):
+    clean, corrupt, metric = task_arguments(clean, corrupt, metric)
     g = graph(model)
     clean = jnp.asarray(clean)
     if clean.ndim != 2 or 0 in clean.shape:
@@ -45,7 +48,7 @@ def _prepare(model, clean, corrupt, metric, ablation):
     if not callable(metric):
         raise TypeError(f"metric must map logits [batch, seq, d_vocab] to a scalar; got {metric!r}")
     ablated = ablation_values(model, clean, corrupt, ablation, g)
-    return g, clean, ablated
+    return g, clean, ablated, metric
 
 
 def _embed(model, tokens):
@@ -62,8 +65,8 @@ def _run(model, g, x0, weights, ablated, probe=None):
 def edge_patching(
     model,
     clean: Int[Array, "batch seq"],
-    corrupt: Int[Array, "batch seq"],
-    metric: Metric,
+    corrupt: Int[Array, "batch seq"] | None = None,
+    metric: Metric | None = None,
     *,
     ablation: str = "corrupt",
     chunk_size: int = 64,
@@ -73,7 +76,7 @@ def edge_patching(
     The slow reference the attribution methods approximate. One compiled program: edges are
     array indices, `chunk_size` of them vmapped at a time under `lax.map`.
     """
-    g, clean, ablated = _prepare(model, clean, corrupt, metric, ablation)
+    g, clean, ablated, metric = _prepare(model, clean, corrupt, metric, ablation)
     rows, cols = (jnp.asarray(i) for i in np.nonzero(g.valid))
     flat = _edge_patching(model, g, clean, ablated, metric, rows, cols, int(chunk_size))
     return _scatter(g, flat)
@@ -113,8 +116,8 @@ def _scores(g, delta, grads) -> EdgeMask:
 def eap(
     model,
     clean: Int[Array, "batch seq"],
-    corrupt: Int[Array, "batch seq"],
-    metric: Metric,
+    corrupt: Int[Array, "batch seq"] | None = None,
+    metric: Metric | None = None,
     *,
     ablation: str = "corrupt",
 ) -> EdgeMask:
@@ -125,8 +128,8 @@ def eap(
 def eap_ig(
     model,
     clean: Int[Array, "batch seq"],
-    corrupt: Int[Array, "batch seq"],
-    metric: Metric,
+    corrupt: Int[Array, "batch seq"] | None = None,
+    metric: Metric | None = None,
     *,
     steps: int = 5,
     variant: str = "inputs",
@@ -135,15 +138,16 @@ def eap_ig(
     """EAP-IG (Hanna et al. 2024): EAP with the gradient averaged along `steps` points.
 
     `variant="inputs"` interpolates the input embeddings from their ablated value (the
-    corrupted prompt's, their mean, or zero) to the clean prompt's; `"activations"` interpolates the targets' inputs
-    between their ablated and clean values, one place in the computation order at a time
+    corrupted prompt's, their mean, or zero) to the clean prompt's; `"activations"`
+    interpolates the targets' inputs between their ablated and clean values, one place in
+    the computation order at a time
     (`steps` × places gradients). The steps run as one compiled `lax.map`.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choices: {VARIANTS}")
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
-    g, clean, ablated = _prepare(model, clean, corrupt, metric, ablation)
+    g, clean, ablated, metric = _prepare(model, clean, corrupt, metric, ablation)
     return _eap_ig(model, g, clean, ablated, metric, int(steps), variant)
 
 
@@ -199,8 +203,8 @@ def _activation_ig(model, g, x0, ablated, metric, alphas):
 def atp(
     model,
     clean: Int[Array, "batch seq"],
-    corrupt: Int[Array, "batch seq"],
-    metric: Metric,
+    corrupt: Int[Array, "batch seq"] | None = None,
+    metric: Metric | None = None,
     *,
     ablation: str = "corrupt",
 ) -> NodeMask:

@@ -21,6 +21,7 @@ from jaxtyping import Array, Float, Int
 from ..graph import EdgeMask, NodeMask, ablation_values, graph
 from ..graph._masked import _masked_logits
 from ._acdc import kl_divergence
+from ._task_args import task_arguments
 
 LEVELS = ("edge", "node")
 
@@ -69,6 +70,8 @@ def learned_mask(
             f"need steps >= 1, penalty >= 0 and temperature > 0; got {steps}, {penalty}, "
             f"{temperature}"
         )
+    if hasattr(clean, "clean"):  # a Task
+        clean, corrupt, _ = task_arguments(clean, corrupt, None, needs_metric=False)
     g = graph(model)
     clean = jnp.asarray(clean)
     ablated = ablation_values(model, clean, clean if corrupt is None else corrupt, ablation, g)
