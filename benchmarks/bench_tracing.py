@@ -100,11 +100,19 @@ def write_inputs(name: str, args, workdir: Path, ids: np.ndarray, mask: np.ndarr
 
 def truncate(model, n_layers: int):
     """The first `n_layers` blocks of `model` (then the final norm and unembedding)."""
-    import equinox as eqx
+    import jaxcirc as jc
 
     cfg = dataclasses.replace(model.cfg, n_layers=n_layers)
-    model = eqx.tree_at(lambda m: m.blocks, model, model.blocks[:n_layers])
-    return eqx.tree_at(lambda m: m.cfg, model, cfg)
+    arrays = jc.models.state_dict(model)
+    keep = {k: v for k, v in arrays.items() if not k.startswith("blocks.")}
+    keep.update(
+        {
+            k: v
+            for k, v in arrays.items()
+            if k.startswith(tuple(f"blocks.{i}." for i in range(n_layers)))
+        }
+    )
+    return jc.models.from_state_dict(cfg, keep)
 
 
 def load_cfg(workdir: Path):

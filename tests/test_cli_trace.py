@@ -132,6 +132,7 @@ def test_help_lists_trace(capsys):
     assert "--subject" in out and "--noise-scale" in out
 
 
+@pytest.mark.slow
 def test_smollm2_default(tmp_path, capsys):
     """The default model and prompt: the subject's state carries the fact to ' Paris'."""
     from jaxcirc.io._gguf import smollm2_gguf_path
