@@ -3,54 +3,17 @@ multi-source interchange, DAS recovering a planted subspace, and bad-input error
 
 import itertools
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxcirc.methods import Alignment, CausalModel, das, iia
-from jaxcirc.models import TransformerConfig, build
 from jaxcirc.models._site import SiteRef
-
-N = 4  # a, b in 0..N-1; token t = N * a + b; the model outputs S = a + b (token id S)
-D = 16
+from jaxcirc.zoo._toy_sum import D, N, toy_model
 
 
-def sum_model(rotation=None, nuisance=0.0, seed=0):
-    """A one-position, attention-only model whose residual stream holds z = [a, b, 1, noise…]
-    (rotated by `rotation`: x = z @ rotation) and whose unembedding reads S = a + b back:
-    logit_s = 2 s (a + b) − s², maximal exactly at s = a + b."""
-    cfg = TransformerConfig(
-        d_model=D,
-        n_layers=1,
-        n_heads=1,
-        d_head=4,
-        d_vocab=N * N,
-        n_ctx=4,
-        block="attn_only",
-        norm="none",
-        positional="none",
-        final_norm=False,
-        attn_bias=False,
-        attn_out_bias=False,
-    )
-    model = build(cfg, key=jax.random.key(seed))
-    a, b = np.divmod(np.arange(N * N), N)
-    z = np.zeros((N * N, D), np.float32)
-    z[:, 0], z[:, 1], z[:, 2] = a, b, 1.0
-    z[:, 3:] = nuisance * np.random.default_rng(seed).normal(size=(N * N, D - 3))
-    w_u = np.zeros((D, N * N), np.float32)
-    s = np.arange(2 * N - 1)
-    w_u[0, s] = w_u[1, s] = 2 * s
-    w_u[2, s] = -(s**2)
-    w_u[2, 2 * N - 1 :] = -1e3
-    rot = np.eye(D, dtype=np.float32) if rotation is None else np.asarray(rotation, np.float32)
-    return eqx.tree_at(
-        lambda m: (m.embed.W_E, m.unembed.W_U, m.blocks[0].attn.W_O),
-        model,
-        (jnp.asarray(z @ rot), jnp.asarray(rot.T @ w_u), jnp.zeros_like(model.blocks[0].attn.W_O)),
-    )
+sum_model = toy_model  # the zoo's planted S = a + b network (residual [a, b, 1, noise…])
 
 
 HIGH = CausalModel(

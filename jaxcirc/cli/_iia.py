@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-N, D = 4, 16
-
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -35,63 +33,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def toy_model(rotation=None, nuisance: float = 0.0, seed: int = 0):
-    """The toy `S = a + b` network (`logit_s = 2s(a + b) − s²`), stream rotated by `rotation`."""
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-
-    from ..models import TransformerConfig, build
-
-    cfg = TransformerConfig(
-        d_model=D,
-        n_layers=1,
-        n_heads=1,
-        d_head=4,
-        d_vocab=N * N,
-        n_ctx=4,
-        block="attn_only",
-        norm="none",
-        positional="none",
-        final_norm=False,
-        attn_bias=False,
-        attn_out_bias=False,
-    )
-    model = build(cfg, key=jax.random.key(seed))
-    a, b = np.divmod(np.arange(N * N), N)
-    z = np.zeros((N * N, D), np.float32)
-    z[:, 0], z[:, 1], z[:, 2] = a, b, 1.0
-    z[:, 3:] = nuisance * np.random.default_rng(seed).normal(size=(N * N, D - 3))
-    w_u = np.zeros((D, N * N), np.float32)
-    s = np.arange(2 * N - 1)
-    w_u[0, s] = w_u[1, s] = 2 * s
-    w_u[2, s] = -(s**2)
-    w_u[2, 2 * N - 1 :] = -1e3
-    rot = np.eye(D, dtype=np.float32) if rotation is None else np.asarray(rotation, np.float32)
-    return eqx.tree_at(
-        lambda m: (m.embed.W_E, m.unembed.W_U, m.blocks[0].attn.W_O),
-        model,
-        (jnp.asarray(z @ rot), jnp.asarray(rot.T @ w_u), jnp.zeros_like(model.blocks[0].attn.W_O)),
-    )
-
-
-def high_level():
-    import jax.numpy as jnp
-
-    from ..methods import CausalModel
-
-    return CausalModel(
-        ["a", "b", "A", "B", "S"],
-        {"A": ["a"], "B": ["b"], "S": ["A", "B"]},
-        {"A": lambda a: a, "B": lambda b: b, "S": jnp.add},
-        ["a", "b"],
-        "S",
-    )
-
-
-def _data(rng, n):
-    a, b = rng.integers(0, N, n), rng.integers(0, N, n)
-    return np.asarray(N * a + b)[:, None], {"a": a, "b": b}
+def _data(rng, n: int, values: int):
+    """`n` tokens `values·a + b` with random `a, b < values`, and their high-level inputs."""
+    a, b = rng.integers(0, values, n), rng.integers(0, values, n)
+    return np.asarray(values * a + b)[:, None], {"a": a, "b": b}
 
 
 def run(args) -> int:
@@ -104,6 +49,7 @@ def run(args) -> int:
     from ..methods import das, iia
     from ..models._site import SiteRef
     from ..viz import plot_iia
+    from ..zoo._toy_sum import D, N, high_level, toy_model
 
     if args.n_pairs < 8:
         args.parser.error(f"argument --n-pairs: must be at least 8; got {args.n_pairs}")
@@ -112,7 +58,7 @@ def run(args) -> int:
     start = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     hl, answers = high_level(), jnp.arange(2 * N - 1)
-    (bt, bi), (st, si), (t2, i2) = (_data(rng, args.n_pairs) for _ in range(3))
+    (bt, bi), (st, si), (t2, i2) = (_data(rng, args.n_pairs, N) for _ in range(3))
     site = SiteRef("resid_post", 0)
     model = toy_model(seed=args.seed)
     one = dict(base_inputs=bi, source_inputs=si, answer_tokens=answers)

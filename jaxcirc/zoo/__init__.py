@@ -1,7 +1,8 @@
 """Small models trained by the project, shipped with the package, and their tasks.
 
 `induction_model()` is a 2-layer attention-only transformer with an induction head;
-`induction_task(n, half_len, seed)` gives its clean/corrupt prompts and default metric.
+`induction_task(n, half_len, seed)` gives its clean/corrupt prompts and default metric;
+`toy_model()` is the planted `S = a + b` network for interchange interventions.
 """
 
 import importlib
@@ -12,6 +13,7 @@ _EXPORTS = {
     "induction_accuracy": "._induction",
     "induction_model": "._induction",
     "induction_task": "._induction",
+    "toy_model": "._toy_sum",
 }
 __all__ = sorted(_EXPORTS)
 
