@@ -117,6 +117,7 @@ def problem(name: str, n: int = 32, seed: int = 0, ablation: str = "zero") -> Pr
 
 def _methods():
     from ..methods._acdc import acdc
+    from ..methods._circuit_lasso import circuit_lasso
     from ..methods._edge_attribution import eap, eap_ig, edge_patching
     from ..methods._learned_mask import learned_mask
 
@@ -142,12 +143,14 @@ def _methods():
             ).scores
         ),
         "edge patching": lambda p: edge_patching(*scored(p), ablation=p.ablation),
+        # observational: clean and corrupt inputs as samples, λ at the true edge count
+        "CircuitLasso": lambda p: circuit_lasso(*data(p), n_edges=len(p.truth)).scores,
     }
 
 
 METHODS = (
     "EAP", "EAP-IG (inputs)", "EAP-IG (inputs, m=50)", "EAP-IG (activations)", "ACDC",
-    "learned mask", "edge patching",
+    "learned mask", "edge patching", "CircuitLasso",
 )  # fmt: skip
 
 
