@@ -60,7 +60,8 @@ def _build(X, Y, groups, *, loss, penalty, n_groups, fit_intercept) -> tuple[Pro
     )
     gW, _ = problem.grads(jnp.broadcast_to(b0, Y.shape))
     problem = eqx.tree_at(lambda p: p.alpha_max, problem, problem.dual_norm(gW))
-    return problem, dict(xm=xm, ym=ym)
+    finite = jnp.all(jnp.isfinite(X)) & jnp.all(jnp.isfinite(Y))
+    return problem, dict(xm=xm, ym=ym, finite=finite)
 
 
 def _solve_one(solver, problem, centre, alpha, W0, b0):
@@ -71,6 +72,7 @@ def _solve_one(solver, problem, centre, alpha, W0, b0):
     if not problem.fit_b:
         bc0 = jnp.zeros_like(problem.b0)
     state, result = iterate(solver, problem, alpha, W0, bc0)
+    result = RESULTS.where(centre["finite"], result, RESULTS.nonfinite)  # NaN columns are masked
     W = state.W
     b = centre["ym"] + state.b - centre["xm"] @ W
     stats = dict(
@@ -90,14 +92,13 @@ def _throw(sol: Solution) -> Solution:
 
 
 @eqx.filter_jit
-def _fit(X, Y, alpha, W0, b0, groups, *, loss, penalty, n_groups, fit_intercept, solver, throw):
+def _fit(X, Y, alpha, W0, b0, groups, *, loss, penalty, n_groups, fit_intercept, solver):
     problem, centre = _build(
         X, Y, groups, loss=loss, penalty=penalty, n_groups=n_groups, fit_intercept=fit_intercept
     )
     W, b, result, stats = _solve_one(solver, problem, centre, alpha, W0, b0)
     stats["alpha_max"] = problem.alpha_max
-    sol = Solution(value=W, result=result, stats=stats, intercept=b)
-    return _throw(sol) if throw else sol
+    return Solution(value=W, result=result, stats=stats, intercept=b)
 
 
 @eqx.filter_jit
@@ -116,7 +117,6 @@ def _fit_path(
     n_groups,
     fit_intercept,
     solver,
-    throw,
 ):
     problem, centre = _build(
         X, Y, groups, loss=loss, penalty=penalty, n_groups=n_groups, fit_intercept=fit_intercept
@@ -134,8 +134,7 @@ def _fit_path(
     _, (Ws, bs, results, stats) = jax.lax.scan(body, (W0, b_init), alphas)
     stats["alpha"] = alphas
     stats["alpha_max"] = problem.alpha_max
-    sol = Solution(value=Ws, result=results, stats=stats, intercept=bs)
-    return _throw(sol) if throw else sol
+    return Solution(value=Ws, result=results, stats=stats, intercept=bs)
 
 
 # ---------------------------------------------------------------- input handling
@@ -157,7 +156,7 @@ def _check_finite(name: str, x) -> None:
     if xc.ndim == 2:
         pos = f"row {where[0]}, column {where[1]}"
     else:
-        pos = f"index {where[0]}" if where else "the value"
+        pos = f"row {where[0]}" if where else "the value"
     count = int(np.sum(~np.isfinite(xc)))
     raise ValueError(f"{name} has {count} non-finite value(s); the first is {kind} at {pos}")
 
@@ -333,9 +332,8 @@ def lasso(
         n_groups=n_groups,
         fit_intercept=fit_intercept,
         solver=solver,
-        throw=throw,
     )
-    return _squeeze(sol, squeeze)
+    return _squeeze(_throw(sol) if throw else sol, squeeze)
 
 
 def lasso_path(
@@ -391,6 +389,5 @@ def lasso_path(
         n_groups=n_groups,
         fit_intercept=fit_intercept,
         solver=solver,
-        throw=throw,
     )
-    return _squeeze(sol, squeeze)
+    return _squeeze(_throw(sol) if throw else sol, squeeze)

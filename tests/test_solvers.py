@@ -1,0 +1,297 @@
+"""jaxcirc.solvers: FISTA's `lasso` / `lasso_path` against scikit-learn's objectives.
+
+Precision: objective agreement to 1e-6 relative needs float64, so every test that compares
+with scikit-learn runs inside `jax.enable_x64(True)` (the `x64` fixture; the flag is restored
+afterwards, so other test files keep JAX's float32 default). The compile-once and input-error
+tests run in float32.
+"""
+
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.linear_model import Lasso, LogisticRegression, MultiTaskLasso  # noqa: E402
+from sklearn.linear_model import lasso_path as sk_lasso_path  # noqa: E402
+
+from jaxcirc.solvers import FISTA, RESULTS, lasso, lasso_path  # noqa: E402
+
+TIGHT = FISTA(rtol=1e-11, max_steps=200_000)
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def problem(seed, n, d, k, intercept=3.0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)) + rng.standard_normal(d)  # non-centred columns
+    W = rng.standard_normal((d, k)) * (rng.random((d, k)) < 0.3)
+    Y = X @ W + 0.5 * rng.standard_normal((n, k)) + intercept
+    return X, Y
+
+
+def sq_objective(X, Y, W, b, alpha, group=False):
+    W = W.reshape(X.shape[1], -1)
+    R = Y.reshape(len(X), -1) - X @ W - np.reshape(b, (1, -1))
+    pen = np.linalg.norm(W, axis=1).sum() if group else np.abs(W).sum()
+    return 0.5 * np.sum(R * R) / len(X) + alpha * pen
+
+
+def rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+def kkt_violation(X, Y, W, b, alpha):
+    """Max violation of the Lasso KKT conditions, with the intercept's optimality too."""
+    W = W.reshape(X.shape[1], -1)
+    R = Y.reshape(len(X), -1) - X @ W - np.reshape(b, (1, -1))
+    g = X.T @ R / len(X)  # = -∇f
+    on = np.abs(g - alpha * np.sign(W))[W != 0]
+    off = np.maximum(np.abs(g) - alpha, 0)[W == 0]
+    return max(on.max(initial=0), off.max(initial=0), np.abs(R.mean(0)).max())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("n,d,k", [(60, 20, 1), (25, 40, 3)], ids=["n>d-single", "n<d-multi"])
+def test_lasso_matches_sklearn(x64, seed, n, d, k):
+    X, Y = problem(seed, n, d, k)
+    y = Y[:, 0] if k == 1 else Y
+    alpha = 0.05 * float(np.max(np.abs((X - X.mean(0)).T @ (Y - Y.mean(0))))) / n
+    sol = lasso(X, y, jnp.asarray(alpha), solver=TIGHT)
+    assert sol.result == RESULTS.successful
+    assert sol.value.shape == ((d,) if k == 1 else (d, k)) and sol.value.dtype == jnp.float64
+    sk = Lasso(alpha=alpha, tol=1e-12, max_iter=1_000_000).fit(X, y)
+    ours = sq_objective(X, Y, np.asarray(sol.value), np.asarray(sol.intercept), alpha)
+    theirs = sq_objective(X, Y, sk.coef_.T, sk.intercept_, alpha)
+    assert rel(ours, theirs) < 1e-6, (ours, theirs)
+    assert rel(float(sol.stats["objective"]), ours) < 1e-9
+    assert kkt_violation(X, Y, np.asarray(sol.value), np.asarray(sol.intercept), alpha) < 1e-6
+    assert float(sol.stats["duality_gap"]) <= 1e-10 * ours
+
+
+@pytest.mark.parametrize("seed,n,d", [(0, 60, 20), (1, 25, 40)])
+def test_multitask_matches_sklearn(x64, seed, n, d):
+    X, Y = problem(seed, n, d, 4)
+    alpha = 0.1
+    sol = lasso(X, Y, alpha, penalty="group_l1", solver=TIGHT)
+    sk = MultiTaskLasso(alpha=alpha, tol=1e-12, max_iter=1_000_000).fit(X, Y)
+    ours = sq_objective(X, Y, np.asarray(sol.value), np.asarray(sol.intercept), alpha, True)
+    theirs = sq_objective(X, Y, sk.coef_.T, sk.intercept_, alpha, True)
+    assert rel(ours, theirs) < 1e-6, (ours, theirs)
+    # group KKT: ‖g_j‖ <= alpha on zero rows, g_j = alpha·W_j/‖W_j‖ on the others
+    W = np.asarray(sol.value)
+    R = Y - X @ W - np.asarray(sol.intercept)
+    g = X.T @ R / n
+    norms = np.linalg.norm(W, axis=1)
+    assert np.all(np.linalg.norm(g[norms == 0], axis=1) <= alpha + 1e-7)
+    on = g[norms > 0] - alpha * W[norms > 0] / norms[norms > 0, None]
+    assert np.abs(on).max(initial=0) < 1e-6
+
+
+def test_custom_groups_kkt(x64):
+    X, Y = problem(3, 50, 12, 2)
+    groups = np.repeat(np.arange(4), 3)
+    sol = lasso(X, Y, 0.3, penalty="group_l1", groups=groups, solver=TIGHT)
+    W = np.asarray(sol.value)
+    g = X.T @ (Y - X @ W - np.asarray(sol.intercept)) / len(X)
+    for j in range(4):
+        Wg, gg = W[groups == j], g[groups == j]
+        if np.linalg.norm(Wg) == 0:
+            assert np.linalg.norm(gg) <= 0.3 + 1e-7
+        else:
+            np.testing.assert_allclose(gg, 0.3 * Wg / np.linalg.norm(Wg), atol=1e-6)
+    assert float(sol.stats["kkt_residual"]) < 1e-6
+
+
+def _logistic_objective(X, y01, w, b, alpha):
+    z = X @ w + b
+    return np.mean(np.logaddexp(0, z) - y01 * z) + alpha * np.abs(w).sum()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_logistic_matches_sklearn(x64, seed, fit_intercept):
+    rng = np.random.default_rng(seed)
+    n, d, C = 80, 8, 0.5
+    X = rng.standard_normal((n, d)) + 0.3
+    y = (X @ rng.standard_normal(d) + 0.5 * rng.standard_normal(n) > 0.3).astype(int)
+    alpha = 1 / (C * n)  # sklearn: C·Σ log-loss + ‖w‖₁  ==  n·C·(mean log-loss + alpha‖w‖₁)
+    sol = lasso(X, y, alpha, loss="logistic", fit_intercept=fit_intercept, solver=TIGHT)
+    # saga leaves the intercept unpenalised (as here); liblinear would penalise it
+    skl = "saga" if fit_intercept else "liblinear"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # l1_ratio with liblinear / convergence chatter
+        sk = LogisticRegression(
+            l1_ratio=1.0,
+            C=C,
+            solver=skl,
+            tol=1e-12,
+            max_iter=1_000_000,
+            fit_intercept=fit_intercept,
+        ).fit(X, y)
+    ours = _logistic_objective(X, y, np.asarray(sol.value), float(sol.intercept), alpha)
+    theirs = _logistic_objective(X, y, sk.coef_[0], float(np.ravel(sk.intercept_)[0]), alpha)
+    assert rel(ours, theirs) < 1e-6, (ours, theirs)
+    assert ours <= theirs * (1 + 1e-9)
+
+
+def test_softmax_matches_sklearn(x64):
+    rng = np.random.default_rng(0)
+    n, d, C = 90, 6, 0.5
+    X = rng.standard_normal((n, d))
+    y = np.argmax(X[:, :3] + 0.7 * rng.standard_normal((n, 3)), axis=1)
+    alpha = 1 / (C * n)
+    sol = lasso(X, y, alpha, loss="softmax", solver=TIGHT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk = LogisticRegression(
+            l1_ratio=1.0, C=C, solver="saga", tol=1e-12, max_iter=1_000_000
+        ).fit(X, y)
+
+    def objective(W, b):
+        Z = X @ W + b
+        lse = np.log(np.exp(Z - Z.max(1, keepdims=True)).sum(1)) + Z.max(1)
+        return np.mean(lse - Z[np.arange(n), y]) + alpha * np.abs(W).sum()
+
+    ours = objective(np.asarray(sol.value), np.asarray(sol.intercept))
+    theirs = objective(sk.coef_.T, sk.intercept_)
+    assert sol.value.shape == (d, 3)
+    assert rel(ours, theirs) < 1e-6, (ours, theirs)
+
+
+def test_path_matches_sklearn(x64):
+    X, Y = problem(4, 40, 30, 1)
+    y = Y[:, 0]
+    Xc, yc = X - X.mean(0), y - y.mean()  # sklearn's lasso_path does not fit an intercept
+    path = lasso_path(X, y, n_alphas=8, eps=1e-2, solver=TIGHT)
+    alphas = np.asarray(path.stats["alpha"])
+    amax = np.max(np.abs(Xc.T @ yc)) / len(X)  # sklearn's default grid: the same formula
+    np.testing.assert_allclose(alphas, amax * np.logspace(0, -2, 8), rtol=1e-12)
+    sk_alphas, sk_coefs, _ = sk_lasso_path(Xc, yc, alphas=alphas, tol=1e-12, max_iter=10**6)
+    np.testing.assert_allclose(sk_alphas, alphas)
+    assert np.all(np.asarray(path.value[0]) == 0) and np.any(np.asarray(path.value[1]) != 0)
+    assert path.value.shape == (8, 30) and path.intercept.shape == (8,)
+    assert np.all(np.asarray(path.result._value) == RESULTS.successful._value)
+    for i, a in enumerate(sk_alphas):
+        ours = sq_objective(X, Y, np.asarray(path.value[i]), np.asarray(path.intercept[i]), a)
+        theirs = sq_objective(Xc, yc[:, None], sk_coefs[:, i], 0.0, a)
+        assert rel(ours, theirs) < 1e-6, (i, ours, theirs)
+    # the group path starts at the row-norm alpha_max
+    gp = lasso_path(X, Y, n_alphas=3, penalty="group_l1", solver=TIGHT)
+    amax = np.max(np.linalg.norm(Xc.T @ (Y - Y.mean(0)), axis=1)) / len(X)
+    np.testing.assert_allclose(float(gp.stats["alpha"][0]), amax, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [
+        FISTA(rtol=1e-11, max_steps=200_000, step_size="backtracking"),
+        FISTA(rtol=1e-11, max_steps=200_000, restart=False),
+    ],
+    ids=["backtracking", "no-restart"],
+)
+def test_solver_options_agree(x64, solver):
+    X, Y = problem(5, 50, 30, 2)
+    ref = lasso(X, Y, 0.1, solver=TIGHT)
+    sol = lasso(X, Y, 0.1, solver=solver)
+    assert rel(float(sol.stats["objective"]), float(ref.stats["objective"])) < 1e-8
+
+
+def test_warm_start(x64):
+    X, Y = problem(6, 50, 30, 2)
+    cold = lasso(X, Y, 0.1, solver=TIGHT)
+    warm = lasso(X, Y, 0.09, init=cold, solver=TIGHT)
+    again = lasso(X, Y, 0.1, init=cold, solver=TIGHT)
+    assert int(again.stats["num_steps"]) <= 10
+    assert int(warm.stats["num_steps"]) < int(lasso(X, Y, 0.09, solver=TIGHT).stats["num_steps"])
+
+
+def test_max_steps_and_throw():
+    X, Y = problem(0, 60, 20, 2)
+    X, Y = X.astype(np.float32), Y.astype(np.float32)
+    solver = FISTA(rtol=1e-12, max_steps=3)
+    sol = lasso(X, Y, 0.01, solver=solver, throw=False)
+    assert sol.result == RESULTS.max_steps_reached
+    assert int(sol.stats["num_steps"]) == 3
+    with pytest.raises(Exception, match="max_steps"):
+        jax.block_until_ready(lasso(X, Y, 0.01, solver=solver))
+    path = lasso_path(X, Y, n_alphas=3, solver=solver, throw=False)
+    assert path.result._value.shape == (3,)
+    with pytest.raises(Exception, match="max_steps"):
+        jax.block_until_ready(lasso_path(X, Y, n_alphas=3, solver=solver))
+
+
+def test_compiles_once_over_data_alpha_and_path():
+    rng = np.random.default_rng(0)
+    solver = FISTA(rtol=1e-5, max_steps=2000)
+
+    @eqx.filter_jit
+    @eqx.debug.assert_max_traces(max_traces=1)
+    def fit(X, Y, alpha):
+        return lasso(X, Y, alpha, solver=solver, throw=False)
+
+    @eqx.filter_jit
+    @eqx.debug.assert_max_traces(max_traces=1)
+    def path(X, Y, alphas):
+        return lasso_path(X, Y, alphas=alphas, solver=solver, throw=False)
+
+    for seed in range(3):
+        X = jnp.asarray(rng.standard_normal((30, 10)), jnp.float32)
+        Y = jnp.asarray(rng.standard_normal((30, 2)), jnp.float32)
+        sol = fit(X, Y, jnp.asarray(0.05 * (seed + 1), jnp.float32))
+        assert sol.result == RESULTS.successful
+        p = path(X, Y, jnp.geomspace(1.0, 0.01 * (seed + 1), 5).astype(jnp.float32))
+        assert p.value.shape == (5, 10, 2)
+    # vmap over targets with different feature masks: one batched program, same answers
+    Ys = jnp.asarray(rng.standard_normal((3, 30, 2)), jnp.float32)
+    masks = jnp.asarray(rng.random((3, 10)) < 0.6, jnp.float32)
+    alphas = jnp.asarray([0.02, 0.05, 0.1], jnp.float32)
+    batched = jax.vmap(lambda m, y, a: lasso(X * m, y, a, solver=solver, throw=False))(
+        masks, Ys, alphas
+    )
+    for i in range(3):
+        one = fit(X * masks[i], Ys[i], alphas[i])  # no retrace: same shapes as above
+        np.testing.assert_allclose(batched.value[i], one.value, atol=1e-4)
+        assert np.all(np.asarray(batched.value[i])[np.asarray(masks[i]) == 0] == 0)
+
+
+def test_bad_inputs():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 5)).astype(np.float32)
+    y = rng.standard_normal(20).astype(np.float32)
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
+        lasso(X, y, -1.0)
+    with pytest.raises(ValueError, match=r"X has shape \(20, 5\), Y \(19,\)"):
+        lasso(X, y[:19], 0.1)
+    with pytest.raises(ValueError, match="X must be 2-D"):
+        lasso(X[0], y, 0.1)
+    Xbad = X.copy()
+    Xbad[7, 3] = np.nan
+    Xbad[9, 1] = np.inf
+    with pytest.raises(ValueError, match="X has 2 non-finite value.*NaN at row 7, column 3"):
+        lasso(Xbad, y, 0.1)
+    ybad = y.copy()
+    ybad[4] = np.inf
+    with pytest.raises(ValueError, match="Y has 1 non-finite.*inf at row 4"):
+        lasso(X, ybad, 0.1)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        lasso(X, y, 0.1, loss="hinge")
+    with pytest.raises(ValueError, match=r"init must have the coefficients' shape \(5, 1\)"):
+        lasso(X, y, 0.1, init=np.zeros(4))
+    Xz = X.copy()
+    Xz[:, 2] = 0.0
+    Xz[:, 4] = 1.5  # constant: zero variance once centred
+    with pytest.warns(UserWarning, match=r"2 zero-variance column\(s\) \(2, 4\)"):
+        sol = lasso(Xz, y, 0.01)
+    W = np.asarray(sol.value)
+    assert np.all(np.isfinite(W)) and W[2] == 0 and W[4] == 0
+    # under vmap the value checks cannot raise: non-finite data gives the result code
+    sol = jax.vmap(lambda x: lasso(x, y, 0.1, throw=False))(jnp.stack([X, Xbad]))
+    assert sol.result._value.tolist() == [RESULTS.successful._value, RESULTS.nonfinite._value]
