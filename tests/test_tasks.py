@@ -307,14 +307,8 @@ def test_from_strings(tok):
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    from jaxcirc.io._gguf import smollm2_gguf_path
-
-    try:
-        path = smollm2_gguf_path()
-    except Exception as e:  # noqa: BLE001 - the package is an optional test dependency
-        pytest.skip(f"SmolLM2 GGUF not available: {e}")
-    return jc.load(path), jc.io.load_tokenizer(path)
+def smollm2(smollm2_lm):
+    return smollm2_lm
 
 
 @pytest.mark.slow

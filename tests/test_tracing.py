@@ -4,11 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny
 
 import jaxcirc as jc
 from jaxcirc.methods._tracing import KINDS, causal_trace, noise_keys, subject_mask, window_bounds
-
-from conftest import tiny
 
 
 def brute_force(model, tokens, mask, answer, std, key, n_samples, kind, window):
@@ -94,14 +93,8 @@ def test_bad_input(small):
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    from jaxcirc.io._gguf import smollm2_gguf_path
-
-    try:
-        path = smollm2_gguf_path()
-    except Exception as e:  # noqa: BLE001 - the package is an optional test dependency
-        pytest.skip(f"SmolLM2 GGUF not available: {e}")
-    return jc.load(path), jc.io.load_tokenizer(path)
+def smollm2(smollm2_lm):
+    return smollm2_lm
 
 
 def test_smollm2_factual_trace(smollm2, tmp_path):
@@ -112,11 +105,22 @@ def test_smollm2_factual_trace(smollm2, tmp_path):
     start = next(i for i in range(len(ids)) if ids[i:i + len(sub)] == sub)
     mask = subject_mask(len(ids), np.arange(start, start + len(sub)))
     answer = int(tok.encode(" Paris", add_special_tokens=False)[0])
-    result = causal_trace(model, jnp.array(ids), mask, jnp.array([answer]), n_samples=2,
+    result = causal_trace(model, jnp.array(ids), mask, jnp.array([answer]), n_samples=1,
                           key=jax.random.key(0))
     for kind in ("resid", "mlp", "attn"):
         assert result.indirect[kind].shape == (30, len(ids))
     assert result.clean_prob > result.corrupt_prob
+    # restoring the state the readout sees (last layer, last position) recovers the clean run
+    np.testing.assert_allclose(result.indirect["resid"][-1, -1], result.clean_prob, rtol=1e-3)
+    # and restoring every layer's input at once (resid_pre 0, all positions) undoes the noise
+    tokens = jnp.array(ids)
+    clean = model.run(tokens)[1][jc.SiteRef("resid_pre", 0)]
+    noisy = jc.intervene(model, {
+        jc.SiteRef("embed"): jc.Noise(1.0, jax.random.key(3), mask=mask[:, None]),
+        jc.SiteRef("resid_pre", 0): jc.Patch(clean),
+    })
+    prob = jax.nn.softmax(noisy(tokens)[-1])[answer]
+    assert float(prob) == pytest.approx(float(result.clean_prob), rel=1e-3)
     labels = [tok.decode([i]) for i in ids]
     png = jc.viz.plot_trace(result, labels, tmp_path / "trace.png", answer=" Paris")
     assert png.stat().st_size > 10_000
