@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _bench, _iia, _patch, _trace
+from . import _bench, _iia, _lasso, _patch, _trace
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def parser() -> argparse.ArgumentParser:
     _iia.add_parser(commands)
     _trace.add_parser(commands)
     _bench.add_parser(commands)
+    _lasso.add_parser(commands)
     return root
 
 

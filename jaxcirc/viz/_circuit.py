@@ -37,7 +37,8 @@ def plot_circuit(
 ) -> Path:
     """Draw found circuits (an `EdgeMask`, or `{panel title: EdgeMask}`) against `truth`
     (pairs of edge names or an `EdgeMask`): true positives green, false positives red,
-    missed true edges grey and dashed. One panel per circuit. **Returns:** the `Path`."""
+    missed true edges grey and dashed. With `truth=None` the found edges are drawn in blue.
+    One panel per circuit. **Returns:** the `Path`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -47,6 +48,8 @@ def plot_circuit(
     if not panels:
         raise ValueError("plot_circuit needs at least one found circuit")
     g = next(iter(panels.values())).graph
+    known = truth is not None
+    truth = () if truth is None else truth
     true = (
         np.asarray((truth if isinstance(truth, EdgeMask) else EdgeMask.from_edges(g, truth)).values)
         > 0.5
@@ -60,7 +63,8 @@ def plot_circuit(
         for i, j in zip(*np.nonzero(g.valid & (kept | true))):
             (x0, y0), (x1, y1) = pos[g.sources[i]], pos[_node_of(g, g.targets[j])]
             style = (
-                ("tab:green", "-", 1.6) if kept[i, j] and true[i, j]
+                ("tab:blue", "-", 1.2) if not known
+                else ("tab:green", "-", 1.6) if kept[i, j] and true[i, j]
                 else ("tab:red", "-", 1.0) if kept[i, j]
                 else ("0.6", "--", 1.0)
             )  # fmt: skip
@@ -70,7 +74,8 @@ def plot_circuit(
             ax.annotate(node, (x, y), fontsize=6, ha="center", va="bottom",
                         xytext=(0, 5), textcoords="offset points")  # fmt: skip
         tp, fp, fn = int((kept & true).sum()), int((kept & ~true).sum()), int((~kept & true).sum())
-        ax.set_title(f"{name}\nTP {tp}  FP {fp}  FN {fn}", fontsize=8)
+        counts = f"TP {tp}  FP {fp}  FN {fn}" if known else f"{int(kept.sum())} edges"
+        ax.set_title(f"{name}\n{counts}", fontsize=8)
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10)
