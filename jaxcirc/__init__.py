@@ -26,7 +26,8 @@ from .models import TransformerConfig as TransformerConfig
 
 __version__ = "0.1.0"
 
-_LAZY = ("io", "zoo", "viz", "cli", "methods", "tasks", "metrics")  # imported on first use: they pull heavier dependencies
+# imported on first use: they pull heavier dependencies
+_LAZY = ("io", "zoo", "viz", "cli", "methods", "tasks", "metrics", "graph", "solvers", "bench")
 
 
 def __getattr__(name: str):
