@@ -401,7 +401,6 @@ def block_lasso(
         alpha = float(alphas[index])
     W = np.asarray(_refit(*_compress(Xj, Ys)[:2], masks, jnp.asarray(alpha, X.dtype), solver))
     # coefficients in full column coordinates, and block norms
-    src_off = np.r_[0, np.cumsum(widths)]
     tgt_w = [z.shape[1] for z in ztgt]
     tgt_off = np.r_[0, np.cumsum(tgt_w)]
     A_kept = np.zeros((X.shape[1], tgt_off[-1]), np.float32)
@@ -412,11 +411,9 @@ def block_lasso(
             if t >= 0:
                 A_kept[:, tgt_off[t] + fill[t]] = W[c, :, j]
                 fill[t] += 1
-    sq = np.zeros((len(src), len(tgt)))
-    for s in range(len(src)):
-        for t in range(len(tgt)):
-            blk = A_kept[src_off[s] : src_off[s + 1], tgt_off[t] : tgt_off[t + 1]]
-            sq[s, t] = float((blk.astype(np.float64) ** 2).sum())
+    rows_of = np.eye(len(src))[colsrc]  # [p, n_src]
+    cols_of = np.eye(len(tgt))[np.repeat(np.arange(len(tgt)), tgt_w)]  # [K, n_tgt]
+    sq = rows_of.T @ (A_kept.astype(np.float64) ** 2) @ cols_of
     norms = np.sqrt(sq) * valid
     support = norms > 0
     pos = norms[support]
