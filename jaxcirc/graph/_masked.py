@@ -62,7 +62,8 @@ class NodeMask(eqx.Module):
     def __check_init__(self):
         if tuple(self.values.shape) != (self.graph.n_sources,):
             raise ValueError(
-                f"NodeMask values have shape {self.values.shape}; expected ({self.graph.n_sources},)"
+                f"NodeMask values have shape {self.values.shape}; "
+                f"expected ({self.graph.n_sources},)"
             )
 
     def to_edges(self) -> EdgeMask:

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from .._progress import progress_bar, tick
 from ..graph import Graph, graph
 from ..models._block import AttnOnlyBlock, ParallelBlock, SequentialBlock
 from ..models._site import Site, SiteRef, nearest
@@ -95,17 +96,6 @@ class PathPatchResult(eqx.Module):
         order = [i for i in np.argsort(-flat, kind="stable")[:k] if np.isfinite(flat[i])]
         pairs = [np.unravel_index(i, effects.shape) for i in order]
         return [(self.senders[i], self.receivers[j], float(effects[i, j])) for i, j in pairs]
-
-
-class _Progress:
-    """Host-side progress bar ticked from inside the compiled map."""
-
-    bar = None
-
-    @classmethod
-    def tick(cls, _):
-        if cls.bar is not None:
-            cls.bar.update(1)
 
 
 def _index(name: str, names: Sequence[str], what: str) -> int:
@@ -274,11 +264,7 @@ def path_patch(
     n_chunks = len(layers)
 
     base, other = (clean, corrupt) if direction == "noise" else (corrupt, clean)
-    if progress:
-        from tqdm.auto import tqdm
-
-        _Progress.bar = tqdm(total=n_chunks, desc="path patching", unit="chunk")
-    try:
+    with progress_bar(progress, total=n_chunks, desc="path patching", unit="chunk"):
         base_logits, base_outs, resid = _runs(model, g, base)
         other_logits, other_outs, _ = _runs(model, g, other)
         m_base, m_other = metric(base_logits), metric(other_logits)
@@ -293,10 +279,6 @@ def path_patch(
             bool(progress),
         )  # fmt: skip
         flat = np.asarray(jax.block_until_ready(flat)).reshape(-1)
-    finally:
-        if _Progress.bar is not None:
-            _Progress.bar.close()
-            _Progress.bar = None
     values = np.full(valid.shape, np.nan, np.float32)
     keep = [k for k, c in enumerate(cells) if c is not None]
     rows, cols = zip(*(cells[k] for k in keep))
@@ -403,7 +385,7 @@ def _path_patch(model, g, resid, deltas, metric, layers, pair_s, pair_slot, prog
         layer, s, slot = args
         values = jax.vmap(one_pair, (None, 0, 0))(layer, s, slot)
         if progress:
-            jax.debug.callback(_Progress.tick, layer)
+            jax.debug.callback(tick, layer)
         return values
 
     return jax.lax.map(one_chunk, (layers, pair_s, pair_slot))

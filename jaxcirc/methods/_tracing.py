@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from .._progress import progress_bar, tick
 from ..interventions import Noise, Patch, intervene
 from ..models._site import SiteRef, nearest
 from ..models._transformer import Transformer
@@ -56,17 +57,6 @@ class TraceResult(eqx.Module):
         return {k: v - self.corrupt_prob for k, v in self.indirect.items()}
 
 
-class _Progress:
-    """Host-side progress bar ticked from inside the compiled trace."""
-
-    bar = None
-
-    @classmethod
-    def tick(cls, _):
-        if cls.bar is not None:
-            cls.bar.update(1)
-
-
 def window_bounds(layer, window: int, n_layers: int):
     """ROME's window: layers `[layer - window // 2, layer + ceil(window / 2))`, clipped."""
     return jnp.maximum(layer - window // 2, 0), jnp.minimum(layer - (-window // 2), n_layers)
@@ -91,7 +81,7 @@ def _check(model, tokens, subject_mask, answer, kinds, window, n_samples):
     if mask.dtype != bool:
         raise ValueError(
             f"subject_mask must be a boolean [batch, seq] = {list(tokens.shape)} array; got "
-            f"dtype {mask.dtype} (positions? use jaxcirc.methods._tracing.subject_mask(seq, positions))"
+            f"dtype {mask.dtype} (positions? use jaxcirc.methods.subject_mask(seq, positions))"
         )
     if mask.shape != tokens.shape:
         raise ValueError(
@@ -172,22 +162,14 @@ def causal_trace(
     std = noise_std if noise_std is not None else noise_scale * jnp.std(model.embed.W_E)
     keys = noise_keys(key, tokens.shape[0], n_samples)
     n_layers = model.cfg.n_layers
-    if progress:
-        from tqdm.auto import tqdm
-
-        _Progress.bar = tqdm(total=n_layers * len(kinds), desc="causal tracing", unit="layer")
     # positions before the first subject token are identical in the clean and corrupted runs
     start = int(np.asarray(mask).any(0).argmax()) if model.cfg.causal else 0
-    try:
+    with progress_bar(progress, total=n_layers * len(kinds), desc="causal tracing", unit="layer"):
         clean, corrupt, grids = _trace(
             model, tokens, mask, answer, jnp.asarray(std, jnp.float32), keys,
             tuple(kinds), int(window), chunk_size, bool(progress), start,
         )  # fmt: skip
         grids = jax.block_until_ready(grids)
-    finally:
-        if _Progress.bar is not None:
-            _Progress.bar.close()
-            _Progress.bar = None
     windows = {k: 1 if k == "resid" else int(window) for k in kinds}
     labels = tuple(str(t) for t in token_labels) if token_labels is not None else None
     return TraceResult(clean, corrupt, grids, mask.any(0), windows, labels)
@@ -261,7 +243,7 @@ def _trace(model, tokens, mask, answer, std, keys, kinds, window, chunk_size, pr
             row = jax.lax.map(lambda p: one_cell(layer, p), positions, batch_size=chunk)
             row = jnp.concatenate([jnp.full(start, corrupt_prob.mean(), row.dtype), row])
             if progress:
-                jax.debug.callback(_Progress.tick, layer)
+                jax.debug.callback(tick, layer)
             return row
 
         grids[kind] = jax.lax.map(one_layer, jnp.arange(n_layers))

@@ -1,5 +1,15 @@
-"""Metrics on batched logits `[batch, seq, d_vocab]`, and wrappers that make sweep metrics."""
+"""Metrics on batched logits `[batch, seq, d_vocab]`, wrappers that make sweep metrics, and
+circuit scores (faithfulness, completeness, ROC/AUROC, SHD)."""
 
+from ._circuit import above as above
+from ._circuit import auroc as auroc
+from ._circuit import completeness as completeness
+from ._circuit import faithfulness as faithfulness
+from ._circuit import faithfulness_curve as faithfulness_curve
+from ._circuit import node_scores as node_scores
+from ._circuit import roc as roc
+from ._circuit import shd as shd
+from ._circuit import top_n as top_n
 from ._logits import Bound as Bound
 from ._logits import Normalized as Normalized
 from ._logits import at_position as at_position
@@ -10,12 +20,3 @@ from ._logits import logit_diff as logit_diff
 from ._logits import normalize as normalize
 from ._logits import normalized as normalized
 from ._logits import prob_diff as prob_diff
-from ._circuit import above as above
-from ._circuit import auroc as auroc
-from ._circuit import completeness as completeness
-from ._circuit import faithfulness as faithfulness
-from ._circuit import faithfulness_curve as faithfulness_curve
-from ._circuit import node_scores as node_scores
-from ._circuit import roc as roc
-from ._circuit import shd as shd
-from ._circuit import top_n as top_n

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from .._progress import progress_bar, tick
 from ..interventions import Patch, intervene, resolve
 from ..models._site import SiteRef, nearest
 from ..models._transformer import Transformer
@@ -33,17 +34,6 @@ PER = {
     # TransformerLens orders pattern results [layer, head, dest_pos]; so do we
     "pattern": {"head": ("head",), "head_position": ("head", "position")},
 }
-
-
-class _Progress:
-    """Host-side progress bar ticked from inside the compiled sweep."""
-
-    bar = None
-
-    @classmethod
-    def tick(cls, _):
-        if cls.bar is not None:
-            cls.bar.update(1)
 
 
 def _check(model, clean, corrupt, site, per):
@@ -115,19 +105,11 @@ def sweep(
     if logit_positions is not None:
         logit_positions = jnp.atleast_1d(jnp.asarray(logit_positions))
     n_layers = model.cfg.n_layers
-    if progress:
-        from tqdm.auto import tqdm
-
-        _Progress.bar = tqdm(total=n_layers, desc=f"patching {site} per {per}", unit="layer")
-    try:
+    with progress_bar(progress, total=n_layers, desc=f"patching {site} per {per}", unit="layer"):
         out = _sweep(
             model, clean, corrupt, metric, site, per, chunk_size, logit_positions, progress
         )
         return jax.block_until_ready(out)
-    finally:
-        if _Progress.bar is not None:
-            _Progress.bar.close()
-            _Progress.bar = None
 
 
 def _default_chunk(model: Transformer, clean, n_units: int, logit_positions) -> int:
@@ -172,7 +154,7 @@ def _sweep(model, clean, corrupt, metric, site, per, chunk_size, logit_positions
     def one_layer(layer):
         values = jax.lax.map(lambda u: one_unit(layer, u), units, batch_size=chunk)
         if progress:
-            jax.debug.callback(_Progress.tick, layer)
+            jax.debug.callback(tick, layer)
         return values
 
     values = jax.lax.map(one_layer, jnp.arange(n_layers))
