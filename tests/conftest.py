@@ -32,6 +32,14 @@ def tiny(family: str, seed: int = 0, **overrides):
     return randomise(FAMILIES[family](key=k1, **{**sizes, **overrides}), k2)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_compilation_caches():
+    """Drop each test module's compiled programs when it ends: a worker that keeps hundreds of
+    executables alive grows without bound (and once crashed inside XLA's compiler)."""
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture(params=sorted(FAMILIES))
 def family_model(request):
     return tiny(request.param)
