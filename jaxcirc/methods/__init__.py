@@ -1,6 +1,6 @@
 """Discovery and verification methods, one module each (imported on first use)."""
 
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "causal_trace": "._tracing",
@@ -34,11 +34,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module 'jaxcirc.methods' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

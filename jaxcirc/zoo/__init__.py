@@ -5,7 +5,7 @@
 `toy_model()` is the planted `S = a + b` network for interchange interventions.
 """
 
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "InductionMetric": "._induction",
@@ -18,12 +18,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    # Imported lazily, so `python -m jaxcirc.zoo._induction` runs the module only once.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module 'jaxcirc.zoo' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
