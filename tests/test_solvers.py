@@ -295,3 +295,26 @@ def test_bad_inputs():
     # under vmap the value checks cannot raise: non-finite data gives the result code
     sol = jax.vmap(lambda x: lasso(x, y, 0.1, throw=False))(jnp.stack([X, Xbad]))
     assert sol.result._value.tolist() == [RESULTS.successful._value, RESULTS.nonfinite._value]
+
+
+def test_real_activations_match_sklearn(x64):
+    """Activations of the shipped induction model: layer 1's attention output regressed on
+    layer 0's heads (CircuitLasso's design), Lasso and MultiTaskLasso, within 1e-6."""
+    import jaxcirc as jc
+
+    model = jc.zoo.induction_model()
+    task = jc.zoo.induction_task(6, 8, seed=0)
+    acts = jax.vmap(lambda t: model.run(t)[1])(task.clean)
+    X = np.asarray(acts[jc.SiteRef("z", 0)], np.float64).reshape(
+        -1, model.cfg.n_heads * model.cfg.d_head
+    )
+    Y = np.asarray(acts[jc.SiteRef("attn_out", 1)], np.float64).reshape(len(X), -1)[:, :6]
+    scale = float(np.max(np.abs((X - X.mean(0)).T @ (Y - Y.mean(0))))) / len(X)
+    for group, alpha in ((False, 0.05 * scale), (True, 0.1 * scale)):
+        sol = lasso(X, Y, alpha, penalty="group_l1" if group else "l1", solver=TIGHT)
+        est = MultiTaskLasso if group else Lasso
+        sk = est(alpha=alpha, tol=1e-12, max_iter=1_000_000).fit(X, Y)
+        ours = sq_objective(X, Y, np.asarray(sol.value), np.asarray(sol.intercept), alpha, group)
+        theirs = sq_objective(X, Y, sk.coef_.T, sk.intercept_, alpha, group)
+        assert rel(ours, theirs) < 1e-6, (group, ours, theirs)
+        assert np.count_nonzero(np.asarray(sol.value)) > 0
