@@ -11,8 +11,8 @@ Runs in the system python (with jaxcirc). Writes to `--out`:
   jaxcirc's logits on `clean`, and its EAP scores: `sources`, `targets` (jaxcirc names), the
   score matrix `eap [n_sources, n_targets]` and `valid`.
 
-Cases: a tracr program (`--case reverse`, `frac_prevs`, ...; through `jaxcirc.io.tracr_case`
-when it exists, otherwise compiled here from tracr's own library) or `--case random`, a small
+Cases: a shipped tracr program (`--case reverse`, `frac_prevs`, ...; `jaxcirc.io.tracr_case`,
+converted by `jaxcirc.io.from_tracr`) or `--case random`, a small
 random GPT-2-style model with LayerNorm, every edge non-zero.
 
     python benchmarks/auto_circuit/export.py --case reverse --out /tmp/eap_export
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -31,16 +30,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(1, str(HERE.parents[1]))  # run from a checkout without installing jaxcirc
+sys.path.insert(1, str(HERE.parent))  # benchmarks/_common
 
-
-def peak_rss_mib() -> float:
-    status = Path("/proc/self/status")
-    if status.exists():
-        return int(re.search(r"VmHWM:\s*(\d+) kB", status.read_text()).group(1)) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
+from _common import peak_rss_mib  # noqa: E402
 
 # ----------------------------------------------------------------------------- models
 
@@ -72,110 +64,17 @@ def random_case(n: int, seed: int):
     return model, clean, corrupt, "categorical"
 
 
-def _convert_tracr(compiled, output_label: str):
-    """A jaxcirc `Transformer` from a tracr `AssembledTransformerModel` (fallback converter:
-    norm-free, bidirectional attention, ReLU MLPs; the unembedding projects the output
-    variable's residual dimensions onto its values, or dimension 0 for a numerical output)."""
-    import jaxcirc as jc
-
-    p = {k: {kk: np.asarray(v) for kk, v in d.items()} for k, d in compiled.params.items()}
-    c = compiled.model_config
-    heads, dk = c.num_heads, c.key_size
-    vocab, dm = p["token_embed"]["embeddings"].shape
-    labels = [str(x) for x in compiled.residual_labels]
-    out = compiled.output_encoder
-    if out is None or not getattr(out, "encoding_map", None):  # numerical output: dim 0
-        unembed = np.eye(dm, 1, dtype=np.float32)
-    else:
-        unembed = np.zeros((dm, len(out.encoding_map)), np.float32)
-        for value, col in out.encoding_map.items():
-            unembed[labels.index(f"{output_label}:{value}"), col] = 1.0
-    cfg = jc.models.TransformerConfig(
-        d_model=dm, n_layers=c.num_layers, n_heads=heads, d_head=dk, d_vocab=vocab,
-        n_ctx=p["pos_embed"]["embeddings"].shape[0], d_mlp=c.mlp_hidden_size, act_fn="relu",
-        norm="none", final_norm=False, causal=bool(c.causal), family="tracr",
-    )  # fmt: skip
-    # jaxcirc unembeds to d_vocab columns; pad the output columns with zeros
-    w_u = np.zeros((dm, vocab), np.float32)
-    w_u[:, : unembed.shape[1]] = unembed
-    sd = {
-        "embed.W_E": p["token_embed"]["embeddings"],
-        "pos_embed.W_pos": p["pos_embed"]["embeddings"],
-        "unembed.W_U": w_u,
-    }
-    for layer in range(cfg.n_layers):
-        a, m, o = (
-            f"transformer/layer_{layer}/attn/",
-            f"transformer/layer_{layer}/mlp/",
-            f"blocks.{layer}.",
-        )
-        for n, hk in (("Q", "query"), ("K", "key"), ("V", "value")):
-            sd[f"{o}attn.W_{n}"] = p[a + hk]["w"].reshape(dm, heads, dk).transpose(1, 0, 2)
-            sd[f"{o}attn.b_{n}"] = p[a + hk]["b"].reshape(heads, dk)
-        sd[f"{o}attn.W_O"] = p[a + "linear"]["w"].reshape(heads, dk, dm)
-        sd[f"{o}attn.b_O"] = p[a + "linear"]["b"]
-        sd[f"{o}mlp.W_in"], sd[f"{o}mlp.b_in"] = p[m + "linear_1"]["w"], p[m + "linear_1"]["b"]
-        sd[f"{o}mlp.W_out"], sd[f"{o}mlp.b_out"] = p[m + "linear_2"]["w"], p[m + "linear_2"]["b"]
-    return jc.models.from_state_dict(cfg, sd)
-
-
-_TRACR_LIB = {  # fallback programs from tracr's own library: (builder, vocab, max_len, output)
-    "reverse": (lambda lib, rasp: lib.make_reverse(rasp.tokens), ("a", "b", "c"), 5, "categorical"),
-    "frac_prevs": (
-        lambda lib, rasp: lib.make_frac_prevs(rasp.tokens == "x"), ("w", "x", "y", "z"), 5,
-        "numerical",
-    ),
-    "sort_unique": (
-        lambda lib, rasp: lib.make_sort_unique(rasp.tokens, rasp.tokens), (1, 2, 3, 4), 4,
-        "categorical",
-    ),
-    "hist": (lambda lib, rasp: lib.make_hist(), ("a", "b", "c"), 5, "categorical"),
-}  # fmt: skip
-
-
 def tracr_case(name: str, n: int, seed: int):
-    """The converted tracr model for `name` and `n` clean/corrupt prompt pairs (BOS first):
-    `jaxcirc.io.tracr_case`'s cached model where the library ships it, else compiled here."""
+    """The shipped converted tracr model for `name` (`jaxcirc.io.tracr_case`, converted by
+    `jaxcirc.io.from_tracr`) and `n` clean/corrupt prompt pairs (BOS first)."""
+    from jaxcirc.io import tracr_case as shipped
+
     try:
-        from jaxcirc.io import tracr_case as shipped
-    except ImportError:
-        shipped = None
-    if shipped is not None:
-        try:
-            model, _circuit, info = shipped(name)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"jaxcirc.io.tracr_case({name!r}) unavailable ({e}); compiling with tracr")
-        else:
-            clean, corrupt = info.sample(n, seed=seed)
-            print(f"model: jaxcirc.io.tracr_case({name!r})", file=sys.stderr)
-            return model, clean, corrupt, info.case.output
-    from tracr.compiler import compiling, lib
-    from tracr.rasp import rasp
-
-    if name not in _TRACR_LIB:
-        raise SystemExit(
-            f"unknown tracr case {name!r}; without jaxcirc.io.tracr_case: {sorted(_TRACR_LIB)}"
-        )
-    build, vocab, max_len, output = _TRACR_LIB[name]
-    print(f"model: tracr.compiler.lib program {name!r}, converted here", file=sys.stderr)
-    program = build(lib, rasp)
-    compiled = compiling.compile_rasp_to_model(
-        program, vocab=set(vocab), max_seq_len=max_len, compiler_bos="BOS"
-    )
-    enc = compiled.input_encoder.encoding_map
-    rng = np.random.default_rng(seed)
-
-    def draw():
-        if name == "sort_unique":
-            rows = [rng.permutation(len(vocab))[:max_len] for _ in range(n)]
-        else:
-            rows = rng.integers(0, len(vocab), (n, max_len))
-        return np.asarray([[enc["BOS"], *(enc[vocab[i]] for i in row)] for row in rows])
-
-    return _convert_tracr(compiled, program.label), draw(), draw(), output
-
-
-# ----------------------------------------------------------------------------- export
+        model, _circuit, info = shipped(name)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    clean, corrupt = info.sample(n, seed=seed)
+    return model, clean, corrupt, info.case.output
 
 
 def tl_config(cfg) -> dict:
