@@ -2,7 +2,9 @@
 
 `induction_model()` is a 2-layer attention-only transformer with an induction head;
 `induction_task(n, half_len, seed)` gives its clean/corrupt prompts and default metric;
-`toy_model()` is the planted `S = a + b` network for interchange interventions.
+`toy_model()` is the planted `S = a + b` network for interchange interventions;
+`digits_mlp()` is a 64 → 128 → 128 → 10 ReLU classifier of scikit-learn's digits
+(`digits_data()`), the model of the pruning reproduction.
 """
 
 from .._lazy import lazy_exports
@@ -14,6 +16,11 @@ _EXPORTS = {
     "induction_model": "._induction",
     "induction_task": "._induction",
     "toy_model": "._toy_sum",
+    "MLPClassifier": "._digits",
+    "DigitsData": "._digits",
+    "digits_mlp": "._digits",
+    "digits_data": "._digits",
+    "digits_accuracy": "._digits",
 }
 __all__ = sorted(_EXPORTS)
 
