@@ -17,6 +17,7 @@ def ce(a, y, W2, b2):
     return -jax.nn.log_softmax(W2 @ a + b2)[y]
 
 
+@jax.jit
 def grads(a, y, W2, b2):
     """Exact per-sample gradient and Hessian diagonal of `ce` with respect to `a` `[n, u]`."""
     g = jax.vmap(jax.grad(ce), (0, 0, None, None))(a, y, W2, b2)
@@ -24,8 +25,13 @@ def grads(a, y, W2, b2):
     return g, jnp.diagonal(hess, axis1=1, axis2=2)
 
 
+@jax.jit
+def _mean_ce(a, y, W2, b2):
+    return jax.vmap(ce, (0, 0, None, None))(a, y, W2, b2).mean()
+
+
 def mean_ce(a, y, W2, b2):
-    return float(jax.vmap(ce, (0, 0, None, None))(a, y, W2, b2).mean())
+    return float(_mean_ce(a, y, W2, b2))
 
 
 def mlp(seed, d_in, u, c):

@@ -30,6 +30,12 @@ _EXPORTS = {
     "DASResult": "._das",
     "IIAResult": "._interchange",
     "Location": "._interchange",
+    "constant_scores": "._risk_pruning",
+    "variance_scores": "._risk_pruning",
+    "random_scores": "._risk_pruning",
+    "fold": "._risk_pruning",
+    "Fold": "._risk_pruning",
+    "prune": "._risk_pruning",
 }
 __all__ = sorted(_EXPORTS)
 
