@@ -36,6 +36,16 @@ _EXPORTS = {
     "fold": "._risk_pruning",
     "Fold": "._risk_pruning",
     "prune": "._risk_pruning",
+    "unit_activations": "._units",
+    "unit_shape": "._units",
+    "unit_sites": "._units",
+    "downstream": "._units",
+    "Downstream": "._units",
+    "replace": "._units",
+    "ReplaceUnits": "._units",
+    "compile_abstraction": "._units",
+    "abstraction_iia": "._abstraction_iia",
+    "AbstractionIIA": "._abstraction_iia",
 }
 __all__ = sorted(_EXPORTS)
 
