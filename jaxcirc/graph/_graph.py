@@ -136,6 +136,7 @@ class Graph:
 def graph(model) -> Graph:
     """The edge graph of `model` (a `jaxcirc.Transformer`): heads with separate q/k/v inputs."""
     cfg = model.cfg
+    cfg.require_uniform("jaxcirc.graph")
     n_kv = cfg.n_kv_heads or cfg.n_heads
     has_mlp = cfg.block != "attn_only"
     parallel = cfg.block == "parallel"

@@ -20,6 +20,7 @@ from ._layers import RMSNorm as RMSNorm
 from ._layers import Unembed as Unembed
 from ._mlp import MLP as MLP
 from ._mlp import GatedMLP as GatedMLP
+from ._narrow import narrow as narrow
 from ._processing import center_unembed as center_unembed
 from ._processing import center_writing_weights as center_writing_weights
 from ._processing import fold_layer_norm as fold_layer_norm

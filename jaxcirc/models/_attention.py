@@ -19,6 +19,8 @@ class Attention(eqx.Module):
     reads key/value head `h // (n_heads // n_kv_heads)`. Sites: `hook_q`, `hook_k`, `hook_v`
     (before rotary), `hook_attn_scores` (masked), `hook_pattern`, `hook_z`. `causal=False`
     (config `causal`) drops the mask, for compiled tracr programs, which attend both ways.
+    Head counts come from the arrays' shapes, so a narrowed layer (`jaxcirc.models.narrow`) may
+    have fewer heads than its neighbours, or none (then the output is `b_O`).
     """
 
     W_Q: Float[Array, "n_heads d_model d_head"]
@@ -74,7 +76,7 @@ class Attention(eqx.Module):
         if self.rotary_dim:
             q = apply_rotary(q, self.rotary_dim, self.rotary_base)
             k = apply_rotary(k, self.rotary_dim, self.rotary_base)
-        group = q.shape[1] // k.shape[1]
+        group = q.shape[1] // max(k.shape[1], 1)  # a narrowed layer may keep no head
         k = jnp.repeat(k, group, axis=1)
         v = jnp.repeat(v, group, axis=1)
         seq = q.shape[0]

@@ -42,10 +42,11 @@ def build(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transformer:
     def zeros(*shape, present=True):
         return jnp.zeros(shape, dt) if present else None
 
-    H, KV, D, M = cfg.n_heads, cfg.kv_heads, cfg.d_head, cfg.d_model
+    D, M = cfg.d_head, cfg.d_model
     out_scale = 1.0 / np.sqrt(2 * cfg.n_layers)
     blocks = []
     for layer in range(cfg.n_layers):
+        H, KV = cfg.heads_at(layer), cfg.kv_heads_at(layer)  # per layer once narrowed
         attn = Attention(
             W_Q=normal(H, M, D),
             W_K=normal(KV, M, D),
@@ -78,7 +79,7 @@ def build(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transformer:
                 )
             )
             continue
-        F = cfg.d_mlp
+        F = cfg.d_mlp_at(layer)
         mlp_sites = {
             "hook_pre": make_site("mlp_pre", layer),
             "hook_post": make_site("mlp_post", layer),
@@ -90,7 +91,7 @@ def build(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transformer:
                 W_out=normal(F, M, scale=out_scale),
                 b_gate=zeros(F, present=cfg.mlp_bias),
                 b_in=zeros(F, present=cfg.mlp_bias),
-                b_out=zeros(M, present=cfg.mlp_bias),
+                b_out=zeros(M, present=cfg.has_mlp_out_bias),
                 hook_pre_linear=make_site("mlp_pre_linear", layer),
                 act_fn=cfg.act_fn,
                 **mlp_sites,
@@ -100,7 +101,7 @@ def build(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transformer:
                 W_in=normal(M, F),
                 b_in=zeros(F, present=cfg.mlp_bias),
                 W_out=normal(F, M, scale=out_scale),
-                b_out=zeros(M, present=cfg.mlp_bias),
+                b_out=zeros(M, present=cfg.has_mlp_out_bias),
                 act_fn=cfg.act_fn,
                 **mlp_sites,
             )

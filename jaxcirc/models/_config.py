@@ -17,6 +17,7 @@ Positional = Literal["learned", "rotary", "none"]
 Activation = Literal["gelu_new", "gelu", "relu", "silu"]
 Block = Literal["sequential", "parallel", "attn_only"]
 
+LAYER_FIELDS = ("layer_n_heads", "layer_n_kv_heads", "layer_d_mlp")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -26,6 +27,10 @@ class TransformerConfig:
 
     The family builders (`gpt2_config`, `neox_config`, `llama_config`, ...) fill it in;
     the forward pass never branches on `family`, which is kept for saving and display.
+    A model narrowed by `jaxcirc.models.narrow` keeps the preset's `n_heads` / `d_mlp` and
+    records each layer's actual widths in `layer_n_heads`, `layer_n_kv_heads`, `layer_d_mlp`
+    (read them with `heads_at(layer)`, `kv_heads_at(layer)`, `d_mlp_at(layer)`); tools that
+    need equal widths call `require_uniform`.
     """
 
     d_model: int
@@ -53,10 +58,23 @@ class TransformerConfig:
     causal: bool = True  # False only for converted tracr models (bidirectional attention)
     dtype: str = "float32"
     family: str = "custom"
+    # per-layer widths of a narrowed model (`jaxcirc.models.narrow`); `None`: every layer has
+    # `n_heads` query heads, `kv_heads` key/value heads and `d_mlp` MLP neurons
+    layer_n_heads: tuple[int, ...] | None = None
+    layer_n_kv_heads: tuple[int, ...] | None = None
+    layer_d_mlp: tuple[int, ...] | None = None
+    mlp_out_bias: bool | None = None  # `None`: as `mlp_bias`; narrowing may add b_out alone
 
     def __post_init__(self):
         def bad(field, value, expected):
             raise ValueError(f"TransformerConfig.{field}={value!r}: expected {expected}")
+
+        for field in LAYER_FIELDS:  # JSON gives lists; a static config must be hashable
+            value = getattr(self, field)
+            if value is not None:
+                if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+                    bad(field, value, f"None or a sequence of n_layers={self.n_layers} ints")
+                object.__setattr__(self, field, tuple(value))
 
         for name in ("d_model", "n_layers", "n_heads", "d_head", "d_vocab", "n_ctx"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -79,6 +97,64 @@ class TransformerConfig:
         ):
             if getattr(self, field) not in choices.__args__:
                 bad(field, getattr(self, field), f"one of {choices.__args__}")
+        self._check_layer_widths(bad)
+
+    def _check_layer_widths(self, bad):
+        for field in LAYER_FIELDS:
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if len(value) != self.n_layers or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+            ):
+                bad(field, value, f"None or {self.n_layers} (n_layers) non-negative ints")
+        if self.layer_d_mlp is not None and self.block == "attn_only":
+            bad("layer_d_mlp", self.layer_d_mlp, "None for block='attn_only' (no MLPs)")
+        if self.layer_n_kv_heads is not None and self.layer_n_heads is None:
+            bad("layer_n_kv_heads", self.layer_n_kv_heads, "None unless layer_n_heads is set")
+        for layer in range(self.n_layers):
+            h, kv = self.heads_at(layer), self.kv_heads_at(layer)
+            if (h == 0) != (kv == 0) or (h and h % kv):
+                bad(
+                    "layer_n_kv_heads",
+                    self.layer_n_kv_heads,
+                    f"a divisor of layer {layer}'s {h} query heads (0 only with 0 query heads)",
+                )
+
+    @property
+    def has_mlp_out_bias(self) -> bool:
+        return self.mlp_bias if self.mlp_out_bias is None else self.mlp_out_bias
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every layer has the same widths (no per-layer `layer_*` fields)."""
+        return all(getattr(self, field) is None for field in LAYER_FIELDS)
+
+    def heads_at(self, layer: int) -> int:
+        """Query heads of `layer` (`n_heads` unless narrowed)."""
+        return self.n_heads if self.layer_n_heads is None else self.layer_n_heads[layer]
+
+    def kv_heads_at(self, layer: int) -> int:
+        """Key/value heads of `layer` (`kv_heads` unless narrowed)."""
+        if self.layer_n_kv_heads is not None:
+            return self.layer_n_kv_heads[layer]
+        if self.layer_n_heads is None:
+            return self.kv_heads
+        # narrowed query heads only: plain multi-head attention keeps one kv head per head
+        return self.layer_n_heads[layer] if self.n_kv_heads is None else self.kv_heads
+
+    def d_mlp_at(self, layer: int) -> int:
+        """MLP neurons of `layer` (`d_mlp` unless narrowed)."""
+        return self.d_mlp if self.layer_d_mlp is None else self.layer_d_mlp[layer]
+
+    def require_uniform(self, what: str) -> None:
+        """Raise a clear `ValueError` when `what` cannot handle per-layer widths."""
+        if not self.uniform:
+            widths = {f: getattr(self, f) for f in LAYER_FIELDS if getattr(self, f) is not None}
+            raise ValueError(
+                f"{what} assumes every layer has the same number of heads and MLP neurons; "
+                f"this narrowed model (jaxcirc.models.narrow) has per-layer widths {widths}"
+            )
 
     @property
     def kv_heads(self) -> int:
@@ -92,7 +168,11 @@ class TransformerConfig:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        data = dataclasses.asdict(self)
+        for field in (*LAYER_FIELDS, "mlp_out_bias"):  # absent unless set: old files unchanged
+            if data[field] is None:
+                del data[field]
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> TransformerConfig:

@@ -42,6 +42,12 @@ class Activations(eqx.Module):
             layers.append(self.values[SiteRef(kind, len(layers)).name])
         if not layers:
             raise KeyError(f"no activations of kind {kind!r} in this run")
+        if len({layer.shape for layer in layers}) > 1:
+            raise ValueError(
+                f"cannot stack {kind!r}: its layers have different shapes "
+                f"{[layer.shape for layer in layers]} (a narrowed model, jaxcirc.models.narrow); "
+                "read each layer by name instead"
+            )
         return jnp.stack(layers, axis=-len(SITE_KINDS[kind][1]) - 1)
 
 
