@@ -102,3 +102,48 @@ def test_script_writes_a_loadable_model(tmp_path, capsys):
     assert model.cfg == _induction.CONFIG
     with pytest.raises(FileNotFoundError, match="no induction model file"):
         zoo.induction_model(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------------------------------
+# The model with MLPs (issue 6 prunes its neurons and heads)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_shipped_mlp_model_loads_and_is_small():
+    data = Path(jaxcirc.__file__).parent / "data"
+    assert (data / f"{_induction.NAME_MLP}.safetensors").stat().st_size < 1_000_000
+    model = zoo.induction_mlp_model()
+    assert model.cfg == _induction.CONFIG_MLP
+    assert model.cfg.block == "sequential" and model.cfg.d_mlp == 256
+    assert zoo.induction_mlp_model() is model  # cached
+    assert zoo.induction_model() is not model
+
+
+def test_shipped_mlp_model_does_induction():
+    model = zoo.induction_mlp_model()
+    for half_len in (8, 16, 24):
+        task = zoo.induction_task(128, half_len, seed=1234)
+        first, second = zoo.induction_accuracy(model, task.clean, half_len)
+        assert second > 0.95, (half_len, second)
+        assert first < 0.05, (half_len, first)
+        _, broken = zoo.induction_accuracy(model, task.corrupt, half_len)
+        assert broken < 0.05
+    L = 16
+    task = zoo.induction_task(64, L, seed=7)
+    second = np.arange(L, 2 * L)
+    induction = _patterns(model, task.clean, 1)[:, :, second, second - L + 1].mean((0, 2))
+    assert induction.min() > 0.8, induction
+
+
+def test_mlp_training_is_deterministic_and_the_script_writes_it(tmp_path, capsys):
+    model, first = _induction.train(seed=3, steps=3, batch_size=4, mlp=True)
+    _, again = _induction.train(seed=3, steps=3, batch_size=4, mlp=True)
+    assert first == again and all(np.isfinite(first))
+    assert model.cfg == _induction.CONFIG_MLP
+    out = tmp_path / "mlp"
+    argv = ["--out", str(out), "--steps", "2", "--batch-size", "4", "--mlp"]
+    assert _induction.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["mlp"] is True
+    assert zoo.induction_mlp_model(out).cfg == _induction.CONFIG_MLP
+    with pytest.raises(FileNotFoundError, match="no induction model file"):
+        zoo.induction_mlp_model(tmp_path / "missing")

@@ -1,6 +1,7 @@
 """Small models trained by the project, shipped with the package, and their tasks.
 
-`induction_model()` is a 2-layer attention-only transformer with an induction head;
+`induction_model()` is a 2-layer attention-only transformer with an induction head, and
+`induction_mlp_model()` the same task learnt by a 2-layer GPT-2-style model with MLPs;
 `induction_task(n, half_len, seed)` gives its clean/corrupt prompts and default metric;
 `toy_model()` is the planted `S = a + b` network for interchange interventions;
 `digits_mlp()` is a 64 → 128 → 128 → 10 ReLU classifier of scikit-learn's digits
@@ -14,6 +15,7 @@ _EXPORTS = {
     "InductionTask": "._induction",
     "induction_accuracy": "._induction",
     "induction_model": "._induction",
+    "induction_mlp_model": "._induction",
     "induction_task": "._induction",
     "toy_model": "._toy_sum",
     "MLPClassifier": "._digits",
