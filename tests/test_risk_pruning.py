@@ -281,6 +281,11 @@ def test_iterative_fold_keeps_one_of_each_copy():
     )
     assert seen == [7, 6, 5]
     np.testing.assert_allclose(again.mix, rep.mix, atol=1e-6)
+    # without rescore, iterative constant pruning is one-shot constant pruning
+    it = rp.prune(a, g, h, 0.5, site="h", method="constant", schedule="iterative", block=1)
+    one = rp.prune(a, g, h, 0.5, site="h", method="constant")
+    np.testing.assert_array_equal(it.keep, one.keep)
+    np.testing.assert_allclose(it.offset, one.offset, atol=1e-6)
     # one-shot fold: the constant ranking chooses, a fold replaces
     one = rp.prune(a, g, h, 0.5, site="h", method="fold")
     assert (np.asarray(one.kind)[~np.asarray(one.keep)] == FOLD).all()
