@@ -32,7 +32,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from ._replacement import Replacement
-from ._units import Downstream, _check_model, downstream, unit_activations, unit_shape
+from ._units import Downstream, Model, _check_model, downstream, unit_activations, unit_shape
 
 
 class AbstractionIIA(eqx.Module):
@@ -120,7 +120,7 @@ _run_observational = eqx.filter_jit(_observational)
 
 
 def abstraction_iia(
-    model,
+    model: Model,
     replacement: Replacement,
     inputs: ArrayLike,
     *,
@@ -140,7 +140,8 @@ def abstraction_iia(
     - `replacement`: the abstraction of one site (`jaxcirc.methods.Replacement`).
     - `p`: swap probabilities in [0, 1]; `n_trials` trials each (the same trials for every `p`).
     - `batch_size`: trials per vmapped chunk (chunks run under `lax.map`; one compiled program).
-    - `key`: a `jax.random.key`; `position`: the read-out position for transformers.
+    - `key`: a `jax.random.key`; `position`: the read-out position for transformers (a
+      classifier has one output; ignored there).
     - `labels`: `[n]` true classes (tokens at `position`) for task accuracy of both models.
 
     **Returns:** an `AbstractionIIA` (module docstring: the protocol and its choices).
