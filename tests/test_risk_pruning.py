@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxcirc.methods import _risk_pruning as rp
-from jaxcirc.methods._replacement import CONSTANT, FOLD, Replacement
+from jaxcirc.methods._replacement import CONSTANT, FOLD
 
 
 def ce(a, y, W2, b2):
@@ -81,7 +81,8 @@ def test_second_order_prediction_matches_measured_change():
     keep = np.ones(8, bool)
     keep[5] = False
     f = rp.fold(a, h, keep, g=g, r=3)
-    rep = Replacement("h", jnp.asarray(keep), f.offset * ~keep[:, None], f.mix, jnp.zeros(8, int))
+    rep = f.replacement("h", keep)
+    assert rep.summary() == {"kept": 7, "constant": 0, "fold": 1}
     folded = rep.apply(a[:, :, None])[..., 0]
     np.testing.assert_allclose(folded[:, keep], a[:, keep])
     measured = mean_ce(folded, y, W2, b2) - base

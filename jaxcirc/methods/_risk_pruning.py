@@ -88,6 +88,7 @@ METHODS = ("constant", "fold", "auto", "variance", "random")
 SCHEDULES = ("one-shot", "iterative")
 _H_FLOOR = 1e-10  # undamped: units with total curvature at most this fall back to the mean
 _W_FLOOR = 1e-8  # fold regression weights max(h, 1e-8) (the follow-up code's floor)
+_HIGHEST = jax.lax.Precision.HIGHEST  # Gram matrices in full float32, also on TF32 GPUs
 _CHUNK_ELEMENTS = 2**25  # fold: units per lax.map batch so one batch holds about this many
 
 
@@ -232,6 +233,15 @@ class Fold(eqx.Module):
     valid: Bool[Array, "n_units r"]
     score: Float[Array, " n_units"]
 
+    def replacement(self, site: str, keep: Bool[ArrayLike, " n_units"]) -> Replacement:
+        """The `Replacement` that folds every unit not in `keep` (use the `keep` the fold was
+        computed with, so parents are kept)."""
+        keep = jnp.asarray(keep, bool)
+        d = self.offset.shape[1]
+        offset = jnp.where(keep[:, None], 0.0, self.offset)
+        mix = jnp.where(jnp.repeat(keep, d)[:, None], 0.0, self.mix)
+        return Replacement(site, keep, offset, mix, jnp.where(keep, KEPT, FOLD).astype(jnp.int32))
+
 
 def _weighted_ridge(X, y, w, h, g, col_valid, ridge):
     """One coordinate: `min Σ w (y − β − X γ)² + λ‖γ‖²` with weighted centring; returns
@@ -242,12 +252,12 @@ def _weighted_ridge(X, y, w, h, g, col_valid, ridge):
     sw = jnp.sqrt(w)
     Xt = (X - xm) * sw[:, None] * col_valid
     yt = (y - ym) * sw
-    gram = Xt.T @ Xt
+    gram = jnp.matmul(Xt.T, Xt, precision=_HIGHEST)
     n_valid = jnp.maximum(col_valid.sum(), 1.0)
     lam = ridge * jnp.maximum(jnp.trace(gram) / n_valid, 1e-30)
     reg = jnp.where(col_valid > 0, lam, 1.0)
     chol = jax.scipy.linalg.cho_factor(gram + jnp.diag(reg))
-    gamma = jax.scipy.linalg.cho_solve(chol, Xt.T @ yt) * col_valid
+    gamma = jax.scipy.linalg.cho_solve(chol, jnp.matmul(Xt.T, yt, precision=_HIGHEST)) * col_valid
     beta = ym - xm @ gamma
     delta = beta + X @ gamma - y
     risk = (0.5 * h * delta**2 + g * delta).sum()
@@ -262,7 +272,7 @@ def _fold_core(a, h, g, keep, ridge, *, r: int):
     z = a - a.mean(0)
     std = jnp.sqrt((z**2).mean(0))
     z = jnp.where(std > 0, z / jnp.where(std > 0, std, 1.0), 0.0).reshape(n, u * d)
-    corr = jnp.abs(z.T @ z / n).reshape(u, d, u, d).max(axis=(1, 3))
+    corr = jnp.abs(jnp.matmul(z.T, z, precision=_HIGHEST) / n).reshape(u, d, u, d).max(axis=(1, 3))
     candidate = keep[None, :] & ~jnp.eye(u, dtype=bool)
     corr = jnp.where(candidate, corr, -1.0)
     _, parents = jax.lax.top_k(corr, r_eff)  # [u, r_eff]
@@ -349,7 +359,13 @@ def prune(
     `"variance"` (variance ranking, mean constants), `"random"` (needs `key`, mean constants).
     `schedule`: `"one-shot"` or `"iterative"` (`block` units per round, default a tenth of the
     units to remove, rounded up); `rescore(replacement) -> (a, g, h)` measures the site again
-    on the model with the current replacement applied (see the module docstring).
+    on the model with the current replacement applied (see the module docstring). One-shot
+    fold and auto prune the units with the lowest constant score.
+
+    `g` and `h` come from `jaxcirc.solvers.unit_curvature` or any other source. With the KL to
+    the full model as the loss (`g = 0`) the first-order term, which is mostly noise on data the
+    network already fits, drops out; on the digits MLP that keeps more accuracy than the task
+    cross-entropy (module docstring).
     """
     if method not in METHODS:
         raise ValueError(
