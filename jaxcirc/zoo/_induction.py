@@ -18,7 +18,8 @@ corrupt. All four layer-1 heads are induction heads (attention from `i` to `i - 
 The model with MLPs (`induction_mlp_model()`, issue 6 prunes its neurons and heads):
 `jaxcirc.models.gpt2(d_model=64, n_heads=4, d_head=16, d_mlp=256, d_vocab=64, n_ctx=48,
 tied_embeddings=False)`, GELU MLPs, same data, optimiser, steps and seed (about 2 minutes on 2
-shared CPU cores; with tied embeddings it had learnt only 24% second-half accuracy by then):
+shared CPU cores; with tied embeddings it had learnt only 24% second-half accuracy by then).
+A second run reproduced the shipped weights bit for bit:
 
     python -m jaxcirc.zoo._induction --mlp --out jaxcirc/data/induction_mlp_2l
 
