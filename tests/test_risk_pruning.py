@@ -282,6 +282,25 @@ def test_iterative_fold_keeps_one_of_each_copy():
     )
     assert seen == [7, 6, 5]
     np.testing.assert_allclose(again.mix, rep.mix, atol=1e-6)
+    # three copies of one signal, two removed one at a time: the first fold reads the second
+    # copy, which is removed next, so its row is rewritten onto the last copy
+    z1, w = rng.normal(size=(300, 1)), rng.normal(size=(300, 2))
+    a3 = np.c_[z1, 2 * z1, -z1 + 1, w] + 1e-3 * rng.normal(size=(300, 5))
+    chain = rp.prune(
+        a3,
+        np.zeros_like(a3),
+        np.ones_like(a3),
+        0.6,
+        site="h",
+        method="fold",
+        schedule="iterative",
+        block=1,
+        r=2,
+    )
+    keep3 = np.asarray(chain.keep)
+    assert keep3[:3].sum() == 1 and keep3[3:].all()
+    assert not np.asarray(chain.mix)[:, ~keep3].any()
+    np.testing.assert_allclose(chain.apply(a3[:, :, None])[..., 0], a3, atol=0.02)
     # without rescore, iterative constant pruning is one-shot constant pruning
     it = rp.prune(a, g, h, 0.5, site="h", method="constant", schedule="iterative", block=1)
     one = rp.prune(a, g, h, 0.5, site="h", method="constant")
