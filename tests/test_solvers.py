@@ -58,13 +58,14 @@ def kkt_violation(X, Y, W, b, alpha):
     return max(on.max(initial=0), off.max(initial=0), np.abs(R.mean(0)).max())
 
 
+@pytest.mark.parametrize("gram", [False, True], ids=["data", "gram"])
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("n,d,k", [(60, 20, 1), (25, 40, 3)], ids=["n>d-single", "n<d-multi"])
-def test_lasso_matches_sklearn(x64, seed, n, d, k):
+def test_lasso_matches_sklearn(x64, seed, n, d, k, gram):
     X, Y = problem(seed, n, d, k)
     y = Y[:, 0] if k == 1 else Y
     alpha = 0.05 * float(np.max(np.abs((X - X.mean(0)).T @ (Y - Y.mean(0))))) / n
-    sol = lasso(X, y, jnp.asarray(alpha), solver=TIGHT)
+    sol = lasso(X, y, jnp.asarray(alpha), solver=TIGHT, gram=gram)
     assert sol.result == RESULTS.successful
     assert sol.value.shape == ((d,) if k == 1 else (d, k)) and sol.value.dtype == jnp.float64
     sk = Lasso(alpha=alpha, tol=1e-12, max_iter=1_000_000).fit(X, y)
@@ -76,11 +77,12 @@ def test_lasso_matches_sklearn(x64, seed, n, d, k):
     assert float(sol.stats["duality_gap"]) <= 1e-10 * ours
 
 
+@pytest.mark.parametrize("gram", [False, True], ids=["data", "gram"])
 @pytest.mark.parametrize("seed,n,d", [(0, 60, 20), (1, 25, 40)])
-def test_multitask_matches_sklearn(x64, seed, n, d):
+def test_multitask_matches_sklearn(x64, seed, n, d, gram):
     X, Y = problem(seed, n, d, 4)
     alpha = 0.1
-    sol = lasso(X, Y, alpha, penalty="group_l1", solver=TIGHT)
+    sol = lasso(X, Y, alpha, penalty="group_l1", solver=TIGHT, gram=gram)
     sk = MultiTaskLasso(alpha=alpha, tol=1e-12, max_iter=1_000_000).fit(X, Y)
     ours = sq_objective(X, Y, np.asarray(sol.value), np.asarray(sol.intercept), alpha, True)
     theirs = sq_objective(X, Y, sk.coef_.T, sk.intercept_, alpha, True)
@@ -272,6 +274,8 @@ def test_bad_inputs():
         lasso(X, y[:19], 0.1)
     with pytest.raises(ValueError, match="X must be 2-D"):
         lasso(X[0], y, 0.1)
+    with pytest.raises(ValueError, match="gram=True needs loss='squared'"):
+        lasso(X, (y > 0).astype(np.float32), 0.1, loss="logistic", gram=True)
     Xbad = X.copy()
     Xbad[7, 3] = np.nan
     Xbad[9, 1] = np.inf

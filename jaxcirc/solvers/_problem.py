@@ -1,6 +1,12 @@
 """A penalised generalised linear problem `min_{W,b} f(XW + b) + alpha·g(W)`, in the form the
 solvers consume: the smooth part is a function of the linear predictor `Z = XW + b`, so one
-iteration costs exactly two matrix products (`X @ W` and `Xᵀ @ ∂f/∂Z`)."""
+iteration costs exactly two matrix products (`X @ W` and `Xᵀ @ ∂f/∂Z`).
+
+**Gram form** (squared loss only): the problem keeps `G = XᵀX/n`, `C = XᵀY/n` and
+`‖Y‖²/n` instead of `X` and `Y`, and the solver's linear state is `Z = G W`, so one iteration
+costs one `[d, d] @ [d, k]` product however many samples there are (what coordinate descent
+calls "precompute"). Objective, gradient, duality gap and KKT residual are the same numbers,
+computed from `G`, `C` and `‖Y‖²`."""
 
 from __future__ import annotations
 
@@ -26,19 +32,33 @@ class Problem(eqx.Module):
     penalty: str = eqx.field(static=True)
     n_groups: int = eqx.field(static=True)
     fit_b: bool = eqx.field(static=True)
+    gram: bool = eqx.field(static=True, default=False)
+    yy: Float[Array, ""] | None = None  # Gram form: ‖Y‖²_F / n
 
     @property
     def n(self) -> int:
         return self.X.shape[0]
 
+    def linear(self, W: Float[Array, "d k"], b: Float[Array, " k"]) -> Float[Array, "n k"]:
+        """The solver's linear state: `X W + b`, or `G W` in Gram form."""
+        return self.X @ W if self.gram else self.X @ W + b
+
     # ------------------------------------------------------------ smooth part, in Z
-    def value(self, Z: Float[Array, "n k"]) -> Float[Array, ""]:
+    def value(self, Z: Float[Array, "n k"], W: Float[Array, "d k"]) -> Float[Array, ""]:
         n = self.n
+        if self.gram:  # ½‖XW − Y‖²/n = ½ WᵀGW − WᵀC + ½‖Y‖²/n
+            return jnp.sum(W * (0.5 * Z - self.Y)) + 0.5 * self.yy
         if self.loss == "squared":
             return 0.5 * jnp.sum((Z - self.Y) ** 2) / n
         if self.loss == "logistic":
             return jnp.sum(jax.nn.softplus(Z) - self.Y * Z) / n
         return jnp.sum(jax.nn.logsumexp(Z, axis=1) - jnp.sum(self.Y * Z, axis=1)) / n
+
+    def value_change(self, Z, W, Z0, W0) -> Float[Array, ""]:
+        """`f(W) − f(W0)`, without the cancellation of two large values in Gram form."""
+        if self.gram:
+            return jnp.sum((W - W0) * (0.5 * (Z + Z0) - self.Y))
+        return self.value(Z, W) - self.value(Z0, W0)
 
     def dvalue(self, Z: Float[Array, "n k"]) -> Float[Array, "n k"]:
         n = self.n
@@ -53,6 +73,8 @@ class Problem(eqx.Module):
         return {"squared": 1.0, "logistic": 0.25, "softmax": 0.5}[self.loss]
 
     def grads(self, Z):
+        if self.gram:
+            return Z - self.Y, jnp.zeros(Z.shape[1], Z.dtype)
         G = self.dvalue(Z)
         gW = self.X.T @ G
         gb = jnp.sum(G, axis=0) if self.fit_b else jnp.zeros(G.shape[1], G.dtype)
@@ -98,14 +120,26 @@ class Problem(eqx.Module):
         (the rescaled residual, as scikit-learn's coordinate descent); NaN otherwise."""
         if self.loss != "squared":
             return jnp.array(jnp.nan, Z.dtype)
-        n = self.n
-        r = self.Y - Z
         dn = self.dual_norm(gW)  # gW = -Xᵀr/n
         s = jnp.where(dn > alpha, alpha / jnp.where(dn > 0, dn, 1.0), 1.0)
-        rr = jnp.sum(r * r)
-        primal = 0.5 * rr / n + alpha * self.penalty_value(W)
-        dual = (s * jnp.sum(r * self.Y) - 0.5 * s * s * rr) / n
+        if self.gram:  # ‖r‖²/n and rᵀY/n from G, C and ‖Y‖²/n
+            wc = jnp.sum(W * self.Y)
+            rr = jnp.maximum(jnp.sum(W * Z) - 2 * wc + self.yy, 0.0)
+            ry = self.yy - wc
+        else:
+            r = self.Y - Z
+            rr = jnp.sum(r * r) / self.n
+            ry = jnp.sum(r * self.Y) / self.n
+        primal = 0.5 * rr + alpha * self.penalty_value(W)
+        dual = s * ry - 0.5 * s * s * rr
         return primal - dual
+
+    def column_lipschitz(self) -> Float[Array, ""]:
+        """A lower bound on the Lipschitz constant: the largest column's curvature."""
+        if self.gram:
+            return jnp.max(jnp.diag(self.X), initial=0.0)
+        col = jnp.max(jnp.sum(self.X * self.X, axis=0), initial=0.0)
+        return self.curvature() * jnp.maximum(col, self.n if self.fit_b else 0.0) / self.n
 
     def matvec_lipschitz(self, iters: int = 100, rtol: float = 1e-6) -> Float[Array, ""]:
         """`curvature · σ_max([X, 1])² / n` by power iteration on `X̃ᵀX̃` (×1.01 for safety)."""
@@ -115,6 +149,8 @@ class Problem(eqx.Module):
         v0 = v0 + 0.01 * jnp.cos(jnp.arange(d + 1, dtype=dtype))  # break symmetry
 
         def apply(v):
+            if self.gram:
+                return jnp.concatenate([self.X @ v[:d], jnp.zeros(1, dtype)])
             u = self.X @ v[:d] + (v[d] if self.fit_b else 0.0)
             tail = jnp.sum(u)[None] if self.fit_b else jnp.zeros(1, dtype)
             return jnp.concatenate([self.X.T @ u, tail])
@@ -132,4 +168,4 @@ class Problem(eqx.Module):
         v0 = v0 / jnp.linalg.norm(v0)
         one = jnp.array(1.0, dtype)
         _, _, lam, _ = jax.lax.while_loop(cond, body, (0, v0, one, 2 * one + 1))
-        return 1.01 * self.curvature() * lam / self.n
+        return 1.01 * self.curvature() * lam / (1 if self.gram else self.n)
