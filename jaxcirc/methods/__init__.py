@@ -46,6 +46,8 @@ _EXPORTS = {
     "compile_abstraction": "._units",
     "abstraction_iia": "._abstraction_iia",
     "AbstractionIIA": "._abstraction_iia",
+    "prune_model": "._prune",
+    "PruneResult": "._prune",
 }
 __all__ = sorted(_EXPORTS)
 
