@@ -180,11 +180,12 @@ def _groups_of(n, groups):
 # ----------------------------------------------------------------------------- the regression
 
 
-def _one_problem(X, Y, mask, colsrc, alphas, solver, Xv, Yv, n_src):
+def _one_problem(X, Y, mask, colsrc, alphas, solver, Xv, Yv, n_src, keep_path):
     """The λ path of one target chunk: `Y [m, C]` on the columns of `X [m, p]` kept by `mask`.
 
-    Returns per λ: block sums of squared coefficients `[a, n_src, C]`, the squared residual
-    on `(X, Y)`, the held-out squared error on `(Xv, Yv)`, and the non-zero count."""
+    Returns the coefficients per λ `[a, p, C]` and per λ: block sums of squared coefficients
+    `[a, n_src, C]`, the squared residual on `(X, Y)`, the held-out squared error on
+    `(Xv, Yv)`, and the non-zero count."""
     lasso = _solvers().lasso
     Xm = X * mask[None, :]
 
@@ -194,31 +195,36 @@ def _one_problem(X, Y, mask, colsrc, alphas, solver, Xv, Yv, n_src):
         sq = jax.ops.segment_sum(W * W, colsrc, num_segments=n_src)
         rss = jnp.sum((Y - Xm @ W) ** 2)
         val = jnp.sum((Yv - (Xv * mask[None, :]) @ W) ** 2)
-        return W, (sq, rss, val, jnp.sum(W != 0))
+        return W, (W if keep_path else None, sq, rss, val, jnp.sum(W != 0))
 
     W0 = jnp.zeros((X.shape[1], Y.shape[1]), X.dtype)
     return jax.lax.scan(step, W0, alphas)[1]
 
 
 @eqx.filter_jit
-def _path(X, Ys, masks, colsrc, alphas, solver, Xv, Yvs, n_src):
+def _path(X, Ys, masks, colsrc, alphas, solver, Xv, Yvs, n_src, keep_path):
+    """Every chunk's path, one after another in one `lax.map` (each chunk stops at its own
+    convergence; vmapping the chunks would make every chunk run the slowest one's steps)."""
+
     def one(args):
         Y, mask, Yv = args
-        return _one_problem(X, Y, mask, colsrc, alphas, solver, Xv, Yv, n_src)
+        return _one_problem(X, Y, mask, colsrc, alphas, solver, Xv, Yv, n_src, keep_path)
 
     return jax.lax.map(one, (Ys, masks, Yvs))
 
 
 @eqx.filter_jit
-def _refit(X, Ys, masks, alpha, solver):
+def _refit(X, Ys, masks, alpha, solver, W0s):
     lasso = _solvers().lasso
 
     def one(args):
-        Y, mask = args
-        sol = lasso(X * mask[None, :], Y, alpha, fit_intercept=False, solver=solver, throw=False)
+        Y, mask, W0 = args
+        sol = lasso(
+            X * mask[None, :], Y, alpha, fit_intercept=False, init=W0, solver=solver, throw=False
+        )
         return sol.value
 
-    return jax.lax.map(one, (Ys, masks))
+    return jax.lax.map(one, (Ys, masks, W0s))
 
 
 def _compress(X, Y):
@@ -351,6 +357,7 @@ def block_lasso(
     alphas = None
     edge_counts = val_err = bic = None
     entry = np.zeros(valid.shape)
+    Wpath = None
     index = -1
     if alpha is None:
         # the λ grid: from the smallest λ that zeroes every coefficient
@@ -368,11 +375,13 @@ def block_lasso(
         else:
             fitX, fitY, sc = _compress(Xj, Ys)
             Xv, Yv = Xj[:1] * 0, Ys[:, :1] * 0
-        sq, rss, val, nnz = (
-            np.asarray(x)
+        # the path's coefficients warm-start the refit when they fit in 256 MiB
+        keep_path = len(ys) * len(alphas) * X.shape[1] * C * 4 <= 2**28
+        Wpath, sq, rss, val, nnz = (
+            None if x is None else np.asarray(x)
             for x in _path(
                 fitX, fitY, masks, jnp.asarray(colsrc), jnp.asarray(alphas, X.dtype), solver,
-                Xv, Yv, len(src),
+                Xv, Yv, len(src), keep_path,
             )
         )  # fmt: skip
         norms_path = (
@@ -399,7 +408,11 @@ def block_lasso(
             bic = n * k * np.log(rss_full / (n * k)) + nnz.sum(0) * np.log(n)
             index = int(np.argmin(bic))
         alpha = float(alphas[index])
-    W = np.asarray(_refit(*_compress(Xj, Ys)[:2], masks, jnp.asarray(alpha, X.dtype), solver))
+    if Wpath is not None:
+        W0s = jnp.asarray(Wpath[:, index])  # warm start for the refit on all samples
+    else:
+        W0s = jnp.zeros((len(ys), X.shape[1], C), X.dtype)
+    W = np.asarray(_refit(*_compress(Xj, Ys)[:2], masks, jnp.asarray(alpha, X.dtype), solver, W0s))
     # coefficients in full column coordinates, and block norms
     tgt_w = [z.shape[1] for z in ztgt]
     tgt_off = np.r_[0, np.cumsum(tgt_w)]
@@ -438,7 +451,7 @@ def _expand(A_kept, keep_src, keep_tgt):
 def _default_solver():
     from ..solvers import FISTA
 
-    return FISTA(rtol=1e-4, max_steps=2000)
+    return FISTA(rtol=1e-3, max_steps=2000)
 
 
 def _named(blocks, what):
