@@ -107,6 +107,23 @@ def test_sites_out_of_computation_order(tiny):
         cl.circuit_lasso(tiny, tokens, granularity="edges")
 
 
+def test_non_finite_activations_name_their_site(tiny):
+    blocks, _ = sem(n=60)
+    blocks[2] = blocks[2].copy()
+    blocks[2][5, 1] = np.inf
+    with pytest.raises(ValueError, match=r"block 'source2' has 1 NaN .*sample 5, column 1"):
+        cl.block_lasso(blocks, alpha=0.1)
+    broken = eqx.tree_at(lambda m: m.blocks[1].mlp.W_out, tiny, tiny.blocks[1].mlp.W_out * np.nan)
+    tokens = np.random.default_rng(0).integers(0, 20, (4, 6))
+    with pytest.raises(ValueError, match="block 'MLP1' has .* NaN"):
+        cl.circuit_lasso(broken, tokens, alpha=0.1)
+    with pytest.raises(ValueError, match="block 'blocks.1.hook_resid_post' has .* NaN"):
+        cl.circuit_lasso(
+            broken, tokens, granularity="neurons", alpha=0.1,
+            sites=["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"],
+        )  # fmt: skip
+
+
 def test_neurons_and_sae_map_to_graph_edges(tiny):
     rng = np.random.default_rng(0)
     clean, corrupt = rng.integers(0, 20, (6, 6)), rng.integers(0, 20, (6, 6))

@@ -276,8 +276,14 @@ def block_lasso(
             raise ValueError(
                 f"block {name!r} has shape {b.shape}; every block must be [n_samples={n}, d]"
             )
-        if not np.all(np.isfinite(b)):
-            raise ValueError(f"block {name!r} has NaN or infinite values")
+        bad = ~np.isfinite(b)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"block {name!r} has {int(bad.sum())} NaN or infinite value(s) (first at sample "
+                f"{row}, column {col}): the activations at that site are not finite; check the "
+                f"model's weights and inputs there"
+            )
     if n < 3:
         raise ValueError(f"CircuitLasso needs at least 3 samples to centre and fit; got {n}")
     if sem:
