@@ -303,13 +303,14 @@ def _compile_mlp(model: MLPClassifier, reps: tuple[Replacement, ...]) -> MLPClas
         keep = np.asarray(r.keep)
         if not keep.any():
             raise ValueError(f"replacement of {r.site!r} keeps no unit; keep at least one")
-        kept = jnp.asarray(np.flatnonzero(keep))
-        pruned = jnp.asarray(~keep)
-        mix = jnp.where(pruned[:, None] & jnp.asarray(keep)[None, :], r.mix, 0.0)
-        offset = jnp.where(pruned, r.offset[:, 0], 0.0)
-        w_next = weights[layer + 1]
-        weights[layer + 1] = (w_next + w_next @ mix)[:, kept]
-        biases[layer + 1] = biases[layer + 1] + w_next @ offset
+        # the algebra in float64, then back to the model's dtype (rounding once, not per op)
+        kept, pruned = np.flatnonzero(keep), ~keep
+        mix = np.where(pruned[:, None] & keep[None, :], np.asarray(r.mix, np.float64), 0.0)
+        offset = np.where(pruned, np.asarray(r.offset, np.float64)[:, 0], 0.0)
+        w_next = np.asarray(weights[layer + 1], np.float64)
+        dtype = weights[layer + 1].dtype
+        weights[layer + 1] = jnp.asarray((w_next + w_next @ mix)[:, kept], dtype)
+        biases[layer + 1] = jnp.asarray(np.asarray(biases[layer + 1]) + w_next @ offset, dtype)
         weights[layer], biases[layer] = weights[layer][kept], biases[layer][kept]
     return MLPClassifier(weights, biases, replaced)
 
