@@ -4,6 +4,7 @@ Models are Equinox modules, interventions are values substituted at named sites,
 sweep compiles once. See the README for a tour.
 """
 
+from . import _xla_workaround as _xla_workaround  # first: XLA reads its flags at backend start
 from . import interventions as interventions
 from . import models as models
 from . import patching as patching
