@@ -73,7 +73,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--keep", action="append", type=keep_fraction, default=None,
-        help="fraction of units kept, in (0, 1], repeatable (default 0.5)",
+        help="fraction of units kept, in (0, 1], repeatable (default: 0.5, 0.25, 0.125)",
     )  # fmt: skip
     parser.add_argument(
         "--method", action="append", type=choice("method", METHODS), default=None,
@@ -280,7 +280,7 @@ def run(args) -> int:
             )
     if len(set(sites)) != len(sites):
         args.parser.error("argument --site: a site is given twice")
-    keeps = args.keep or [0.5]
+    keeps = args.keep or [0.5, 0.25, 0.125]
     methods = list(dict.fromkeys(args.method or ["fold"]))
     key = jax.random.key(args.seed)
     records, saved = [], None
