@@ -75,7 +75,7 @@ def test_node_ablation_is_a_site_patch(setup):
     expected = jc.intervene(model, {jc.SiteRef("z", layer): jc.Patch(z, head=jnp.array(head))})
     got = masked_logits(model, clean[:1], _node_mask(g, f"L{layer}H{head}"), ablated[:1])
     np.testing.assert_allclose(got[0], expected(clean[0]), atol=2e-5)
-    if g.has_mlp:
+    if any(node.kind == "mlp" for node in g.source_nodes):
         out = c_acts[jc.SiteRef("mlp_out", 0)]
         expected = jc.intervene(model, {jc.SiteRef("mlp_out", 0): jc.Patch(out)})
         got = masked_logits(model, clean[:1], _node_mask(g, "MLP0"), ablated[:1])
@@ -86,7 +86,7 @@ def test_target_ablation_is_a_qkv_patch(setup):
     """Cutting every edge into one head's k input equals patching that head's corrupted k."""
     model, g, clean, corrupt, ablated = setup
     c_acts = model.run(corrupt[0])[1]
-    kv = "H" if g.n_kv_heads == g.n_heads else "KV"
+    kv = "KV" if any(node.kind == "kv" for node in g.target_nodes) else "H"
     for x in ("k", "v"):
         j = g.target_index(f"L2{kv}1.{x}")
         mask = EdgeMask(jnp.ones(g.valid.shape).at[:, j].set(0.0), g)

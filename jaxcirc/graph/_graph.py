@@ -1,4 +1,4 @@
-"""The computational graph of a transformer: nodes, their inputs, and the edges between them.
+"""The computational graph of a transformer: typed nodes, their inputs, and the edges.
 
 Sources are the outputs written into the residual stream: the input embedding (`embed`), each
 attention head (`L{l}H{h}`, its share of the attention output, without `b_O`) and each MLP
@@ -7,6 +7,10 @@ attention head (`L{l}H{h}`, its share of the attention output, without `b_O`) an
 the shared head, `L{l}KV{g}.k`), each MLP's input (`MLP{l}`) and the unembedding (`logits`).
 An edge joins a source to every target computed after it (Conmy et al. 2023, ACDC; Syed et
 al. 2023, EAP); which edges exist is `Graph.valid`, an `[n_sources, n_targets]` boolean.
+
+The structure is read off the model itself: `graph(model)` runs each block's `split` form once
+abstractly and records which inputs it reads and which outputs it writes, in order. So a new
+block class (or finer nodes inside one) brings its graph with it.
 """
 
 from __future__ import annotations
@@ -14,29 +18,62 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 
 from ..models._site import nearest
 
 
 @dataclasses.dataclass(frozen=True)
+class Node:
+    """A typed node: `kind` (`"embed"`, `"head"`, `"kv"`, `"mlp"`, `"logits"`), its `layer`
+    and `index` (head or key/value group) where it has them, and for an input of a head its
+    `port` (`"q"`, `"k"`, `"v"`). `str(node)` is its printed name (`"L1H3.q"`)."""
+
+    kind: str
+    layer: int | None = None
+    index: int | None = None
+    port: str | None = None
+
+    def __str__(self) -> str:
+        base = {
+            "embed": "embed",
+            "logits": "logits",
+            "mlp": f"MLP{self.layer}",
+            "head": f"L{self.layer}H{self.index}",
+            "kv": f"L{self.layer}KV{self.index}",
+        }[self.kind]
+        return base if self.port is None else f"{base}.{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Graph:
     """Static structure of a model's edge graph; build it with `graph(model)`.
 
-    `sources` and `targets` are names in computation order; `source_order[i]` and
-    `target_order[j]` are their places in that order, and an edge `i -> j` exists when
-    `source_order[i] < target_order[j]`. Hashable, so it is a static field under `jit`.
+    `source_nodes` and `target_nodes` are typed `Node`s in computation order, `sources` and
+    `targets` their printed names; `source_order[i]` and `target_order[j]` are their places in
+    that order, and an edge `i -> j` exists when `source_order[i] < target_order[j]`.
+    `layer_sources[l]` / `layer_targets[l]` give, per output / input port of block `l`, its
+    slice `(name, start, stop)` of the sources / targets. Hashable: a static field under `jit`.
     """
 
-    sources: tuple[str, ...]
-    targets: tuple[str, ...]
+    source_nodes: tuple[Node, ...]
+    target_nodes: tuple[Node, ...]
     source_order: tuple[int, ...]
     target_order: tuple[int, ...]
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    has_mlp: bool
-    parallel: bool
+    layer_sources: tuple[tuple[tuple[str, int, int], ...], ...]
+    layer_targets: tuple[tuple[tuple[str, int, int], ...], ...]
+    target_sources: tuple[tuple[int, ...], ...]
+    """For each target, the sources whose component reads it (none for `logits`)."""
+
+    @functools.cached_property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(str(n) for n in self.source_nodes)
+
+    @functools.cached_property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(str(n) for n in self.target_nodes)
 
     @functools.cached_property
     def valid(self) -> np.ndarray:
@@ -44,12 +81,21 @@ class Graph:
         return np.asarray(self.source_order)[:, None] < np.asarray(self.target_order)[None, :]
 
     @property
+    def n_layers(self) -> int:
+        return len(self.layer_sources)
+
+    @property
+    def n_heads(self) -> int:
+        """Attention heads per layer."""
+        return sum(n.kind == "head" and n.layer == 0 for n in self.source_nodes)
+
+    @property
     def n_sources(self) -> int:
-        return len(self.sources)
+        return len(self.source_nodes)
 
     @property
     def n_targets(self) -> int:
-        return len(self.targets)
+        return len(self.target_nodes)
 
     @property
     def n_edges(self) -> int:
@@ -59,15 +105,16 @@ class Graph:
         """Every edge as `(source, target)`, sources in computation order."""
         return [(self.sources[i], self.targets[j]) for i, j in zip(*np.nonzero(self.valid))]
 
-    def source_index(self, name: str) -> int:
-        """The row of source `name`; a clear error names the nearest source otherwise."""
-        return self._index(name, self.sources, "source")
+    def source_index(self, name) -> int:
+        """The row of source `name` (a `Node` or its printed name); a clear error names the
+        nearest source otherwise."""
+        return self._index(str(name), self.sources, "source")
 
-    def target_index(self, name: str) -> int:
-        """The column of target `name`; a clear error names the nearest target otherwise."""
-        return self._index(name, self.targets, "target")
+    def target_index(self, name) -> int:
+        """The column of target `name` (a `Node` or its printed name)."""
+        return self._index(str(name), self.targets, "target")
 
-    def edge_index(self, source: str, target: str) -> tuple[int, int]:
+    def edge_index(self, source, target) -> tuple[int, int]:
         """`(row, column)` of edge `source -> target`; raises if it does not exist."""
         i, j = self.source_index(source), self.target_index(target)
         if not self.valid[i, j]:
@@ -78,11 +125,16 @@ class Graph:
         return i, j
 
     def edge_array(self, edges) -> np.ndarray:
-        """`[n_sources, n_targets]` booleans, true on `edges` (pairs of names)."""
+        """`[n_sources, n_targets]` booleans, true on `edges` (pairs of nodes or names)."""
         out = np.zeros(self.valid.shape, bool)
         for source, target in edges:
             out[self.edge_index(source, target)] = True
         return out
+
+    def target_layer(self, j: int) -> int:
+        """The block whose input target `j` is (`n_layers` for the logits)."""
+        node = self.target_nodes[j]
+        return self.n_layers if node.layer is None else node.layer
 
     @staticmethod
     def _index(name, names, what):
@@ -94,69 +146,85 @@ class Graph:
                 f"{', '.join(names[:3])}, …, {names[-1]}"
             ) from None
 
-    @functools.cached_property
-    def target_sources(self) -> tuple[tuple[int, ...], ...]:
-        """For each target, the sources whose output it feeds (none for `logits`)."""
-        group = self.n_heads // self.n_kv_heads
-        out = []
-        for name in self.targets:
-            node, _, kind = name.partition(".")
-            if name == "logits":
-                out.append(())
-            elif "KV" in node:  # a shared key/value head feeds its group of query heads
-                layer, g = (int(x) for x in node[1:].split("KV"))
-                out.append(
-                    tuple(
-                        self.sources.index(f"L{layer}H{h}")
-                        for h in range(g * group, (g + 1) * group)
-                    )
-                )
-            else:
-                out.append((self.sources.index(node),))
-        return tuple(out)
 
-    # slices of the stacked sources and targets, per layer
-    def head_sources(self, layer: int) -> slice:
-        start = self.sources.index(f"L{layer}H0")
-        return slice(start, start + self.n_heads)
+class _Recorder:
+    """A `Wiring` that records the order of a block's reads and writes (for `graph`)."""
 
-    def mlp_source(self, layer: int) -> int:
-        return self.sources.index(f"MLP{layer}")
+    def __init__(self, widths: dict[str, int], d_model: int):
+        self.widths, self.d_model, self.events = widths, d_model, []
 
-    def qkv_targets(self, layer: int) -> tuple[slice, slice, slice]:
-        q = self.targets.index(f"L{layer}H0.q")
-        k = q + self.n_heads
-        v = k + self.n_kv_heads
-        return slice(q, k), slice(k, v), slice(v, v + self.n_kv_heads)
+    def read(self, port: str):
+        self.events.append(("read", port))
+        return jnp.zeros((self.widths[port], 1, self.d_model))
 
-    def mlp_target(self, layer: int) -> int:
-        return self.targets.index(f"MLP{layer}")
+    def write(self, output: str, values, bias=None) -> None:
+        self.events.append(("write", output))
 
 
 def graph(model) -> Graph:
-    """The edge graph of `model` (a `jaxcirc.Transformer`): heads with separate q/k/v inputs."""
+    """The edge graph of `model` (a `jaxcirc.Transformer`): heads with separate q/k/v inputs,
+    MLPs, embedding and logits, read off each block's `split` form."""
     cfg = model.cfg
     cfg.require_uniform("jaxcirc.graph")
+    key = (cfg, tuple(type(b) for b in model.blocks))
+    if key not in _GRAPHS:
+        _GRAPHS[key] = _build(cfg, model.blocks)
+    return _GRAPHS[key]
+
+
+_GRAPHS: dict = {}  # (config, block classes) -> Graph
+
+
+def _build(cfg, blocks) -> Graph:
     n_kv = cfg.n_kv_heads or cfg.n_heads
-    has_mlp = cfg.block != "attn_only"
-    parallel = cfg.block == "parallel"
-    kv = "H" if n_kv == cfg.n_heads else "KV"
-    sources, source_order, targets, target_order = ["embed"], [0], [], []
+    group = cfg.n_heads // n_kv
+    widths = {"q": cfg.n_heads, "k": n_kv, "v": n_kv, "mlp": 1, "heads": cfg.n_heads}
+    kv = "head" if n_kv == cfg.n_heads else "kv"
+    sources, source_order = [Node("embed")], [0]
+    targets, target_order, target_sources = [], [], []
+    layer_sources, layer_targets = [], []
+    writes = 1  # the embedding
     for layer in range(cfg.n_layers):
-        attn, mlp = 2 * layer + 1, 2 * layer + 2
-        sources += [f"L{layer}H{h}" for h in range(cfg.n_heads)]
-        source_order += [attn] * cfg.n_heads
-        targets += [f"L{layer}H{h}.q" for h in range(cfg.n_heads)]
-        targets += [f"L{layer}{kv}{g}.{x}" for x in "kv" for g in range(n_kv)]
-        target_order += [attn] * (cfg.n_heads + 2 * n_kv)
-        if has_mlp:
-            sources.append(f"MLP{layer}")
-            source_order.append(mlp)
-            targets.append(f"MLP{layer}")
-            target_order.append(attn if parallel else mlp)
-    targets.append("logits")
-    target_order.append(2 * cfg.n_layers + 1)
+        recorder = _Recorder(widths, cfg.d_model)
+        eqx.filter_eval_shape(lambda b, r=recorder: b.split(r), blocks[layer])
+        outs, ins = [], []
+        for event, port in recorder.events:
+            if event == "read":
+                start = len(targets)
+                for i in range(widths[port]):
+                    if port == "mlp":
+                        targets.append(Node("mlp", layer))
+                        target_sources.append(("mlp", layer))
+                    elif port == "q" or kv == "head":
+                        targets.append(Node("head", layer, i, port))
+                        target_sources.append(("heads", layer, i, i + 1))
+                    else:
+                        targets.append(Node("kv", layer, i, port))
+                        target_sources.append(("heads", layer, i * group, (i + 1) * group))
+                    target_order.append(writes)
+                ins.append((port, start, len(targets)))
+            else:
+                start = len(sources)
+                if port == "heads":
+                    sources += [Node("head", layer, h) for h in range(cfg.n_heads)]
+                else:
+                    sources.append(Node("mlp", layer))
+                source_order += [writes] * (len(sources) - start)
+                outs.append((port, start, len(sources)))
+                writes += 1
+        layer_sources.append(tuple(outs))
+        layer_targets.append(tuple(ins))
+    targets.append(Node("logits"))
+    target_order.append(writes)
+    index = {n: i for i, n in enumerate(sources)}
+    owners = []
+    for spec in target_sources:
+        if spec[0] == "mlp":
+            owners.append((index[Node("mlp", spec[1])],))
+        else:
+            owners.append(tuple(index[Node("head", spec[1], h)] for h in range(*spec[2:])))
+    owners.append(())
     return Graph(
         tuple(sources), tuple(targets), tuple(source_order), tuple(target_order),
-        cfg.n_layers, cfg.n_heads, n_kv, has_mlp, parallel,
+        tuple(layer_sources), tuple(layer_targets), tuple(owners),
     )  # fmt: skip

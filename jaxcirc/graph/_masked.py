@@ -80,6 +80,47 @@ def _weights(mask, g: Graph) -> Float[Array, "n_sources n_targets"]:
     return mask.values
 
 
+class _MaskedWiring:
+    """The `Wiring` of the masked forward pass: every input reads its mixture of sources."""
+
+    def __init__(self, g: Graph, layer: int, state, kept, base, ablated, probe):
+        self.g, self.layer, (self.outs, self.bias) = g, layer, state
+        self.kept, self.base, self.ablated, self.probe = kept, base, ablated, probe
+
+    def read(self, port: str) -> Float[Array, "n seq d_model"]:
+        return self.inputs(_slot(self.g.layer_targets[self.layer], port))
+
+    def inputs(self, t: slice) -> Float[Array, "n seq d_model"]:
+        mixed = jnp.einsum("st,sld->tld", self.kept[:, t], self.outs - self.ablated)
+        x = self.base[t] + mixed + self.bias
+        return x if self.probe is None else x + self.probe[t]
+
+    def write(self, output: str, values, bias=None) -> None:
+        self.outs = self.outs.at[_slot(self.g.layer_sources[self.layer], output)].set(values)
+        if bias is not None:
+            self.bias = self.bias + bias
+
+
+def _slot(ports, name: str) -> slice:
+    for port, start, stop in ports:
+        if port == name:
+            return slice(start, stop)
+    raise KeyError(f"the block has no port {name!r}; its ports: {[p for p, _, _ in ports]}")
+
+
+def check_wiring(model) -> None:
+    """Refuse a model whose interventions the split form cannot honour, naming the sites."""
+    sites = model.stream_interventions()
+    if sites:
+        raise ValueError(
+            f"this model carries interventions on the summed residual stream at "
+            f"{', '.join(sites)}; the edge graph gives every head and MLP its own input, so "
+            f"there is no single stream for them to act on. Intervene inside a component "
+            f"instead (attn.hook_z, attn.hook_q/k/v, mlp.hook_post, ln1/ln2 hook_normalized, "
+            f"hook_embed), or remove them with jaxcirc.clear(model)"
+        )
+
+
 def run_graph(
     model,
     g: Graph,
@@ -87,47 +128,57 @@ def run_graph(
     weights: Float[Array, "n_sources n_targets"],
     ablated: Float[Array, "n_sources seq d_model"],
     probe: Float[Array, "n_targets seq d_model"] | None = None,
+    *,
+    start=0,
+    state=None,
+    positions=None,
 ) -> tuple[Float[Array, "seq d_vocab"], Float[Array, "n_sources seq d_model"]]:
     """The masked forward pass on one example from its embedding output `x0`.
 
+    Each block runs its own `split` form (`jaxcirc.models`), reading through `weights`.
     `probe` is added to every target's input (zeros by default): its gradient is the gradient
-    of the output with respect to each target's input. **Returns:** `(logits, outputs)`, the
-    outputs of every source in this run.
+    of the output with respect to each target's input. `start` (may be traced) with `state`
+    (`(outputs, bias)` of a run, e.g. from `graph_states`) resumes at block `start`: the
+    blocks before it are skipped and their outputs taken from `state`. `positions`: unembed
+    only these positions. **Returns:** `(logits, outputs)`, the outputs of every source.
     """
+    check_wiring(model)
     seq, d = x0.shape
     valid = jnp.asarray(g.valid, x0.dtype)
     kept = weights.astype(x0.dtype) * valid
-    outs = jnp.zeros((g.n_sources, seq, d), x0.dtype).at[0].set(x0)
-    bias = jnp.zeros((seq, d), x0.dtype)
+    if state is None:
+        state = (jnp.zeros((g.n_sources, seq, d), x0.dtype).at[0].set(x0), jnp.zeros(d, x0.dtype))
     base = jnp.einsum("st,sld->tld", valid, ablated)  # what a fully ablated target reads
 
-    def inputs(t, outs, bias):
-        x = base[t] + jnp.einsum("st,sld->tld", kept[:, t], outs - ablated) + bias
-        return x if probe is None else x + probe[t]
-
-    def norm(ln, x):
-        return jax.vmap(lambda y: ln(y)[0])(x)
-
     for layer, block in enumerate(model.blocks):
-        q, k, v = g.qkv_targets(layer)
-        if g.has_mlp:
-            m = g.mlp_target(layer)
-            mlp_in = inputs(slice(m, m + 1), outs, bias)[0] if g.parallel else None
-        heads = block.attn.heads(
-            norm(block.ln1, inputs(q, outs, bias)),
-            norm(block.ln1, inputs(k, outs, bias)),
-            norm(block.ln1, inputs(v, outs, bias)),
+
+        def run(state, layer=layer, block=block):
+            wiring = _MaskedWiring(g, layer, state, kept, base, ablated, probe)
+            block.split(wiring)
+            return wiring.outs, wiring.bias
+
+        state = run(state) if isinstance(start, int) and start <= 0 else jax.lax.cond(
+            layer >= start, run, lambda s: s, state
         )
-        outs = outs.at[g.head_sources(layer)].set(heads)
-        if block.attn.b_O is not None:
-            bias = bias + block.attn.b_O
-        if g.has_mlp:
-            if not g.parallel:
-                mlp_in = inputs(slice(m, m + 1), outs, bias)[0]
-            mlp_out = block.mlp(block.ln2(mlp_in)[0])[0]
-            outs = outs.at[g.mlp_source(layer)].set(mlp_out)
-    final = inputs(slice(g.n_targets - 1, g.n_targets), outs, bias)[0]
-    return model.readout(final)[0], outs
+    final = _MaskedWiring(g, g.n_layers, state, kept, base, ablated, probe)
+    x = final.inputs(slice(g.n_targets - 1, g.n_targets))[0]
+    return model.logits_at(x, positions), state[0]
+
+
+def graph_states(model, g: Graph, x0: Float[Array, "seq d_model"]):
+    """The unmasked run's source outputs `[n_sources, seq, d]` and, per block boundary, the
+    bias added to the stream so far `[n_layers + 1, d]`: the states `run_graph` resumes from."""
+    check_wiring(model)
+    seq, d = x0.shape
+    ones = jnp.asarray(g.valid, x0.dtype)
+    zeros = jnp.zeros((g.n_sources, seq, d), x0.dtype)
+    state, biases = (zeros.at[0].set(x0), jnp.zeros(d, x0.dtype)), []
+    for layer, block in enumerate(model.blocks):
+        biases.append(state[1])
+        wiring = _MaskedWiring(g, layer, state, ones, jnp.zeros((g.n_targets, 1, 1)), zeros, None)
+        block.split(wiring)
+        state = (wiring.outs, wiring.bias)
+    return state[0], jnp.stack(biases + [state[1]])
 
 
 def source_outputs(model, tokens: Int[Array, "batch seq"], g: Graph | None = None):
@@ -138,12 +189,7 @@ def source_outputs(model, tokens: Int[Array, "batch seq"], g: Graph | None = Non
 
 @eqx.filter_jit
 def _source_outputs(model, g, tokens):
-    def one(t):
-        x0 = model.embed_tokens(t)[0]
-        zeros = jnp.zeros((g.n_sources,) + x0.shape, x0.dtype)
-        return run_graph(model, g, x0, jnp.ones((g.n_sources, g.n_targets)), zeros)[1]
-
-    return jax.vmap(one)(tokens)
+    return jax.vmap(lambda t: graph_states(model, g, model.embed_tokens(t)[0])[0])(tokens)
 
 
 def ablation_values(

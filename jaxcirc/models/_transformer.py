@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._block import Block, Norm
+from ._block import STREAM_SITES, Block, Norm
 from ._config import TransformerConfig
 from ._layers import Embed, PosEmbed, Unembed
 from ._site import SITE_KINDS, Site, SiteRef, nearest, record
@@ -117,6 +117,32 @@ class Transformer(eqx.Module):
 
     def __call__(self, tokens: Int[Array, " seq"]) -> Float[Array, "seq d_vocab"]:
         return self.run(tokens)[0]
+
+    def resume(self, x: Float[Array, "seq d_model"], layer) -> Float[Array, "seq d_model"]:
+        """Continue a run from the residual stream `x` entering block `layer`.
+
+        `layer` may be traced: the blocks before it are skipped under `lax.cond`, so a sweep
+        over layers (patching, tracing) is one compiled program and a patch at layer `l`
+        costs the blocks from `l` on only. `layer = n_layers` returns `x`.
+        """
+        for i, block in enumerate(self.blocks):
+            x = jax.lax.cond(i >= layer, lambda x, b=block: b(x)[0], lambda x: x, x)
+        return x
+
+    def logits_at(self, x: Float[Array, "seq d_model"], positions=None) -> Array:
+        """The logits of the final residual stream `x`, only at `positions` if given."""
+        return self.readout(x if positions is None else x[positions])[0]
+
+    def stream_interventions(self) -> tuple[str, ...]:
+        """Names of the residual-stream sites (`resid_pre`, `attn_out`, `resid_mid`,
+        `mlp_out`, `resid_post`) that carry an intervention: the split form of a block
+        (`split`, what edge graphs run) has no single stream for them to act on."""
+        return tuple(
+            site.name
+            for block in self.blocks
+            for field in STREAM_SITES
+            if (site := getattr(block, field, None)) is not None and site.intervention is not None
+        )
 
 
 def forward(model: Transformer, tokens: Int[Array, " seq"]) -> tuple[Array, Activations]:
