@@ -241,8 +241,8 @@ def test_bad_input():
         path_patch(model, clean, corrupt, logit_diff, direction="denoising")
     with pytest.raises(ValueError, match="outside"):
         path_patch(model, clean.at[0, 0].set(99), corrupt, logit_diff)
-    with pytest.raises(ValueError, match="without interventions"):
-        patched = jc.intervene(model, {"blocks.0.attn.hook_z": jc.Zero(head=1)})
+    with pytest.raises(ValueError, match=r"summed residual stream at blocks\.0\.hook_attn_out"):
+        patched = jc.intervene(model, {"blocks.0.hook_attn_out": jc.Zero()})
         path_patch(patched, clean, corrupt, logit_diff)
     with pytest.raises(ValueError, match="must return a scalar"):
         path_patch(model, clean, corrupt, lambda x: x[:, -1, 0], receivers="logits")

@@ -18,8 +18,10 @@ from the clean run into the corrupted run. A sender computed after the receiver 
 to it: NaN. For one (sender, receiver) pair this is edge patching with the corrupted run as
 ablation (`jaxcirc.methods.edge_patching`).
 
-Pairs are array data: one `lax.map` over chunks of pairs that share the receiver's layer, a
-vmap inside; each pair starts from the cached clean residual stream at its receiver's layer,
+This is the masked forward pass of `jaxcirc.graph` with one edge cut and the corrupted run
+as ablation, so path patching and edge patching are one computation on one engine. Pairs are
+array data: one `lax.map` over chunks of pairs that share the receiver's layer, a vmap inside;
+each pair resumes the graph's forward pass from the cached base run at its receiver's layer,
 so a full map traces and compiles once.
 """
 
@@ -36,9 +38,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._progress import progress_bar, tick
 from ..graph import Graph, graph
-from ..models._block import AttnOnlyBlock, ParallelBlock, SequentialBlock
-from ..models._site import Site, SiteRef, nearest
-from ..models._transformer import Transformer
+from ..graph._masked import check_wiring, graph_states, run_graph
+from ..models._site import nearest
 
 Metric = Callable[[Float[Array, "batch seq d_vocab"]], Float[Array, ""]]
 DIRECTIONS = ("noise", "denoise")
@@ -153,45 +154,15 @@ def _check_tokens(model, clean, corrupt):
     return clean, corrupt
 
 
-def _check_model(model):
-    if not isinstance(model, Transformer):
-        raise TypeError(f"path_patch needs a jaxcirc Transformer; got {type(model).__name__}")
-    for block in model.blocks:
-        if not isinstance(block, (SequentialBlock, ParallelBlock, AttnOnlyBlock)):
-            raise NotImplementedError(
-                f"path_patch supports sequential, parallel and attention-only blocks; this "
-                f"{model.cfg.family} model has {type(block).__name__}"
-            )
-    sites = [
-        s.name
-        for s in jax.tree_util.tree_leaves(model, is_leaf=lambda x: isinstance(x, Site))
-        if isinstance(s, Site) and s.intervention is not None
-    ]
-    if sites:
-        raise ValueError(
-            f"path_patch needs a model without interventions; {sites[0]} carries one "
-            f"(remove them with jaxcirc.interventions.clear)"
-        )
-
-
-def _layout(g: Graph, senders: list[int], receivers: list[int]):
-    """Each receiver's layer (`n_layers` for the logits) and slot inside its layer
-    (q heads, k heads, v heads, MLP), and the valid (sender, receiver) pairs by layer."""
-    slots = {"logits": (g.n_layers, 0)}
-    for layer in range(g.n_layers):
-        first = g.qkv_targets(layer)[0].start
-        last = g.mlp_target(layer) if g.has_mlp else g.qkv_targets(layer)[2].stop - 1
-        for t in range(first, last + 1):
-            slots[g.targets[t]] = (layer, t - first)
-    place = [slots[g.targets[j]] for j in receivers]
+def _valid_pairs(g: Graph, senders: list[int], receivers: list[int]) -> np.ndarray:
+    """`[len(senders), len(receivers)]`: which pairs have a direct path."""
     order_s = np.asarray(g.source_order)[senders]
     order_t = np.asarray(g.target_order)[receivers]
-    valid = order_s[:, None] < order_t[None, :]
-    return place, valid
+    return order_s[:, None] < order_t[None, :]
 
 
 def path_patch(
-    model: Transformer,
+    model,
     clean: Int[Array, "batch seq"],
     corrupt: Int[Array, "batch seq"],
     metric: Metric,
@@ -207,8 +178,9 @@ def path_patch(
 
     **Arguments:**
 
-    - `model`: a `jaxcirc.Transformer` without interventions (any family: sequential,
-      parallel and attention-only blocks, grouped-query attention).
+    - `model`: a `jaxcirc.Transformer` (any family: sequential, parallel and attention-only
+      blocks, grouped-query attention); interventions inside heads and MLPs are honoured,
+      ones on the summed residual stream are refused.
     - `clean`, `corrupt`: token batches of the same shape `[batch, seq]`.
     - `metric`: maps logits `[batch, seq, d_vocab]` to a scalar; held static (pass the same
       function object, or an `eqx.Module` of arrays, to reuse the compiled program).
@@ -222,7 +194,8 @@ def path_patch(
 
     **Returns:** a `PathPatchResult` (`values[sender, receiver]`, baselines, labels).
     """
-    _check_model(model)
+    g = graph(model)
+    check_wiring(model)
     clean, corrupt = _check_tokens(model, clean, corrupt)
     if not callable(metric):
         raise TypeError(f"metric must map logits [batch, seq, d_vocab] to a scalar; got {metric!r}")
@@ -233,11 +206,10 @@ def path_patch(
         )
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
-    g = graph(model)
     heads_mlps = tuple(s for s in g.sources if s != "embed")
     s_idx = _select(senders, g.sources, heads_mlps, "sender")
     r_idx = _select(receivers, g.targets, g.targets, "receiver")
-    place, valid = _layout(g, s_idx, r_idx)
+    valid = _valid_pairs(g, s_idx, r_idx)
     if not valid.any():
         raise ValueError(
             "no sender is computed before any receiver: every selected pair has no path "
@@ -245,37 +217,37 @@ def path_patch(
         )
 
     # pairs grouped by receiver layer, each group padded to whole chunks of one layer
+    layer_of = [g.target_layer(j) for j in r_idx]
     counts = np.bincount(
-        [place[j][0] for _, j in zip(*np.nonzero(valid))], minlength=g.n_layers + 1
+        [layer_of[j] for _, j in zip(*np.nonzero(valid))], minlength=g.n_layers + 1
     )
     chunk = int(chunk_size) if chunk_size else _default_chunk(model, clean, g)
     chunk = max(1, min(chunk, int(counts.max())))
-    layers, pair_s, pair_slot, cells = [], [], [], []
+    layers, pair_s, pair_t, cells = [], [], [], []
     for layer in range(g.n_layers + 1):
-        pairs = [(i, j) for i, j in zip(*np.nonzero(valid)) if place[j][0] == layer]
+        pairs = [(i, j) for i, j in zip(*np.nonzero(valid)) if layer_of[j] == layer]
         if not pairs:
             continue
         n_chunks = -(-len(pairs) // chunk)
         padded = pairs + [pairs[0]] * (n_chunks * chunk - len(pairs))
         layers += [layer] * n_chunks
-        pair_s += [i for i, _ in padded]
-        pair_slot += [place[j][1] for _, j in padded]
+        pair_s += [s_idx[i] for i, _ in padded]
+        pair_t += [r_idx[j] for _, j in padded]
         cells += pairs + [None] * (len(padded) - len(pairs))
     n_chunks = len(layers)
 
     base, other = (clean, corrupt) if direction == "noise" else (corrupt, clean)
     with progress_bar(progress, total=n_chunks, desc="path patching", unit="chunk"):
-        base_logits, base_outs, resid = _runs(model, g, base)
-        other_logits, other_outs, _ = _runs(model, g, other)
+        base_logits, base_states = _runs(model, g, base)
+        other_logits, (other_outs, _) = _runs(model, g, other)
         m_base, m_other = metric(base_logits), metric(other_logits)
         if jnp.shape(m_base) != ():
             raise ValueError(f"metric must return a scalar; got shape {jnp.shape(m_base)}")
-        senders_idx = np.asarray(s_idx, np.int32)
         flat = _path_patch(
-            model, g, resid, (other_outs - base_outs)[:, senders_idx], metric,
+            model, g, base, base_states, other_outs, metric,
             jnp.asarray(np.asarray(layers, np.int32)),
             jnp.asarray(np.asarray(pair_s, np.int32).reshape(n_chunks, chunk)),
-            jnp.asarray(np.asarray(pair_slot, np.int32).reshape(n_chunks, chunk)),
+            jnp.asarray(np.asarray(pair_t, np.int32).reshape(n_chunks, chunk)),
             bool(progress),
         )  # fmt: skip
         flat = np.asarray(jax.block_until_ready(flat)).reshape(-1)
@@ -294,98 +266,48 @@ def path_patch(
     )
 
 
-def _default_chunk(model: Transformer, tokens, g: Graph) -> int:
+def _default_chunk(model, tokens, g: Graph) -> int:
     cfg = model.cfg
     batch, seq = tokens.shape
-    slots = g.n_heads + 2 * g.n_kv_heads + 1
-    live = (
-        batch
-        * seq
-        * ((8 + 3 * slots) * cfg.d_model + 2 * cfg.d_mlp + 2 * cfg.n_heads * seq + cfg.d_vocab)
+    live = batch * seq * (
+        3 * g.n_sources * cfg.d_model + 2 * cfg.d_mlp + 2 * cfg.n_heads * seq + cfg.d_vocab
     )
     return max(1, (1 << 30) // (4 * live))
 
 
-def _source_outputs(model: Transformer, g: Graph, tokens):
-    """The logits and, per example, every source's output `[n_sources, seq, d]`
-    in `g.sources` order, and the residual stream into each layer and after the last
-    `[n_layers + 1, seq, d]`."""
+@eqx.filter_jit
+def _runs(model, g, tokens):
+    """Logits and graph states (source outputs, stream bias per block) of each example."""
 
     def one(t):
-        logits, acts = model.run(t)
-        outs = [model.embed_tokens(t)[0][None]]
-        for layer, block in enumerate(model.blocks):
-            z = acts[SiteRef("z", layer)]
-            outs.append(jnp.einsum("shd,hdm->hsm", z, block.attn.W_O))
-            if g.has_mlp:
-                outs.append(acts[SiteRef("mlp_out", layer)][None])
-        resid = jnp.concatenate(
-            [acts.stack("resid_pre"), acts[SiteRef("resid_post", g.n_layers - 1)][None]]
-        )
-        return logits, jnp.concatenate(outs), resid
+        x0 = model.embed_tokens(t)[0]
+        outs, biases = graph_states(model, g, x0)
+        return model(t), (outs, biases)
 
     return jax.vmap(one)(tokens)
 
 
-def _norm(ln, x: Float[Array, "n seq d"]) -> Float[Array, "n seq d"]:
-    return jax.vmap(lambda y: ln(y)[0])(x)
-
-
-def _split_block(block, g: Graph, x, weights, delta):
-    """One block whose receivers (q heads, k heads, v heads, MLP: `weights`, one-hot) read
-    `x + delta` through their own norm, the others the clean `x`."""
-    inputs = x[None] + weights[:, None, None] * delta[None]
-    nq, nkv = g.n_heads, g.n_kv_heads
-    heads = block.attn.heads(
-        _norm(block.ln1, inputs[:nq]),
-        _norm(block.ln1, inputs[nq : nq + nkv]),
-        _norm(block.ln1, inputs[nq + nkv : nq + 2 * nkv]),
-    )
-    attn_out = heads.sum(0)
-    if block.attn.b_O is not None:
-        attn_out = attn_out + block.attn.b_O
-    if isinstance(block, AttnOnlyBlock):
-        return x + attn_out
-    if isinstance(block, ParallelBlock):
-        return x + attn_out + block.mlp(block.ln2(inputs[-1])[0])[0]
-    mid = x + attn_out
-    return mid + block.mlp(block.ln2(mid + weights[-1] * delta)[0])[0]
-
-
 @eqx.filter_jit
-def _runs(model, g, tokens):
-    return _source_outputs(model, g, tokens)
+def _path_patch(model, g, tokens, states, ablated, metric, layers, pair_s, pair_t, progress):
+    """`metric` of each pair of a chunk: the base run with edge `s -> t` cut to `ablated`
+    (the other run's source outputs), resumed at the receiver's layer from `states`."""
+    ones = jnp.ones((g.n_sources, g.n_targets))
 
+    def one_example(layer, s, t, tokens, outs, biases, ablated):
+        x0 = model.embed_tokens(tokens)[0]
+        weights = ones.at[s, t].set(0.0)
+        state = (outs, biases[layer])
+        return run_graph(model, g, x0, weights, ablated, start=layer, state=state)[0]
 
-@eqx.filter_jit
-def _path_patch(model, g, resid, deltas, metric, layers, pair_s, pair_slot, progress):
-    """`metric` of each pair of a chunk; `deltas`: `[batch, n_senders, seq, d]` sender output
-    changes; `resid`: `[batch, n_layers + 1, seq, d]` the base run's residual stream."""
-    n_layers = g.n_layers
-    n_slots = g.n_heads + 2 * g.n_kv_heads + int(g.has_mlp)
-
-    def one_example(layer, slot, x, delta):
-        weights = (jnp.arange(n_slots) == slot).astype(x.dtype)
-        x = x[layer]
-        for i, block in enumerate(model.blocks):
-            x = jax.lax.cond(
-                i >= layer,
-                lambda x, b=block, i=i: _split_block(b, g, x, weights * (i == layer), delta),
-                lambda x: x,
-                x,
-            )
-        x = x + jnp.where(layer == n_layers, delta, jnp.zeros_like(delta))
-        return model.readout(x)[0]
-
-    def one_pair(layer, s, slot):
-        per_example = jax.vmap(one_example, (None, None, 0, 0))
-        return metric(per_example(layer, slot, resid, deltas[:, s]))
+    def one_pair(layer, s, t):
+        per_example = jax.vmap(one_example, (None, None, None, 0, 0, 0, 0))
+        return metric(per_example(layer, s, t, tokens, *states, ablated))
 
     def one_chunk(args):
-        layer, s, slot = args
-        values = jax.vmap(one_pair, (None, 0, 0))(layer, s, slot)
+        layer, s, t = args
+        values = jax.vmap(one_pair, (None, 0, 0))(layer, s, t)
         if progress:
             jax.debug.callback(tick, layer)
         return values
 
-    return jax.lax.map(one_chunk, (layers, pair_s, pair_slot))
+    return jax.lax.map(one_chunk, (layers, pair_s, pair_t))
