@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._circuit import Circuit
 from ._graph import Graph, graph
 
 
@@ -71,10 +72,12 @@ class NodeMask(eqx.Module):
 
 
 def _weights(mask, g: Graph) -> Float[Array, "n_sources n_targets"]:
+    if isinstance(mask, Circuit):
+        mask = EdgeMask(mask.to_edges().values, mask.graph)
     if isinstance(mask, NodeMask):
         mask = mask.to_edges()
     if not isinstance(mask, EdgeMask):
-        raise TypeError(f"expected an EdgeMask or NodeMask; got {type(mask).__name__}")
+        raise TypeError(f"expected a Circuit, EdgeMask or NodeMask; got {type(mask).__name__}")
     if mask.graph != g:
         raise ValueError("the mask belongs to another graph (a different model structure)")
     return mask.values
@@ -224,8 +227,9 @@ def ablation_values(
 def masked_logits(
     model, tokens: Int[Array, "batch seq"], mask, ablated, g: Graph | None = None
 ) -> Float[Array, "batch seq d_vocab"]:
-    """Logits of `model` on `tokens` with the edges of `mask` (an `EdgeMask` or `NodeMask`)
-    interpolated towards `ablated` (from `ablation_values`). One compiled program per shape."""
+    """Logits of `model` on `tokens` with the edges of `mask` (a `Circuit`, `EdgeMask` or
+    `NodeMask`) interpolated towards `ablated` (from `ablation_values`). One compiled program
+    per shape."""
     g = g or graph(model)
     return _masked_logits(model, g, jnp.asarray(tokens), _weights(mask, g), ablated)
 
