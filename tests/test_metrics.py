@@ -1,5 +1,6 @@
 """Metrics on batched logits: against NumPy/torch, per-example positions, sets, jit/grad, sweeps."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,3 +177,40 @@ def test_bind_in_a_sweep_reuses_the_compiled_sweep():
         norm, (got - corrupt_v) / (clean_v - corrupt_v), rtol=1e-4, atol=1e-5
     )
     np.testing.assert_allclose(norm[-1, -1], 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("position", [-1, 2, np.array([0, 5, -1, 3])], ids=["last", "2", "array"])
+def test_on_positions_equals_the_full_call(logits, position):
+    a, d = jnp.array([1, 2, 3, 4]), jnp.array([[5, 6], [0, -1], [0, 7], [10, -1]])
+    other = jax.random.normal(jax.random.key(9), (B, S, V))
+    kw = {} if isinstance(position, int) and position == -1 else dict(position=position)
+    base = bind(logit_diff, answer=a, distractor=d, **kw)
+    metrics = {
+        "logit_diff": base,
+        "prob_diff": bind(prob_diff, answer=a, distractor=d, **kw),
+        "cross_entropy": bind(cross_entropy, answer=a, **kw),
+        "kl_to_clean": bind(kl_to_clean, clean_logits=other, **kw),
+        "normalized": normalize(base, 2.0, -1.0),
+    }
+    expected = np.broadcast_to(np.where(np.asarray(position) < 0, position + S, position), (B,))
+    for name, metric in metrics.items():
+        pos = jc.metrics.read_positions(metric, B, S)
+        np.testing.assert_array_equal(pos, expected[:, None], err_msg=name)
+        read = jnp.take_along_axis(logits, pos[:, :, None], 1)
+        assert read.shape == (B, 1, V)
+        np.testing.assert_array_equal(metric.on_positions(read), metric(logits), err_msg=name)
+        jitted = eqx.filter_jit(lambda m, x: m.on_positions(x))(metric, read)
+        np.testing.assert_allclose(jitted, metric(logits), rtol=1e-6, err_msg=name)
+
+
+def test_read_positions_of_undeclared_metrics(logits):
+    assert jc.metrics.read_positions(lambda x: x.sum(), B, S) is None
+    custom = bind(lambda x, answer: x[:, :, answer].mean(), answer=3)
+    assert jc.metrics.read_positions(custom, B, S) is None
+    assert jc.metrics.read_positions(normalize(custom, 1.0, 0.0), B, S) is None
+    with pytest.raises(ValueError, match="does not declare the positions"):
+        custom.on_positions(logits[:, :1])
+    with pytest.raises(ValueError, match=r"\[batch, 1, d_vocab\]; got shape \[4, 6, 11\]"):
+        bind(logit_diff, answer=1, distractor=2).on_positions(logits)
+    with pytest.raises(ValueError, match=r"shape \[batch\] = \[4\]"):
+        bind(logit_diff, answer=1, distractor=2, position=np.array([1, 2])).positions(B, S)

@@ -20,3 +20,4 @@ from ._logits import logit_diff as logit_diff
 from ._logits import normalize as normalize
 from ._logits import normalized as normalized
 from ._logits import prob_diff as prob_diff
+from ._logits import read_positions as read_positions

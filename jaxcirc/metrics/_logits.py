@@ -10,6 +10,15 @@ the greater-than metric (Hanna et al. 2023, "How does GPT-2 compute greater-than
 `kl_to_clean` and `normalized` follow Heimersheim & Nanda 2024, "How to use and interpret
 activation patching". `bind` turns any of them into a metric `logits -> scalar` for
 `jaxcirc.patching.sweep`.
+
+**Read positions.** A metric may declare the positions it reads, so an engine can unembed only
+those: `metric.positions(batch, seq)` gives `[batch, n]` non-negative positions (or `None`:
+every position), and `metric.on_positions(logits_read)` takes `logits_read = take_along_axis(
+logits, positions[:, :, None], 1)`, `[batch, n, d_vocab]`, and returns exactly
+`metric(logits)`. `read_positions(metric, batch, seq)` asks any metric (`None` when it does
+not say). `bind` of `logit_diff`, `prob_diff`, `cross_entropy` or `kl_to_clean` declares its
+`position` (default `-1`, i.e. `seq - 1`; per-example positions such as a padded batch's
+`lengths - 1`); `normalize` forwards to the metric it wraps.
 """
 
 from __future__ import annotations
@@ -174,11 +183,26 @@ def normalized(
     return (jnp.asarray(metric_value) - corrupt_value) / gap
 
 
+# the metrics that read one position, each with its arguments that are logits read there too
+_ONE_POSITION = (
+    (logit_diff, ()),
+    (prob_diff, ()),
+    (cross_entropy, ()),
+    (kl_to_clean, ("clean_logits",)),
+)
+
+
+def _one_position(fn) -> tuple[str, ...] | None:
+    return next((other for f, other in _ONE_POSITION if f is fn), None)
+
+
 class Bound(eqx.Module):
     """A metric `logits -> scalar`: `fn(logits, **kwargs)`; made by `bind`.
 
     An `eqx.Module`, so its arrays are traced (not baked in as constants) when a sweep
     compiles it; `fn` is static, so two `Bound`s of the same `fn` share the compiled sweep.
+    The one-position metrics declare what they read (`positions`, `on_positions`; see the
+    module docstring).
     """
 
     fn: Callable = eqx.field(static=True)
@@ -186,6 +210,42 @@ class Bound(eqx.Module):
 
     def __call__(self, logits: Float[Array, "batch seq d_vocab"]) -> Float[Array, ""]:
         return self.fn(logits, **self.kwargs)
+
+    def positions(self, batch: int, seq: int) -> Int[Array, "batch 1"] | None:
+        """The position each example is read at, `[batch, 1]` in `0..seq-1`; `None` when `fn`
+        is not one of the one-position metrics (it may read every position)."""
+        if _one_position(self.fn) is None:
+            return None
+        position = jnp.asarray(self.kwargs.get("position", -1))
+        if position.ndim not in (0, 1) or (position.ndim == 1 and position.shape != (batch,)):
+            raise ValueError(
+                f"position must be an int or an int array of shape [batch] = [{batch}]; "
+                f"got shape {list(position.shape)}"
+            )
+        position = jnp.where(position < 0, position + seq, position)
+        return jnp.broadcast_to(position, (batch,))[:, None].astype(jnp.int32)
+
+    def on_positions(self, logits_read: Float[Array, "batch n d_vocab"]) -> Float[Array, ""]:
+        """The metric from only the logits at `positions(batch, seq)`, `[batch, 1, d_vocab]`."""
+        logits_read = jnp.asarray(logits_read)
+        others = _one_position(self.fn)
+        if others is None:
+            raise ValueError(
+                f"{getattr(self.fn, '__name__', self.fn)!r} does not declare the positions it "
+                f"reads; call the metric on the full logits (read_positions gives None for it)"
+            )
+        if logits_read.ndim != 3 or logits_read.shape[1] != 1:
+            raise ValueError(
+                f"on_positions takes the logits at the read positions, [batch, 1, d_vocab]; "
+                f"got shape {list(logits_read.shape)}"
+            )
+        kwargs = dict(self.kwargs, position=0)
+        position = self.kwargs.get("position", -1)
+        for name in others:  # logits of another run, read at the same position
+            value = kwargs.get(name)
+            if value is not None and jnp.ndim(value) == 3:
+                kwargs[name] = at_position(value, position)
+        return self.fn(logits_read, **kwargs)
 
 
 def bind(fn: Callable, **kwargs) -> Bound:
@@ -212,6 +272,20 @@ class Normalized(eqx.Module):
     def __call__(self, logits: Float[Array, "batch seq d_vocab"]) -> Float[Array, ""]:
         return normalized(self.metric(logits), self.clean_value, self.corrupt_value)
 
+    def positions(self, batch: int, seq: int) -> Int[Array, "batch n"] | None:
+        """The positions the wrapped metric reads (`read_positions` of it)."""
+        return read_positions(self.metric, batch, seq)
+
+    def on_positions(self, logits_read: Float[Array, "batch n d_vocab"]) -> Float[Array, ""]:
+        """The wrapped metric's `on_positions`, normalised."""
+        if not hasattr(self.metric, "on_positions"):
+            raise ValueError(
+                f"the wrapped metric {type(self.metric).__name__} does not declare the positions "
+                "it reads; call the metric on the full logits"
+            )
+        value = self.metric.on_positions(logits_read)
+        return normalized(value, self.clean_value, self.corrupt_value)
+
 
 def normalize(metric: Callable, clean_value, corrupt_value) -> Normalized:
     """Wrap `metric` so it reads 1 on the clean run and 0 on the corrupt run.
@@ -222,3 +296,14 @@ def normalize(metric: Callable, clean_value, corrupt_value) -> Normalized:
     corrupt_value = jnp.asarray(corrupt_value, jnp.float32)
     normalized(clean_value, clean_value, corrupt_value)  # the eager check
     return Normalized(metric, clean_value, corrupt_value)
+
+
+def read_positions(metric: Callable, batch: int, seq: int) -> Int[Array, "batch n"] | None:
+    """The positions `metric` reads from logits `[batch, seq, d_vocab]`: `[batch, n]` in
+    `0..seq-1`, or `None` when it does not declare them (it may read every position).
+
+    When not `None`, `metric.on_positions(take_along_axis(logits, positions[:, :, None], 1))`
+    equals `metric(logits)`.
+    """
+    positions = getattr(metric, "positions", None)
+    return positions(batch, seq) if callable(positions) else None
