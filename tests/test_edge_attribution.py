@@ -84,7 +84,7 @@ def brute_eap_ig(model, clean, corrupt, metric, steps):
 
 def test_edge_patching_is_the_brute_force_loop(model, data):
     got = edge_patching(model, *data, logit_diff, chunk_size=7)
-    np.testing.assert_allclose(got.values, brute_edge_patching(model, *data, logit_diff), atol=1e-5)
+    np.testing.assert_allclose(got.signed, brute_edge_patching(model, *data, logit_diff), atol=1e-5)
 
 
 def test_eap_is_minus_the_weight_derivative(model, data):
@@ -95,38 +95,38 @@ def test_eap_is_minus_the_weight_derivative(model, data):
         jnp.ones(g.valid.shape)
     )
     np.testing.assert_allclose(
-        eap(model, clean, corrupt, logit_diff).values, -dm_dw * g.valid, atol=1e-5
+        eap(model, clean, corrupt, logit_diff).signed, -dm_dw * g.valid, atol=1e-5
     )
 
 
 def test_eap_ig_inputs_is_the_brute_force_loop(model, data):
     got = eap_ig(model, *data, logit_diff, steps=3)
-    np.testing.assert_allclose(got.values, brute_eap_ig(model, *data, logit_diff, 3), atol=1e-5)
+    np.testing.assert_allclose(got.signed, brute_eap_ig(model, *data, logit_diff, 3), atol=1e-5)
 
 
 def test_linear_limit(linear_model, data):
     """With only linear paths, EAP, both EAP-IGs and exact patching agree exactly."""
-    exact = edge_patching(linear_model, *data, logit_diff).values
+    exact = edge_patching(linear_model, *data, logit_diff).signed
     assert np.abs(exact).max() > 1e-3  # the edges matter
     for scores in (
         eap(linear_model, *data, logit_diff),
         eap_ig(linear_model, *data, logit_diff, steps=4),
         eap_ig(linear_model, *data, logit_diff, steps=2, variant="activations"),
     ):
-        np.testing.assert_allclose(scores.values, exact, atol=1e-5)
+        np.testing.assert_allclose(scores.signed, exact, atol=1e-5)
 
 
 def test_eap_ig_converges(model, data):
     """One step is EAP; with many steps the per-edge Riemann sums settle."""
     clean, corrupt = data
     np.testing.assert_allclose(
-        eap_ig(model, clean, corrupt, logit_diff, steps=1).values,
-        eap(model, clean, corrupt, logit_diff).values,
+        eap_ig(model, clean, corrupt, logit_diff, steps=1).signed,
+        eap(model, clean, corrupt, logit_diff).signed,
         atol=1e-6,
     )
     for variant in ("inputs", "activations"):
         s = [
-            eap_ig(model, clean, corrupt, logit_diff, steps=n, variant=variant).values
+            eap_ig(model, clean, corrupt, logit_diff, steps=n, variant=variant).signed
             for n in (8, 64, 128)
         ]
         assert float(jnp.abs(s[2] - s[1]).max()) < float(jnp.abs(s[2] - s[0]).max())
@@ -145,7 +145,7 @@ def test_eap_ig_is_closer_to_exact_than_eap(model, data):
 def test_atp_sums_edges_and_matches_node_patching_to_first_order(linear_model, data):
     nodes = atp(linear_model, *data, logit_diff)
     edges = eap(linear_model, *data, logit_diff)
-    np.testing.assert_allclose(nodes.values, edges.values.sum(1), atol=1e-6)
+    np.testing.assert_allclose(nodes.signed, edges.signed.sum(1), atol=1e-6)
     clean, corrupt = data
     g = nodes.graph
     ablated = ablation_values(linear_model, clean, corrupt, g=g)
@@ -153,7 +153,7 @@ def test_atp_sums_edges_and_matches_node_patching_to_first_order(linear_model, d
     i = g.source_index("L0H1")
     mask = jc.graph.NodeMask(jnp.ones(g.n_sources).at[i].set(0.0), g)
     exact = logit_diff(masked_logits(linear_model, clean, mask, ablated)) - base
-    assert float(nodes.values[i]) == pytest.approx(float(exact), abs=1e-5)
+    assert float(nodes.signed[i]) == pytest.approx(float(exact), abs=1e-5)
 
 
 def test_compiles_once(model, data):

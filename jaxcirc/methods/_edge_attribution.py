@@ -1,9 +1,10 @@
 """Edge scores on the computational graph: exact edge patching and attribution patching.
 
-All share one shape, `method(model, clean, corrupt, metric, ...) -> EdgeMask` of scores (or
-`method(model, task)` with a `jaxcirc.tasks.Task`), the
-score of edge `s -> t` estimating `metric(edge ablated) - metric(clean)` (negative: the edge
-helps the metric). `metric` maps batched logits `[batch, seq, d_vocab]` to a scalar.
+Each is a method value (`EdgePatching()`, `EAP()`, `EAPIG(steps=5)`, `AtP()`) for
+`jaxcirc.methods.discover`, and a function `method(model, clean, corrupt, metric, ...) ->
+Scores` (or `method(model, task)`). The signed score of edge `s -> t` (`Scores.signed`)
+estimates `metric(edge ablated) - metric(clean)` (negative: the edge helps the metric); its
+magnitude is the score. `metric` maps batched logits `[batch, seq, d_vocab]` to a scalar.
 
 - `edge_patching`: that difference, exactly, one masked forward pass per edge, vmapped.
 - `eap`: edge attribution patching (Syed et al. 2023, "Attribution Patching Outperforms
@@ -29,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ..graph import EdgeMask, Graph, NodeMask, ablation_values, graph
+from ..graph import Scores, ablation_values, graph
 from ..graph._masked import run_graph
+from ._discover import ScoringMethod
 from ._task_args import task_arguments
 
 Metric = Callable[[Float[Array, "batch seq d_vocab"]], Float[Array, ""]]
@@ -70,20 +72,28 @@ def edge_patching(
     *,
     ablation: str = "corrupt",
     chunk_size: int = 64,
-) -> EdgeMask:
+) -> Scores:
     """Exact edge patching: `metric` with one edge ablated minus `metric` of the clean run.
 
     The slow reference the attribution methods approximate. One compiled program: edges are
     array indices, `chunk_size` of them vmapped at a time under `lax.map`.
     """
-    g, clean, ablated, metric = _prepare(model, clean, corrupt, metric, ablation)
-    rows, cols = (jnp.asarray(i) for i in np.nonzero(g.valid))
-    flat = _edge_patching(model, g, clean, ablated, metric, rows, cols, int(chunk_size))
-    return _scatter(g, flat)
+    return EdgePatching(ablation=ablation, chunk_size=chunk_size).scores(
+        model, clean, corrupt, metric
+    )
 
 
-def _scatter(g: Graph, flat) -> EdgeMask:
-    return EdgeMask(jnp.zeros(g.valid.shape).at[np.nonzero(g.valid)].set(flat), g)
+class EdgePatching(ScoringMethod):
+    """Exact edge patching, one masked forward pass per edge (see `edge_patching`)."""
+
+    ablation: str = "corrupt"
+    chunk_size: int = 64
+
+    def scores(self, model, clean, corrupt=None, metric=None) -> Scores:
+        g, clean, ablated, metric = _prepare(model, clean, corrupt, metric, self.ablation)
+        rows, cols = (jnp.asarray(i) for i in np.nonzero(g.valid))
+        flat = _edge_patching(model, g, clean, ablated, metric, rows, cols, int(self.chunk_size))
+        return Scores.from_effects(jnp.zeros(g.valid.shape).at[np.nonzero(g.valid)].set(flat), g)
 
 
 @eqx.filter_jit
@@ -108,9 +118,9 @@ def _input_gradients(model, g, x0, weights, ablated, metric):
     return jax.grad(loss)(jnp.zeros((x0.shape[0], g.n_targets) + x0.shape[1:], x0.dtype))
 
 
-def _scores(g, delta, grads) -> EdgeMask:
+def _scores(g, delta, grads) -> Scores:
     values = jnp.einsum("bsld,btld->st", delta, grads) * jnp.asarray(g.valid, delta.dtype)
-    return EdgeMask(values, g)
+    return Scores.from_effects(values, g)
 
 
 def eap(
@@ -120,9 +130,34 @@ def eap(
     metric: Metric | None = None,
     *,
     ablation: str = "corrupt",
-) -> EdgeMask:
+) -> Scores:
     """Edge attribution patching (Syed et al. 2023): every edge from one forward and backward."""
-    return eap_ig(model, clean, corrupt, metric, steps=1, ablation=ablation)
+    return EAP(ablation=ablation).scores(model, clean, corrupt, metric)
+
+
+class EAPIG(ScoringMethod):
+    """EAP-IG (Hanna et al. 2024), see `eap_ig`; `steps=1` is EAP."""
+
+    steps: int = 5
+    variant: str = "inputs"
+    ablation: str = "corrupt"
+
+    def __check_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choices: {VARIANTS}")
+        if int(self.steps) < 1:
+            raise ValueError(f"steps must be >= 1; got {self.steps}")
+
+    def scores(self, model, clean, corrupt=None, metric=None) -> Scores:
+        g, clean, ablated, metric = _prepare(model, clean, corrupt, metric, self.ablation)
+        return _eap_ig(model, g, clean, ablated, metric, int(self.steps), self.variant)
+
+
+class EAP(EAPIG):
+    """Edge attribution patching (Syed et al. 2023): EAP-IG with one step."""
+
+    steps: int = eqx.field(default=1, init=False)
+    variant: str = eqx.field(default="inputs", init=False)
 
 
 def eap_ig(
@@ -134,7 +169,7 @@ def eap_ig(
     steps: int = 5,
     variant: str = "inputs",
     ablation: str = "corrupt",
-) -> EdgeMask:
+) -> Scores:
     """EAP-IG (Hanna et al. 2024): EAP with the gradient averaged along `steps` points.
 
     `variant="inputs"` interpolates the input embeddings from their ablated value (the
@@ -143,12 +178,8 @@ def eap_ig(
     the computation order at a time
     (`steps` × places gradients). The steps run as one compiled `lax.map`.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choices: {VARIANTS}")
-    if int(steps) < 1:
-        raise ValueError(f"steps must be >= 1; got {steps}")
-    g, clean, ablated, metric = _prepare(model, clean, corrupt, metric, ablation)
-    return _eap_ig(model, g, clean, ablated, metric, int(steps), variant)
+    method = EAPIG(steps=steps, variant=variant, ablation=ablation)
+    return method.scores(model, clean, corrupt, metric)
 
 
 @eqx.filter_jit
@@ -207,7 +238,17 @@ def atp(
     metric: Metric | None = None,
     *,
     ablation: str = "corrupt",
-) -> NodeMask:
+) -> Scores:
     """Node attribution patching: `(a_s - z_s) · ∂m/∂z_s` for every source node `s`."""
-    edges = eap(model, clean, corrupt, metric, ablation=ablation)
-    return NodeMask(edges.values.sum(1), edges.graph)
+    return AtP(ablation=ablation).scores(model, clean, corrupt, metric)
+
+
+class AtP(ScoringMethod):
+    """Node attribution patching (Nanda 2023; Kramár et al. 2024): node-level `Scores`, a
+    source's signed score the sum of its edges' EAP scores."""
+
+    ablation: str = "corrupt"
+
+    def scores(self, model, clean, corrupt=None, metric=None) -> Scores:
+        edges = EAP(ablation=self.ablation).scores(model, clean, corrupt, metric)
+        return Scores.from_effects(edges.signed.sum(1), edges.graph)
