@@ -5,7 +5,8 @@ transformers have interpretable circuits"): each edge (or node) has a logit `θ`
 pass uses the hard mask `H(θ) = [θ ≥ 0]`, and the backward pass the straight-through gradient
 of `σ(θ / T)` (`H - stop_gradient(H - σ) `). The loss is the divergence from the clean model
 plus `penalty` times the mean kept fraction. Pruned units carry their mean ablation by
-default. All `steps` run in one compiled `lax.scan`.
+default. All `steps` run in one compiled `lax.scan`. The method value is `LearnedMask(...)`
+(`jaxcirc.methods.discover`); `learned_mask(...)` is its function form.
 """
 
 from __future__ import annotations
@@ -16,25 +17,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array
 
-from ..graph import EdgeMask, NodeMask, ablation_values, graph
+from ..graph import Circuit, Scores, ablation_values, graph
 from ..graph._masked import _masked_logits
-from ._acdc import kl_divergence
+from ..metrics._divergence import kl_divergence
+from ._discover import DiscoveryMethod
 from ._task_args import task_arguments
 
 LEVELS = ("edge", "node")
-
-
-class LearnedMaskResult(eqx.Module):
-    """`circuit`: the hard mask (`EdgeMask`, or `NodeMask` for `level="node"`); `scores`: the
-    learned logits `θ` (larger keeps), same structure; `losses`: `[steps]` training losses;
-    `divergence`: of the final hard circuit."""
-
-    circuit: EdgeMask | NodeMask
-    scores: EdgeMask | NodeMask
-    losses: Float[Array, " steps"]
-    divergence: Float[Array, ""]
 
 
 def hard_concrete_ste(theta: Array, temperature: float | Array) -> Array:
@@ -44,49 +35,57 @@ def hard_concrete_ste(theta: Array, temperature: float | Array) -> Array:
     return soft + jax.lax.stop_gradient(hard - soft)
 
 
-def learned_mask(
-    model,
-    clean: Int[Array, "batch seq"],
-    corrupt: Int[Array, "batch seq"] | None = None,
-    *,
-    level: str = "edge",
-    penalty: float = 1.0,
-    steps: int = 300,
-    learning_rate: float = 0.05,
-    temperature: float = 1.0,
-    init: float = 1.0,
-    ablation: str = "mean",
-    divergence: Callable = kl_divergence,
-) -> LearnedMaskResult:
+class LearnedMask(DiscoveryMethod):
     """Train an edge or node mask: `divergence(masked, clean) + penalty · mean(kept)`.
 
-    `ablation`: `"mean"` (over `corrupt`, or over `clean` when `corrupt` is None),
+    `ablation`: `"mean"` (over `corrupt`, or over `clean` when there is no `corrupt`),
     `"corrupt"` or `"zero"`. `init`: the starting logit (positive: start with everything kept).
+    The circuit is the hard mask; its scores are the learned logits `θ` (larger keeps); `info`
+    holds `losses` (`[steps]`) and the final circuit's `divergence`.
     """
-    if level not in LEVELS:
-        raise ValueError(f"unknown level {level!r}; choices: {LEVELS}")
-    if int(steps) < 1 or not float(penalty) >= 0 or not float(temperature) > 0:
-        raise ValueError(
-            f"need steps >= 1, penalty >= 0 and temperature > 0; got {steps}, {penalty}, "
-            f"{temperature}"
+
+    level: str = "edge"
+    penalty: float = 1.0
+    steps: int = 300
+    learning_rate: float = 0.05
+    temperature: float = 1.0
+    init: float = 1.0
+    ablation: str = "mean"
+    divergence: Callable = kl_divergence
+
+    def __check_init__(self):
+        if self.level not in LEVELS:
+            raise ValueError(f"unknown level {self.level!r}; choices: {LEVELS}")
+        if int(self.steps) < 1 or not float(self.penalty) >= 0 or not self.temperature > 0:
+            raise ValueError(
+                f"need steps >= 1, penalty >= 0 and temperature > 0; got {self.steps}, "
+                f"{self.penalty}, {self.temperature}"
+            )
+
+    def __call__(self, model, clean, corrupt=None) -> Circuit:
+        if hasattr(clean, "clean"):  # a Task
+            clean, corrupt, _ = task_arguments(clean, corrupt, None, needs_metric=False)
+        g = graph(model)
+        clean = jnp.asarray(clean)
+        ablated = ablation_values(
+            model, clean, clean if corrupt is None else corrupt, self.ablation, g
         )
-    if hasattr(clean, "clean"):  # a Task
-        clean, corrupt, _ = task_arguments(clean, corrupt, None, needs_metric=False)
-    g = graph(model)
-    clean = jnp.asarray(clean)
-    ablated = ablation_values(model, clean, clean if corrupt is None else corrupt, ablation, g)
-    clean_logits = jax.vmap(model)(clean)
-    shape = g.valid.shape if level == "edge" else (g.n_sources,)
-    theta = jnp.full(shape, float(init))
-    hyper = (jnp.asarray(x, jnp.float32) for x in (learning_rate, penalty, temperature))
-    theta, losses, div = _train(
-        model, g, clean, ablated, clean_logits, theta, divergence, *hyper, int(steps)
-    )
-    valid = jnp.asarray(g.valid if level == "edge" else g.valid.any(1), jnp.float32)
-    hard = (theta >= 0).astype(jnp.float32) * valid
-    if level == "edge":
-        return LearnedMaskResult(EdgeMask(hard, g), EdgeMask(theta, g), losses, div)
-    return LearnedMaskResult(NodeMask(hard, g), NodeMask(theta, g), losses, div)
+        clean_logits = jax.vmap(model)(clean)
+        shape = g.valid.shape if self.level == "edge" else (g.n_sources,)
+        theta = jnp.full(shape, float(self.init))
+        hyper = (jnp.asarray(x, jnp.float32)
+                 for x in (self.learning_rate, self.penalty, self.temperature))  # fmt: skip
+        theta, losses, div = _train(
+            model, g, clean, ablated, clean_logits, theta, self.divergence, *hyper,
+            int(self.steps),
+        )  # fmt: skip
+        info = {"losses": losses, "divergence": div}
+        return Circuit(theta >= 0, g, Scores(theta, g), info)
+
+
+def learned_mask(model, clean, corrupt=None, **hyperparameters) -> Circuit:
+    """`LearnedMask(**hyperparameters)(model, clean, corrupt)`: the function form."""
+    return LearnedMask(**hyperparameters)(model, clean, corrupt)
 
 
 def _weights(theta, g):
