@@ -5,7 +5,8 @@ Faithfulness is `(m(C) - m(∅)) / (m(M) - m(∅))` (Wang et al. 2023; Hanna et 
 Completeness is `1 -` the faithfulness of the complement: the share of the behaviour lost
 when the circuit alone is ablated. ROC and AUROC compare edge (or node) scores with a
 ground-truth circuit (Conmy et al. 2023; Gupta et al. 2024, InterpBench); SHD counts the
-edges in one circuit and not the other.
+edges in one circuit and not the other. Every function takes the results of discovery
+methods (`Scores`, `Circuit`) as well as raw `EdgeMask`/`NodeMask` arrays.
 """
 
 from __future__ import annotations
@@ -18,16 +19,30 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ..graph import EdgeMask, NodeMask, ablation_values, graph
+from ..graph import Circuit, EdgeMask, NodeMask, Scores, ablation_values, graph
 from ..graph._masked import _masked_logits, _weights
 
 
 def _edges(mask) -> EdgeMask:
+    if isinstance(mask, Circuit):
+        return EdgeMask(mask.to_edges().values, mask.graph)
     return mask.to_edges() if isinstance(mask, NodeMask) else mask
 
 
-def top_n(scores: EdgeMask | NodeMask, n: int, *, absolute: bool = True):
-    """The `n` valid edges (or nodes) of largest score (`|score|` by default), as a 0/1 mask."""
+def _absolute(scores, absolute: bool | None) -> bool:
+    """`Scores` are importances already (larger = more important); raw masks rank by `|x|`."""
+    return not isinstance(scores, Scores) if absolute is None else absolute
+
+
+def top_n(scores, n: int, *, absolute: bool | None = None):
+    """The `n` valid edges (or nodes) of largest score: a `Circuit` for `Scores`, a 0/1 mask
+    of the same type for an `EdgeMask`/`NodeMask` (ranked by `|score|` unless told)."""
+    if isinstance(scores, Scores) and not absolute:
+        return scores.top(n)
+    absolute = _absolute(scores, absolute)
+    if isinstance(scores, Scores):
+        scores = type(scores)(jnp.abs(scores.values), scores.graph)
+        return scores.top(n)
     values = np.asarray(scores.values, np.float64)
     valid = scores.graph.valid if isinstance(scores, EdgeMask) else scores.graph.valid.any(1)
     key = np.where(valid, np.abs(values) if absolute else values, -np.inf)
@@ -38,8 +53,13 @@ def top_n(scores: EdgeMask | NodeMask, n: int, *, absolute: bool = True):
     return type(scores)(jnp.asarray(keep.reshape(values.shape)), scores.graph)
 
 
-def above(scores: EdgeMask | NodeMask, threshold: float, *, absolute: bool = True):
-    """The valid edges (or nodes) whose score (`|score|` by default) exceeds `threshold`."""
+def above(scores, threshold: float, *, absolute: bool | None = None):
+    """The valid edges (or nodes) whose score exceeds `threshold` (`Scores`: a `Circuit`;
+    raw masks ranked by `|score|` unless told)."""
+    if isinstance(scores, Scores):
+        if absolute:
+            scores = Scores(jnp.abs(scores.values), scores.graph)
+        return scores.above(threshold)
     values = np.asarray(scores.values)
     valid = scores.graph.valid if isinstance(scores, EdgeMask) else scores.graph.valid.any(1)
     keep = ((np.abs(values) if absolute else values) > threshold) & valid
@@ -51,7 +71,7 @@ def faithfulness(
     clean: Int[Array, "batch seq"],
     corrupt: Int[Array, "batch seq"],
     metric: Callable,
-    circuits: EdgeMask | NodeMask | Sequence[EdgeMask | NodeMask],
+    circuits: Circuit | EdgeMask | NodeMask | Sequence[Circuit | EdgeMask | NodeMask],
     *,
     ablation: str = "corrupt",
 ) -> Float[Array, ...]:
@@ -82,7 +102,7 @@ def completeness(model, clean, corrupt, metric, circuit, *, ablation: str = "cor
     """`1 - faithfulness(complement)`: the share of the behaviour lost when only the
     circuit's edges are ablated (1: the circuit carries all of it)."""
     edges = _edges(circuit)
-    complement = EdgeMask(1.0 - edges.values, edges.graph)
+    complement = EdgeMask(1.0 - edges.values, edges.graph)  # invalid cells are ignored
     return 1.0 - faithfulness(model, clean, corrupt, metric, complement, ablation=ablation)
 
 
@@ -93,14 +113,14 @@ def faithfulness_curve(model, clean, corrupt, metric, scores, sizes, *, ablation
 
 
 def _truth(truth, g) -> EdgeMask:
-    if isinstance(truth, (EdgeMask, NodeMask)):
+    if isinstance(truth, (EdgeMask, NodeMask, Circuit)):
         return _edges(truth)
     return EdgeMask.from_edges(g, truth)
 
 
-def roc(scores: EdgeMask, truth, *, absolute: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def roc(scores, truth, *, absolute: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`(fpr, tpr)` over every threshold of the valid edges' scores against `truth` (an
-    `EdgeMask` or `(source, target)` pairs), from (0, 0) to (1, 1)."""
+    `Circuit`, `EdgeMask` or `(source, target)` pairs), from (0, 0) to (1, 1)."""
     y, s = _labels(scores, truth, absolute)
     order = np.argsort(-s, kind="stable")
     y, s = y[order], s[order]
@@ -112,7 +132,8 @@ def roc(scores: EdgeMask, truth, *, absolute: bool = True) -> tuple[np.ndarray, 
 
 def _labels(scores, truth, absolute):
     g = scores.graph
-    if isinstance(scores, NodeMask):
+    absolute = _absolute(scores, absolute)
+    if isinstance(scores, NodeMask) or getattr(scores, "level", "edge") == "node":
         t = np.asarray(_truth(truth, g).values, bool).any(1)
         valid = g.valid.any(1)
         y, s = t[valid], np.asarray(scores.values, np.float64)[valid]
@@ -124,7 +145,7 @@ def _labels(scores, truth, absolute):
     return y.astype(np.float64), (np.abs(s) if absolute else s)
 
 
-def auroc(scores: EdgeMask | NodeMask, truth, *, absolute: bool = True) -> float:
+def auroc(scores, truth, *, absolute: bool | None = None) -> float:
     """Area under the ROC: the chance a true edge outscores a false one (ties count half)."""
     y, s = _labels(scores, truth, absolute)
     ranks = _average_ranks(s)
@@ -141,13 +162,16 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return (sums / counts)[inverse]
 
 
-def node_scores(scores: EdgeMask) -> NodeMask:
-    """A source node's score: the largest `|score|` of its outgoing edges."""
+def node_scores(scores):
+    """A source node's score: the largest score (`|score|` of a raw `EdgeMask`) of its
+    outgoing edges."""
+    if isinstance(scores, Scores):
+        return scores.nodes()
     values = jnp.where(jnp.asarray(scores.graph.valid), jnp.abs(scores.values), 0.0).max(1)
     return NodeMask(values, scores.graph)
 
 
-def shd(found: EdgeMask | NodeMask, truth) -> int:
+def shd(found, truth) -> int:
     """Structural Hamming distance: valid edges kept by one circuit and not the other."""
     found = _edges(found)
     t = np.asarray(_truth(truth, found.graph).values) > 0.5
