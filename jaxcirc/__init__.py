@@ -49,6 +49,14 @@ def load(path, **kwargs):
     return _load(path, **kwargs)
 
 
+def discover(method, model, task):
+    """The circuit that discovery `method` (a value such as `jaxcirc.methods.EAP()`) finds in
+    `model` for `task`; see `jaxcirc.methods.discover`."""
+    from .methods import discover as _discover
+
+    return _discover(method, model, task)
+
+
 def save(path, model) -> None:
     """Save `model` atomically as a checkpoint directory; see `jaxcirc.io.save`."""
     from .io import save as _save

@@ -10,7 +10,7 @@ import pytest
 
 import jaxcirc as jc
 import jaxcirc.methods._circuit_lasso as cl
-from jaxcirc.graph import EdgeMask, graph
+from jaxcirc.graph import Circuit, Scores, graph
 
 TRUTH = {(0, 1), (0, 2), (1, 3), (2, 4), (3, 4)}
 
@@ -160,7 +160,8 @@ def test_components_on_a_task_like_object(tiny):
 
     res = cl.circuit_lasso(tiny, Pair(), alpha=0.05)
     g = graph(tiny)
-    assert isinstance(res.scores, EdgeMask) and res.scores.graph == g
+    assert isinstance(res.scores, Scores) and res.scores.graph == g
+    assert isinstance(res.circuit, Circuit) and res.circuit.scores is res.scores
     v = np.asarray(res.scores.values)
     assert np.isfinite(v).all() and not v[~g.valid].any() and v[g.valid].any()
     assert set(res.seconds) == {"collect", "regress"}

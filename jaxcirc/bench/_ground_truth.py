@@ -12,7 +12,9 @@ clean/corrupt inputs and the same metric:
 
 Both are normalised to 1 on the clean run and 0 on the corrupted run, so attribution methods
 get a non-zero gradient. ACDC minimises the divergence from the clean model (KL for categorical
-outputs, squared error for numerical ones); learned masks minimise `1 - metric`.
+outputs, squared error for numerical ones); learned masks minimise `1 - metric`. The methods are
+values (`jaxcirc.methods.EAP()`, ...) run by `jaxcirc.methods.discover`; each returns a
+`Circuit` whose `Scores` are ranked against the true `Circuit`.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._atomic import atomic_write
-from ..graph import EdgeMask, NodeMask
-from ..metrics._circuit import auroc, faithfulness, node_scores, shd, top_n
+from ..graph import Circuit, EdgeMask, Scores, graph
+from ..metrics._circuit import auroc, faithfulness, shd
 
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One scorecard case: model, inputs, metric, divergence and the true edges."""
+    """One scorecard case: model, inputs, metric, divergence and the true `Circuit`."""
 
     name: str
     model: object
@@ -42,7 +44,7 @@ class Problem:
     corrupt: jnp.ndarray
     metric: Callable
     divergence: Callable
-    truth: tuple[tuple[str, str], ...]
+    truth: Circuit
     ablation: str
 
     def shortfall(self, logits, clean_logits):
@@ -99,7 +101,7 @@ def problem(name: str, n: int = 32, seed: int = 0, ablation: str = "zero") -> Pr
     `"corrupt"` an edge matters only where the counterfactual changes what it carries (a
     same-length resample never changes a length or an index), and the truth is the edges.
     """
-    from ..graph import ablation_values, graph, masked_logits
+    from ..graph import ablation_values, masked_logits
     from ..io._tracr import tracr_case
 
     model, circuit, info = tracr_case(name)
@@ -111,40 +113,25 @@ def problem(name: str, n: int = 32, seed: int = 0, ablation: str = "zero") -> Pr
     metric, divergence = _positions_metric(
         clean_logits, masked_logits(model, clean, none, ablated, g), info.case.output
     )
-    truth = tuple(circuit.edges) + (tuple(circuit.constant_edges) if ablation == "zero" else ())
+    truth = circuit.on(g, constant=ablation == "zero")
     return Problem(name, model, clean, corrupt, metric, divergence, truth, ablation)
 
 
-def _methods():
-    from ..methods._acdc import acdc
-    from ..methods._circuit_lasso import circuit_lasso
-    from ..methods._edge_attribution import eap, eap_ig, edge_patching
-    from ..methods._learned_mask import learned_mask
+def methods_for(p: Problem) -> dict:
+    """The scorecard's method values for problem `p` (same inputs, metric and ablation)."""
+    from ..methods import ACDC, EAP, EAPIG, CircuitLasso, EdgePatching, LearnedMask
 
-    def data(p):
-        return (p.model, p.clean, p.corrupt)
-
-    def scored(p):
-        return (*data(p), p.metric)
-
+    a = p.ablation
     return {
-        "EAP": lambda p: eap(*scored(p), ablation=p.ablation),
-        "EAP-IG (inputs)": lambda p: eap_ig(*scored(p), steps=5, ablation=p.ablation),
-        "EAP-IG (inputs, m=50)": lambda p: eap_ig(*scored(p), steps=50, ablation=p.ablation),
-        "EAP-IG (activations)": lambda p: eap_ig(
-            *scored(p), steps=5, variant="activations", ablation=p.ablation
-        ),
-        "ACDC": lambda p: (
-            acdc(*data(p), threshold=1e-4, divergence=p.divergence, ablation=p.ablation).scores
-        ),
-        "learned mask": lambda p: (
-            learned_mask(
-                *data(p), penalty=1e-2, steps=300, divergence=p.shortfall, ablation=p.ablation
-            ).scores
-        ),
-        "edge patching": lambda p: edge_patching(*scored(p), ablation=p.ablation),
+        "EAP": EAP(ablation=a),
+        "EAP-IG (inputs)": EAPIG(steps=5, ablation=a),
+        "EAP-IG (inputs, m=50)": EAPIG(steps=50, ablation=a),
+        "EAP-IG (activations)": EAPIG(steps=5, variant="activations", ablation=a),
+        "ACDC": ACDC(threshold=1e-4, divergence=p.divergence, ablation=a),
+        "learned mask": LearnedMask(penalty=1e-2, steps=300, divergence=p.shortfall, ablation=a),
+        "edge patching": EdgePatching(ablation=a),
         # observational: clean and corrupt inputs as samples, λ at the true edge count
-        "CircuitLasso": lambda p: circuit_lasso(*data(p), n_edges=len(p.truth)).scores,
+        "CircuitLasso": CircuitLasso(n_edges=len(p.truth)),
     }
 
 
@@ -154,23 +141,19 @@ METHODS = (
 )  # fmt: skip
 
 
-def score(p: Problem, method: str, scores: EdgeMask, seconds: float) -> dict:
-    """The scorecard row of `scores` on problem `p`."""
-    g = scores.graph
-    truth = EdgeMask.from_edges(g, p.truth)
+def score(p: Problem, method: str, scores: Scores, seconds: float) -> dict:
+    """The scorecard row of `scores` (a method's circuit's scores) on problem `p`."""
     k = len(p.truth)
-    ranked = _ranked(method, scores)
-    circuit = top_n(ranked, k)
-    nodes = node_scores(ranked)
+    circuit = scores.top(k)
     return {
         "case": p.name,
         "method": method,
         "ablation": p.ablation,
-        "edge_auroc": auroc(ranked, truth),
-        "node_auroc": _node_auroc(nodes, truth),
-        "shd_at_k": shd(circuit, truth),
+        "edge_auroc": auroc(scores, p.truth),
+        "node_auroc": _node_auroc(scores.nodes(), p.truth),
+        "shd_at_k": shd(circuit, p.truth),
         "true_edges": k,
-        "n_edges": g.n_edges,
+        "n_edges": scores.graph.n_edges,
         "faithfulness": float(
             faithfulness(p.model, p.clean, p.corrupt, p.metric, circuit, ablation=p.ablation)
         ),
@@ -178,8 +161,8 @@ def score(p: Problem, method: str, scores: EdgeMask, seconds: float) -> dict:
     }
 
 
-def _node_auroc(nodes: NodeMask, truth: EdgeMask) -> float | None:
-    kept = np.asarray(truth.values, bool).any(1)[truth.graph.valid.any(1)]
+def _node_auroc(nodes: Scores, truth: Circuit) -> float | None:
+    kept = np.asarray(truth.mask, bool).any(1)[truth.graph.valid.any(1)]
     if kept.all() or not kept.any():
         return None  # every (or no) node is in the circuit: a node ROC is undefined
     return auroc(nodes, truth)
@@ -198,46 +181,35 @@ def scorecard(
 
     **Returns:** `(records, found)`: one record per (case, method), and per case the true
     edges with each method's top-`k` circuit (for `write`'s figures)."""
+    from ..methods import discover
     from ..tasks._tracr_cases import TRACR_CASE_NAMES
 
     cases = list(TRACR_CASE_NAMES if cases is None else cases)
-    methods = list(METHODS if methods is None else methods)
-    table = _methods()
-    for m in methods:
-        if m not in table:
-            raise ValueError(f"unknown method {m!r}; choices: {list(table)}")
+    names = list(METHODS if methods is None else methods)
+    for m in names:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choices: {list(METHODS)}")
     records, found = [], {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(cases) * len(methods), desc="scorecard", unit="run")
+        bar = tqdm(total=len(cases) * len(names), desc="scorecard", unit="run")
     for name in cases:
         p = problem(name, n, seed, ablation)
-        for m in methods:
-            table[m](p)  # compile, then time a second run
+        values = methods_for(p)
+        for m in names:
+            discover(values[m], p.model, p)  # compile, then time a second run
             start = time.perf_counter()
-            scores = jax.block_until_ready(table[m](p))
+            scores = jax.block_until_ready(discover(values[m], p.model, p).scores)
             records.append(score(p, m, scores, time.perf_counter() - start))
-            found.setdefault(name, (p.truth, {}))[1][m] = _top_k(p, m, scores)
+            found.setdefault(name, (p.truth, {}))[1][m] = scores.top(len(p.truth))
             if bar is not None:
                 bar.set_postfix_str(f"{name}: {m}")
                 bar.update()
     if bar is not None:
         bar.close()
     return records, found
-
-
-def _ranked(method: str, scores: EdgeMask) -> EdgeMask:
-    """Learned-mask logits rank by value (larger keeps), shifted to be >= 0; the other
-    methods' scores by magnitude."""
-    if method != "learned mask":
-        return scores
-    return EdgeMask(scores.values - scores.values.min(), scores.graph)
-
-
-def _top_k(p: Problem, method: str, scores: EdgeMask) -> EdgeMask:
-    return top_n(_ranked(method, scores), len(p.truth))
 
 
 def markdown(records: list[dict]) -> str:

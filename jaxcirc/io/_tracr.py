@@ -223,6 +223,14 @@ class TracrCircuit:
     def heads(self) -> tuple[str, ...]:
         return tuple(n for n in self.nodes if n.startswith("L"))
 
+    def on(self, g, *, constant: bool = False):
+        """The ground truth as a `jaxcirc.graph.Circuit` on graph `g` of the converted model;
+        `constant=True` adds the constant edges (what zero ablation also removes)."""
+        from ..graph import Circuit
+
+        edges = self.edges + (self.constant_edges if constant else ())
+        return Circuit.from_edges(g, edges)
+
     @property
     def mlps(self) -> tuple[str, ...]:
         return tuple(n for n in self.nodes if n.startswith("MLP"))

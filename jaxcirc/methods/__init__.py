@@ -3,6 +3,17 @@
 from .._lazy import lazy_exports
 
 _EXPORTS = {
+    "discover": "._discover",
+    "DiscoveryMethod": "._discover",
+    "ScoringMethod": "._discover",
+    "EdgePatching": "._edge_attribution",
+    "EAP": "._edge_attribution",
+    "EAPIG": "._edge_attribution",
+    "AtP": "._edge_attribution",
+    "ACDC": "._acdc",
+    "LearnedMask": "._learned_mask",
+    "CircuitLasso": "._circuit_lasso",
+    "PathPatching": "._path_patching",
     "causal_trace": "._tracing",
     "TraceResult": "._tracing",
     "path_patch": "._path_patching",
@@ -15,7 +26,6 @@ _EXPORTS = {
     "acdc": "._acdc",
     "ACDCResult": "._acdc",
     "learned_mask": "._learned_mask",
-    "LearnedMaskResult": "._learned_mask",
     "circuit_lasso": "._circuit_lasso",
     "CircuitLassoResult": "._circuit_lasso",
     "block_lasso": "._circuit_lasso",

@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..graph import EdgeMask, graph
+from ..graph import Circuit, Scores, graph
+from ._discover import DiscoveryMethod
 
 GRANULARITIES = ("components", "neurons", "sae")
 SELECTIONS = ("heldout", "count", "bic")
@@ -89,17 +90,17 @@ class BlockLassoResult:
 class CircuitLassoResult:
     """`circuit_lasso`'s output.
 
-    - `scores`: an `EdgeMask` of edge scores on `graph(model)` (block norms; 0 where no block
-      maps to an edge), ready for `jaxcirc.metrics` (`auroc`, `top_n`, `faithfulness`).
-    - `circuit`: a 0/1 `EdgeMask`, the edges non-zero at the chosen λ (top `n_edges` with
-      `select="count"`).
+    - `scores`: `Scores` of the edges of `graph(model)` (block norms; 0 where no block maps to
+      an edge), ready for `jaxcirc.metrics` (`auroc`, `top_n`, `faithfulness`).
+    - `circuit`: a `Circuit`, the edges non-zero at the chosen λ (top `n_edges` with
+      `select="count"`), with those scores and the chosen `alpha` in its `info`.
     - `alphas`, `alpha`, `edge_counts`, `validation_error`, `bic`: the path and the choice.
     - `fit`: the underlying `BlockLassoResult` (block names, coefficients `A`, dropped columns).
     - `seconds`: wall time of `"collect"` (forward passes) and `"regress"`.
     """
 
-    scores: EdgeMask | None
-    circuit: EdgeMask | None
+    scores: Scores | None
+    circuit: Circuit | None
     alphas: np.ndarray
     alpha: float
     edge_counts: np.ndarray | None
@@ -777,13 +778,12 @@ def circuit_lasso(
         circ = None if support is None else support > 0
     scores = circuit = None
     if values is not None:
-        scores = EdgeMask(jnp.asarray(values, jnp.float32), g)
+        scores = Scores(jnp.asarray(values, jnp.float32), g)
         if fit.select == "count" and circ.sum() > int(n_edges):
-            from ..metrics._circuit import top_n
-
-            circuit = top_n(scores, int(n_edges))
+            circuit = scores.top(int(n_edges))
         else:
-            circuit = EdgeMask(jnp.asarray(circ, jnp.float32), g)
+            circuit = Circuit(jnp.asarray(circ), g, scores)
+        circuit = Circuit(circuit.mask, g, scores, {"alpha": fit.alpha})
     done = time.perf_counter()
     if bar is not None:
         bar.update()
@@ -967,3 +967,25 @@ def _logits_and_site(model, tokens, name):
         return logits, acts.values[name]
 
     return jax.vmap(one)(tokens)
+
+
+class CircuitLasso(DiscoveryMethod):
+    """CircuitLasso (Yin et al. 2026) as a method value: `hyperparameters` are the keyword
+    arguments of `circuit_lasso` (`n_edges`, `select`, `rank`, `alpha`, ...); the circuit is
+    `circuit_lasso(...).circuit` (its `info` adds the λ path's timings)."""
+
+    hyperparameters: tuple = eqx.field(static=True)
+
+    def __init__(self, **hyperparameters):
+        granularity = hyperparameters.get("granularity", "components")
+        if granularity != "components":
+            raise ValueError(
+                f"CircuitLasso as a discovery method maps components to graph edges; "
+                f"granularity={granularity!r} is for circuit_lasso itself"
+            )
+        self.hyperparameters = tuple(sorted(hyperparameters.items()))
+
+    def __call__(self, model, task) -> Circuit:
+        res = circuit_lasso(model, task, **dict(self.hyperparameters))
+        info = {**res.circuit.info, "seconds": res.seconds}
+        return Circuit(res.circuit.mask, res.circuit.graph, res.circuit.scores, info)

@@ -37,9 +37,11 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from .._progress import progress_bar, tick
-from ..graph import Graph, graph
+from ..graph import Graph, Scores, graph
 from ..graph._masked import check_wiring, graph_states, run_graph
 from ..models._site import nearest
+from ._discover import ScoringMethod
+from ._task_args import task_arguments
 
 Metric = Callable[[Float[Array, "batch seq d_vocab"]], Float[Array, ""]]
 DIRECTIONS = ("noise", "denoise")
@@ -311,3 +313,27 @@ def _path_patch(model, g, tokens, states, ablated, metric, layers, pair_s, pair_
         return values
 
     return jax.lax.map(one_chunk, (layers, pair_s, pair_t))
+
+
+class PathPatching(ScoringMethod):
+    """Path patching (Wang et al. 2023) as a method value: the effect of each (sender,
+    receiver) pair is the score of that edge of `graph(model)`; pairs not measured (outside
+    `senders` × `receivers`, or without a path) are NaN."""
+
+    senders: str | tuple[str, ...] | None = None
+    receivers: str | tuple[str, ...] | None = None
+    direction: str = "noise"
+    chunk_size: int | None = None
+
+    def scores(self, model, clean, corrupt=None, metric=None) -> Scores:
+        clean, corrupt, metric = task_arguments(clean, corrupt, metric)
+        res = path_patch(
+            model, clean, corrupt, metric, senders=self.senders, receivers=self.receivers,
+            direction=self.direction, chunk_size=self.chunk_size,
+        )  # fmt: skip
+        g = graph(model)
+        effects = np.full(g.valid.shape, np.nan, np.float32)
+        rows = [g.source_index(s) for s in res.senders]
+        cols = [g.target_index(r) for r in res.receivers]
+        effects[np.ix_(rows, cols)] = np.asarray(res.effects)
+        return Scores.from_effects(effects, g)

@@ -35,8 +35,8 @@ def plot_circuit(
     *,
     title: str | None = None,
 ) -> Path:
-    """Draw found circuits (an `EdgeMask`, or `{panel title: EdgeMask}`) against `truth`
-    (pairs of edge names or an `EdgeMask`): true positives green, false positives red,
+    """Draw found circuits (a `Circuit` or `EdgeMask`, or `{panel title: circuit}`) against
+    `truth` (a `Circuit`, an `EdgeMask` or pairs of edge names): true positives green, false positives red,
     missed true edges grey and dashed. With `truth=None` the found edges are drawn in blue.
     One panel per circuit. **Returns:** the `Path`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -50,10 +50,9 @@ def plot_circuit(
     g = next(iter(panels.values())).graph
     known = truth is not None
     truth = () if truth is None else truth
-    true = (
-        np.asarray((truth if isinstance(truth, EdgeMask) else EdgeMask.from_edges(g, truth)).values)
-        > 0.5
-    )
+    if not hasattr(truth, "values"):  # pairs of names
+        truth = EdgeMask.from_edges(g, truth)
+    true = np.asarray(truth.values) > 0.5
     pos = _layout(g)
     fig = Figure(figsize=(3.2 * len(panels), 1.1 * g.n_layers + 2.5), layout="constrained")
     FigureCanvasAgg(fig)
