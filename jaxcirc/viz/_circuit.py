@@ -36,9 +36,9 @@ def plot_circuit(
     title: str | None = None,
 ) -> Path:
     """Draw found circuits (a `Circuit` or `EdgeMask`, or `{panel title: circuit}`) against
-    `truth` (a `Circuit`, an `EdgeMask` or pairs of edge names): true positives green, false positives red,
-    missed true edges grey and dashed. With `truth=None` the found edges are drawn in blue.
-    One panel per circuit. **Returns:** the `Path`."""
+    `truth` (a `Circuit`, an `EdgeMask` or pairs of edge names): true positives green, false
+    positives red, missed true edges grey and dashed. With `truth=None` the found edges are
+    drawn in blue. One panel per circuit. **Returns:** the `Path`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
