@@ -150,13 +150,23 @@ class Scale(AbstractSelectiveIntervention):
 
 
 class Noise(AbstractSelectiveIntervention):
-    """Add Gaussian noise of standard deviation `std` drawn from `key` (causal tracing)."""
+    """Add Gaussian noise of standard deviation `std` drawn from `key` (causal tracing).
+
+    On a site with a `"position"` axis, position `p` draws from `jax.random.fold_in(key, p)`,
+    so a prompt's noise does not depend on how far its batch is padded.
+    """
 
     std: Float[ArrayLike, ...]
     key: PRNGKeyArray
 
     def target(self, x, site):
-        return x + self.std * jax.random.normal(self.key, x.shape, jnp.float32)
+        if "position" not in site.axes:
+            return x + self.std * jax.random.normal(self.key, x.shape, jnp.float32)
+        axis = site.axes.index("position")
+        shape = x.shape[:axis] + x.shape[axis + 1 :]
+        draw = lambda p: jax.random.normal(jax.random.fold_in(self.key, p), shape, jnp.float32)
+        noise = jax.vmap(draw, out_axes=axis)(jnp.arange(x.shape[axis]))
+        return x + self.std * noise
 
 
 class Subspace(AbstractSelectiveIntervention):
