@@ -63,8 +63,8 @@ def test_matches_the_naive_loop(data):
     model = tiny("gpt2", n_layers=2)
     result = acdc(model, *data, threshold=3e-3)
     kept, current = naive_acdc(model, *data, 3e-3)
-    np.testing.assert_array_equal(np.asarray(result.circuit.values, bool), kept)
-    assert result.divergence == pytest.approx(current, rel=1e-4, abs=1e-7)
+    np.testing.assert_array_equal(np.asarray(result.values, bool), kept)
+    assert result.info['divergence'] == pytest.approx(current, rel=1e-4, abs=1e-7)
     assert 0 < kept.sum() < kept.size  # the threshold prunes some edges, not all
     np.testing.assert_allclose(
         kl_divergence(jax.vmap(model)(data[1]), jax.vmap(model)(data[0])),
@@ -83,17 +83,17 @@ def test_dead_heads_are_pruned_untested(data):
             model.blocks[layer].attn.W_O.at[head].set(0.0),
         )
     result = acdc(model, *data, threshold=1e-7)
-    g = result.circuit.graph
-    kept = np.asarray(result.circuit.values, bool)
+    g = result.graph
+    kept = np.asarray(result.values, bool)
     for layer, head in dead:
         assert not kept[g.source_index(f"L{layer}H{head}")].any()
     # the dead layer-1 head reaches nothing, so its inputs are removed without a test
     for x in "qkv":
         j = g.target_index(f"L1H3.{x}")
         assert not kept[:, j].any()
-        assert not np.asarray(result.scores.values)[:, j].any()
-    assert result.divergence < 1e-6 * 10
-    assert result.n_tested < g.n_edges
+        assert not np.asarray(result.scores.signed)[:, j].any()
+    assert result.info['divergence'] < 1e-6 * 10
+    assert result.info['n_tested'] < g.n_edges
 
 
 def test_bad_threshold(data):

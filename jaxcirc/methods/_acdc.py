@@ -5,7 +5,8 @@ Targets are visited from the logits back to the embeddings; each incoming edge o
 target is removed for good if the divergence from the clean model grows by less than
 `threshold`. A target is live while its node still reaches the logits; edges into dead nodes
 are removed without a test, as ACDC does. The search is a host loop over one compiled
-"divergence with this edge mask" function: masks are arrays, so nothing recompiles.
+"divergence with this edge mask" function: masks are arrays, so nothing recompiles. The method
+value is `ACDC(threshold=...)` (`jaxcirc.methods.discover`); `acdc(...)` is its function form.
 """
 
 from __future__ import annotations
@@ -16,60 +17,59 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
 
-from ..graph import EdgeMask, ablation_values, graph
+from ..graph import Circuit, Scores, ablation_values, graph
 from ..graph._masked import _masked_logits
+from ..metrics._divergence import kl_divergence
+from ._discover import DiscoveryMethod
 from ._task_args import task_arguments
 
-
-def kl_divergence(
-    logits: Float[Array, "batch seq d_vocab"], clean_logits: Float[Array, "batch seq d_vocab"]
-) -> Float[Array, ""]:
-    """Mean over batch and positions of `KL(clean || logits)`: ACDC's default divergence."""
-    p = jax.nn.log_softmax(clean_logits.astype(jnp.float32), -1)
-    q = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    return (jnp.exp(p) * (p - q)).sum(-1).mean()
+__all__ = ["ACDC", "acdc", "kl_divergence"]
 
 
-class ACDCResult(eqx.Module):
-    """`circuit`: the kept edges (1) as an `EdgeMask`; `scores`: for each tested edge the
-    divergence increase its removal caused (kept edges score ≥ `threshold`; edges removed
-    untested, into dead nodes, score 0); `divergence`: of the final circuit; `n_tested`."""
-
-    circuit: EdgeMask
-    scores: EdgeMask
-    divergence: float
-    n_tested: int
-
-
-def acdc(
-    model,
-    clean: Int[Array, "batch seq"],
-    corrupt: Int[Array, "batch seq"] | None = None,
-    *,
-    threshold: float = 0.01,
-    divergence: Callable = kl_divergence,
-    ablation: str = "corrupt",
-    progress: bool = False,
-) -> ACDCResult:
+class ACDC(DiscoveryMethod):
     """ACDC with divergence `divergence(masked_logits, clean_logits)` (default: KL).
 
-    **Arguments:** `threshold`: τ, the largest divergence increase an edge may cause and
-    still be removed; `ablation`: what a removed edge carries (`"corrupt"`, `"mean"`,
-    `"zero"`); `progress`: a progress bar over targets.
+    `threshold`: τ, the largest divergence increase an edge may cause and still be removed;
+    `ablation`: what a removed edge carries (`"corrupt"`, `"mean"`, `"zero"`); `progress`: a
+    progress bar over targets. The circuit holds the kept edges; its scores are, per tested
+    edge, the divergence increase its removal caused (signed; edges removed untested, into
+    dead nodes, score 0); `info` has the final `divergence` and `n_tested`.
     """
-    if not float(threshold) >= 0:
-        raise ValueError(f"threshold must be a number >= 0; got {threshold}")
-    clean, corrupt, _ = task_arguments(clean, corrupt, None, needs_metric=False)
+
+    threshold: float = 0.01
+    divergence: Callable = kl_divergence
+    ablation: str = "corrupt"
+    progress: bool = False
+
+    def __check_init__(self):
+        if not float(self.threshold) >= 0:
+            raise ValueError(f"threshold must be a number >= 0; got {self.threshold}")
+
+    def __call__(self, model, clean, corrupt=None) -> Circuit:
+        clean, corrupt, _ = task_arguments(clean, corrupt, None, needs_metric=False)
+        return _acdc(model, clean, corrupt, self)
+
+
+def acdc(model, clean, corrupt=None, **hyperparameters) -> Circuit:
+    """`ACDC(**hyperparameters)(model, clean, corrupt)`: the function form."""
+    return ACDC(**hyperparameters)(model, clean, corrupt)
+
+
+@eqx.filter_jit
+def _evaluate(model, g, clean, weights, ablated, divergence, clean_logits):
+    return divergence(_masked_logits(model, g, clean, weights, ablated), clean_logits)
+
+
+def _acdc(model, clean, corrupt, method: ACDC) -> Circuit:
+    threshold, divergence = float(method.threshold), method.divergence
     g = graph(model)
     clean = jnp.asarray(clean)
-    ablated = ablation_values(model, clean, corrupt, ablation, g)
+    ablated = ablation_values(model, clean, corrupt, method.ablation, g)
     clean_logits = jax.vmap(model)(clean)
 
-    @eqx.filter_jit
     def evaluate(weights):
-        return divergence(_masked_logits(model, g, clean, weights, ablated), clean_logits)
+        return _evaluate(model, g, clean, weights, ablated, divergence, clean_logits)
 
     weights = np.asarray(g.valid, np.float32)
     scores = np.zeros(g.valid.shape, np.float32)
@@ -77,7 +77,7 @@ def acdc(
     tested = 0
     targets = sorted(range(g.n_targets), key=lambda j: -g.target_order[j])
     bar = None
-    if progress:
+    if method.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(targets), desc="ACDC", unit="target")
@@ -100,6 +100,5 @@ def acdc(
             bar.update()
     if bar is not None:
         bar.close()
-    return ACDCResult(
-        EdgeMask(jnp.asarray(weights), g), EdgeMask(jnp.asarray(scores), g), current, tested
-    )
+    info = {"divergence": current, "n_tested": tested}
+    return Circuit(jnp.asarray(weights > 0), g, Scores.from_effects(scores, g), info)
