@@ -140,7 +140,7 @@ def export(case: str, out: Path, n: int = 16, seed: int = 0, repeat: int = 5) ->
 
     def run():
         scores = jc.methods.eap(model, clean, corrupt, metric)
-        return jax.block_until_ready(scores.values)
+        return jax.block_until_ready(scores.signed)
 
     t = time.perf_counter()
     scores = np.asarray(run())
