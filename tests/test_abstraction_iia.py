@@ -10,7 +10,7 @@ from conftest import randomise
 import jaxcirc as jc
 from jaxcirc import zoo
 from jaxcirc.methods import abstraction_iia, unit_activations
-from jaxcirc.methods._replacement import Replacement
+from jaxcirc.models import Replacement
 
 SITE, Z_SITE = "hidden.1", "blocks.1.attn.hook_z"
 Z_REF = jc.SiteRef("z", 1)  # resolved without listing the model's sites

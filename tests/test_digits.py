@@ -9,7 +9,8 @@ import pytest
 
 import jaxcirc
 from jaxcirc import zoo
-from jaxcirc.methods._replacement import Replacement
+from jaxcirc.models import Replacement
+from jaxcirc.models._replacement import ReplaceUnits, with_interventions
 from jaxcirc.zoo import _digits
 
 
@@ -55,7 +56,7 @@ def test_forward_hidden_and_from_layer_match_numpy():
     x = zoo.digits_data().x_test[:16]
     hidden, logits = _numpy_forward(model, x)
     np.testing.assert_allclose(jax.vmap(model)(x), logits, atol=1e-4)
-    acts = jax.vmap(model.hidden)(x)
+    acts = jax.vmap(model.run)(x)[1]
     for layer, site in enumerate(model.sites):
         np.testing.assert_allclose(acts[site], hidden[layer], atol=1e-4)
         out = jax.vmap(lambda a: model.from_layer(a, site))(acts[site])
@@ -63,6 +64,31 @@ def test_forward_hidden_and_from_layer_match_numpy():
     # from_layer really uses its argument: zeroing the last hidden layer leaves the bias
     zero = model.from_layer(jnp.zeros(128), "hidden.1")
     np.testing.assert_allclose(zero, model.biases[-1], atol=1e-6)
+
+
+def test_hidden_sites_take_interventions():
+    model = zoo.digits_mlp()
+    x = zoo.digits_data().x_test[:8]
+    assert [(s.name, s.axes) for s in model.hidden] == [
+        ("hidden.0", ("unit",)),
+        ("hidden.1", ("unit",)),
+    ]
+    _, acts = jax.vmap(model.run)(x)
+    zeroed = with_interventions(model, {"hidden.1": jaxcirc.Zero(unit=jnp.array([3, 5]))})
+    logits, new = jax.vmap(zeroed.run)(x)
+    want = acts["hidden.1"].at[:, jnp.array([3, 5])].set(0.0)
+    np.testing.assert_array_equal(new["hidden.1"], want)
+    np.testing.assert_allclose(new["hidden.0"], acts["hidden.0"])
+    expected = jax.vmap(lambda a: model.from_layer(a, "hidden.1"))(want)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    # a replacement given to the constructor is a ReplaceUnits intervention at its site
+    r = Replacement.constants("hidden.0", jnp.arange(128) < 64, jnp.ones(128))
+    masked = zoo.MLPClassifier(model.weights, model.biases, [r, None])
+    assert isinstance(masked.hidden[0].intervention, ReplaceUnits)
+    assert masked.replacements[1] is None and masked.replacements[0].site == "hidden.0"
+    np.testing.assert_array_equal(jax.vmap(masked.run)(x)[1]["hidden.0"][:, 64:], 1.0)
+    with pytest.raises(ValueError, match="replacement for site 'hidden.1' is for 'hidden.0'"):
+        zoo.MLPClassifier(model.weights, model.biases, [None, r])
 
 
 def test_save_load_roundtrip_and_errors(tmp_path):

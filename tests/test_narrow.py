@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import jaxcirc as jc
-from jaxcirc.methods._replacement import CONSTANT, FOLD, KEPT, Replacement
 from jaxcirc.models import narrow
+from jaxcirc.models._replacement import CONSTANT, FOLD, KEPT, Replacement
 
 TOKENS = jax.random.randint(jax.random.key(1), (3, 12), 0, 128)
 
@@ -303,3 +303,24 @@ def test_config_validates_layer_widths():
         cfg.replace(layer_n_kv_heads=(4, 4))
     narrowed = cfg.replace(layer_n_heads=[3, 0], layer_n_kv_heads=[3, 0])
     assert narrowed.layer_n_heads == (3, 0) and not narrowed.uniform and cfg.uniform
+
+
+def test_mlp_classifier_narrows_by_the_same_algebra():
+    # narrow dispatches on the model class: an MLPClassifier becomes a narrower one
+    weights = [jax.random.normal(jax.random.key(i), s) for i, s in enumerate([(6, 5), (4, 6)])]
+    mlp = jc.models.MLPClassifier(weights, [jnp.zeros(6), jnp.ones(4)])
+    keep = np.array([True, False, True, False, True, True])
+    r = _random_replacement("hidden.0", keep, 1, seed=3)
+    x = jax.random.normal(jax.random.key(9), (7, 5))
+    small = narrow(mlp, r)
+    assert isinstance(small, jc.models.MLPClassifier) and small.widths == (5, 4, 4)
+    a = jax.vmap(mlp.run)(x)[1]["hidden.0"]
+    want = jax.vmap(lambda v: mlp.from_layer(r.apply(v[:, None])[:, 0], "hidden.0"))(a)
+    np.testing.assert_allclose(jax.vmap(small)(x), want, atol=1e-5)
+    masked = jc.models.MLPClassifier(weights, mlp.biases, [r])
+    with pytest.raises(ValueError, match="'hidden.0' already carries an intervention"):
+        narrow(masked, r)
+    with pytest.raises(ValueError, match=r"\(5, 1\).*expects \(6, 1\)"):
+        narrow(mlp, Replacement.identity("hidden.0", 5))
+    with pytest.raises(ValueError, match="did you mean 'hidden.0'"):
+        narrow(mlp, Replacement.identity("hiden.0", 6))

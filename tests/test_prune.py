@@ -12,12 +12,13 @@ import pytest
 
 import jaxcirc
 from jaxcirc.methods._prune import prune_model
-from jaxcirc.methods._replacement import CONSTANT, FOLD
 from jaxcirc.methods._risk_pruning import prune
 from jaxcirc.methods._units import downstream, replace, unit_activations
+from jaxcirc.models import MLPClassifier
+from jaxcirc.models._replacement import CONSTANT, FOLD
 from jaxcirc.solvers import _curvature
 from jaxcirc.solvers._curvature import unit_curvature
-from jaxcirc.zoo._digits import MLPClassifier, digits_accuracy
+from jaxcirc.zoo import digits_accuracy
 
 N_CAL = 300
 INDUCTION_SITES = ["blocks.1.mlp.hook_post", "blocks.0.attn.hook_z"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxcirc.methods import _risk_pruning as rp
-from jaxcirc.methods._replacement import CONSTANT, FOLD
+from jaxcirc.models._replacement import CONSTANT, FOLD
 
 
 def ce(a, y, W2, b2):

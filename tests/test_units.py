@@ -17,7 +17,7 @@ from jaxcirc.methods import (
     unit_shape,
     unit_sites,
 )
-from jaxcirc.methods._replacement import CONSTANT, FOLD, KEPT, Replacement
+from jaxcirc.models._replacement import CONSTANT, FOLD, KEPT, Replacement
 
 MLP_SITE, Z_SITE, POST_SITE = "hidden.1", "blocks.1.attn.hook_z", "blocks.0.mlp.hook_post"
 

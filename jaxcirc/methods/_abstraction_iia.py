@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-from ._replacement import Replacement
-from ._units import Downstream, Model, _check_model, downstream, unit_activations, unit_shape
+from ..models._replacement import Replacement, check_inputs
+from ._units import Downstream, Model, downstream, unit_activations, unit_shape
 
 
 class AbstractionIIA(eqx.Module):
@@ -135,7 +135,7 @@ def abstraction_iia(
 
     **Arguments:**
 
-    - `model`: a `jaxcirc.zoo.MLPClassifier` (inputs `[n, n_in]`) or a `Transformer` (tokens
+    - `model`: a `jaxcirc.models.MLPClassifier` (inputs `[n, n_in]`) or a `Transformer` (tokens
       `[n, seq]`); the full model (it may carry replacements at other sites).
     - `replacement`: the abstraction of one site (`jaxcirc.methods.Replacement`).
     - `p`: swap probabilities in [0, 1]; `n_trials` trials each (the same trials for every `p`).
@@ -146,7 +146,6 @@ def abstraction_iia(
 
     **Returns:** an `AbstractionIIA` (module docstring: the protocol and its choices).
     """
-    _check_model(model)
     if not isinstance(replacement, Replacement):
         raise TypeError(
             f"replacement must be a jaxcirc.methods.Replacement; got {type(replacement).__name__}"
@@ -164,6 +163,7 @@ def abstraction_iia(
     for name, value in (("n_trials", n_trials), ("batch_size", batch_size)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive int; got {value!r}")
+    inputs = check_inputs(model, inputs)
     acts = unit_activations(model, inputs, replacement.site)
     n = acts.shape[0]
     if n < 2:
@@ -175,16 +175,12 @@ def abstraction_iia(
         y = jnp.asarray(labels)
         if y.shape != (n,):
             raise ValueError(f"labels must have shape [n={n}]; got {y.shape}")
-    is_seq = acts.ndim == 4
-    if is_seq:
+    readout = None  # a classifier: one output per example
+    if acts.ndim == 4:  # [n, seq, n_units, d_unit]
         seq = acts.shape[1]
         if not -seq <= position < seq:
             raise ValueError(f"position {position} out of range for sequences of length {seq}")
-        inputs = jnp.asarray(inputs)
         readout = int(position)
-    else:
-        inputs = jnp.asarray(inputs, jnp.float32)
-        readout = None
     full = downstream(model, replacement.site)
 
     batch_size = int(min(batch_size, n_trials))

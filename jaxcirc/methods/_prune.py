@@ -44,10 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from ..models._replacement import Replacement, check_inputs, default_curvature
 from ..models._site import nearest
 from ..solvers._curvature import unit_curvature
-from ..zoo._digits import MLPClassifier
-from ._replacement import Replacement
 from ._risk_pruning import (
     METHODS,
     SCHEDULES,
@@ -59,7 +58,6 @@ from ._risk_pruning import (
 from ._units import (
     Downstream,
     Model,
-    _check_model,
     compile_abstraction,
     downstream,
     replace,
@@ -77,11 +75,6 @@ def n_params(model: Model) -> int:
     """Number of parameters: the sizes of all floating-point arrays of `model`."""
     leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
     return int(sum(x.size for x in leaves))
-
-
-def default_curvature(model: Model) -> str:
-    """`"ggn"` for an `MLPClassifier`, `"fisher"` for a `Transformer` (module docstring)."""
-    return "ggn" if isinstance(model, MLPClassifier) else "fisher"
 
 
 class PruneResult(eqx.Module):
@@ -170,13 +163,14 @@ def _keep_fractions(keep_fraction, sites: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-def _check_labels(model, inputs, labels, n: int):
+def _check_labels(labels, expected: tuple[int, ...]):
+    """Labels index the model's outputs without their class axis: `[n]` for a classifier,
+    `[n, seq]` for a sequence model (`-1` marks a position to ignore)."""
     if labels is None:
         return None
     y = jnp.asarray(labels)
-    expected = (n,) if isinstance(model, MLPClassifier) else tuple(jnp.shape(inputs))
     if y.shape != expected:
-        what = "[n]" if isinstance(model, MLPClassifier) else "[n, seq] (-1: ignore)"
+        what = "[n]" if len(expected) == 1 else "[n, seq] (-1: ignore)"
         raise ValueError(f"labels must have shape {what} = {expected}; got {y.shape}")
     return y
 
@@ -216,7 +210,7 @@ def prune_model(
 
     **Arguments:**
 
-    - `model`: a `jaxcirc.zoo.MLPClassifier` (inputs `[n, n_in]`, sites `"hidden.{l}"`) or a
+    - `model`: a `jaxcirc.models.MLPClassifier` (inputs `[n, n_in]`, sites `"hidden.{l}"`) or a
       `Transformer` (tokens `[n, seq]`, sites `blocks.{l}.mlp.hook_post` (neurons) and
       `blocks.{l}.attn.hook_z` (heads)). `inputs` are the calibration set.
     - `sites`: a site or several; processed from last to first in computation order.
@@ -234,7 +228,6 @@ def prune_model(
     **Returns:** a `PruneResult` (replacements, the compiled `abstraction`, the `masked`
     full model, scores, parameter counts, `summary()`).
     """
-    _check_model(model)
     if method not in METHODS:
         raise ValueError(
             f"unknown method {method!r}{nearest(method, METHODS)}; expected one of {METHODS}"
@@ -275,17 +268,13 @@ def prune_model(
     if key is None:
         key = jax.random.key(0)
 
-    if isinstance(model, MLPClassifier):
-        x = jnp.asarray(inputs, jnp.float32)
-        n, rows_per_example = x.shape[0], 1
-    else:
-        x = jnp.asarray(inputs)
-        if x.ndim != 2:
-            raise ValueError(f"transformer inputs must be tokens [n, seq]; got shape {x.shape}")
-        n, rows_per_example = x.shape
+    x = check_inputs(model, inputs)
+    n = x.shape[0]
     if n < 1:
         raise ValueError("the calibration set is empty (n = 0 inputs)")
-    y = _check_labels(model, x, labels, n)
+    per_class = jax.eval_shape(jax.vmap(model), x).shape[:-1]  # [n, *positions]
+    rows_per_example = math.prod(per_class[1:])
+    y = _check_labels(labels, per_class)
     if loss is None:
         loss = "kl" if y is None else "ce"
     if method in ("fold", "auto"):  # fail before any curvature is computed

@@ -20,10 +20,13 @@ from ._layers import RMSNorm as RMSNorm
 from ._layers import Unembed as Unembed
 from ._mlp import MLP as MLP
 from ._mlp import GatedMLP as GatedMLP
+from ._mlp_classifier import MLPClassifier as MLPClassifier
 from ._narrow import narrow as narrow
 from ._processing import center_unembed as center_unembed
 from ._processing import center_writing_weights as center_writing_weights
 from ._processing import fold_layer_norm as fold_layer_norm
+from ._replacement import Replacement as Replacement
+from ._replacement import ReplaceUnits as ReplaceUnits
 from ._site import SITE_KINDS as SITE_KINDS
 from ._site import AbstractIntervention as AbstractIntervention
 from ._site import Site as Site

@@ -1,9 +1,10 @@
 """`narrow`: compile an abstraction (a sequence of `Replacement`s) into a genuinely smaller
-`Transformer` with narrower weight arrays (Asiaee 2026, arXiv 2602.24266; METHODS.md §1.7).
+model with narrower weight arrays (Asiaee 2026, arXiv 2602.24266), dispatched on the model class:
+a `Transformer` or an `MLPClassifier`.
 
-A pruned unit's activation is `a_P = offset_P + mix[P, K] · a_K` (`jaxcirc.methods.Replacement`:
-a constant when its row of `mix` is zero, a fold otherwise). Its only reader is the linear map
-`W` that follows the site (`W_out` of an MLP, `W_O` of attention), so
+A pruned unit's activation is `a_P = offset_P + mix[P, K] · a_K` (`Replacement`: a constant when
+its row of `mix` is zero, a fold otherwise). Its only reader is the linear map `W` that follows
+the site (`W_out` of an MLP, `W_O` of attention, the next layer of an `MLPClassifier`), so
 
     a_K · W[K] + a_P · W[P] + b  =  a_K · (W[K] + mix[P, K]ᵀ · W[P])  +  (b + offset_P · W[P]),
 
@@ -13,13 +14,18 @@ and the pruned units, their rows of `W` and the weights that compute them disapp
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ._builders import from_state_dict, state_dict
 from ._config import TransformerConfig
+from ._mlp_classifier import MLPClassifier
+from ._replacement import Replacement
 from ._site import SiteRef, nearest
 from ._transformer import Transformer
 
@@ -76,37 +82,43 @@ def _fold(W: np.ndarray, b: np.ndarray, keep_coords: np.ndarray, offset, mix):
     return W[K] + mix[np.ix_(P, K)].T @ W_P, b + offset.reshape(-1)[P] @ W_P
 
 
-def narrow(model: Transformer, replacements) -> Transformer:
-    """Compile `replacements` into a smaller `Transformer` with the same outputs.
+@functools.singledispatch
+def narrow(model, replacements):
+    """Compile `replacements` into a smaller model of the same class with the same outputs.
 
     **Arguments:**
 
-    - `model`: a `Transformer` without interventions (it may already be narrowed).
-    - `replacements`: a `Replacement` or a sequence of them, at most one per site, each at
-      `blocks.{l}.mlp.hook_post` (units: MLP neurons, `d_unit = 1`) or `blocks.{l}.attn.hook_z`
-      (units: heads, `d_unit = d_head`).
+    - `model`: a `Transformer` without interventions (it may already be narrowed), or an
+      `MLPClassifier` whose replaced sites carry no intervention (other sites keep theirs).
+    - `replacements`: a `Replacement` or a sequence of them, at most one per site. Transformer:
+      each at `blocks.{l}.mlp.hook_post` (units: MLP neurons, `d_unit = 1`) or
+      `blocks.{l}.attn.hook_z` (units: heads, `d_unit = d_head`). `MLPClassifier`: each at
+      `hidden.{l}` (neurons, `d_unit = 1`), keeping at least one neuron.
 
-    **Returns:** a `Transformer` whose logits equal those of `model` with each site's
-    activation passed through `Replacement.apply`, up to float rounding. Per-layer widths go to
-    `cfg.layer_n_heads`, `cfg.layer_n_kv_heads` and `cfg.layer_d_mlp`; it saves, loads, runs and
-    lists its sites like any model.
+    **Returns:** a model whose logits equal those of `model` with each site's activation
+    passed through `Replacement.apply`, up to float rounding.
 
-    - MLP: the kept neurons' columns of `W_in`, `b_in` (and `W_gate`, `b_gate`) and rows of
-      `W_out` stay; constants and folds go into `b_out` and the kept rows of `W_out`. A layer
-      may keep no neuron (`d_mlp = 0`): its MLP then adds `b_out` only. `b_out` is created
-      (config `mlp_out_bias=True`) when the model had none.
-    - Heads: the kept heads of `W_Q`, `b_Q`, `W_O` stay; constants and folds go into `b_O` (created
-      when absent, config `attn_out_bias=True`) and the kept heads' `W_O`. Plain multi-head
-      attention keeps the kept heads' `W_K`, `W_V`, `b_K`, `b_V`. Grouped-query attention keeps
-      a key/value group while any of its query heads is kept; when every kept group keeps the
-      same number of query heads the layer stays grouped, otherwise each kept query head gets
-      its own copy of its key/value head (the layer becomes plain multi-head attention; same
-      outputs, more key/value weights). A layer may keep no head: attention then adds `b_O`.
+    - `MLPClassifier`: the kept neurons' rows of `weights[l]` and `biases[l]` and columns of
+      `weights[l + 1]` stay; constants and folds go into `biases[l + 1]` and the kept columns.
+    - `Transformer`: per-layer widths go to `cfg.layer_n_heads`, `cfg.layer_n_kv_heads` and
+      `cfg.layer_d_mlp`; it saves, loads, runs and lists its sites like any model.
+    - Transformer MLP: the kept neurons' columns of `W_in`, `b_in` (and `W_gate`, `b_gate`)
+      and rows of `W_out` stay; constants and folds go into `b_out` and the kept rows of
+      `W_out`. A layer may keep no neuron (`d_mlp = 0`): its MLP then adds `b_out` only.
+      `b_out` is created (config `mlp_out_bias=True`) when the model had none.
+    - Transformer heads: the kept heads of `W_Q`, `b_Q`, `W_O` stay; constants and folds go
+      into `b_O` (created when absent, config `attn_out_bias=True`) and the kept heads' `W_O`.
+      Plain multi-head attention keeps the kept heads' `W_K`, `W_V`, `b_K`, `b_V`.
+      Grouped-query attention keeps a key/value group while any of its query heads is kept;
+      when every kept group keeps the same number of query heads the layer stays grouped,
+      otherwise each kept query head gets its own copy of its key/value head (the layer
+      becomes plain multi-head attention; same outputs, more key/value weights). A layer may
+      keep no head: attention then adds `b_O`.
     """
-    from ..methods._replacement import Replacement  # methods import models; avoid a cycle
+    raise TypeError(f"narrow expects a Transformer or an MLPClassifier; got {type(model).__name__}")
 
-    if not isinstance(model, Transformer):
-        raise TypeError(f"narrow expects a Transformer; got {type(model).__name__}")
+
+def _as_sequence(replacements) -> Sequence[Replacement]:
     if isinstance(replacements, Replacement):
         replacements = [replacements]
     if not isinstance(replacements, Sequence) or not all(
@@ -116,6 +128,12 @@ def narrow(model: Transformer, replacements) -> Transformer:
             "narrow expects a Replacement or a sequence of Replacements; got "
             f"{type(replacements).__name__}"
         )
+    return replacements
+
+
+@narrow.register
+def _narrow_transformer(model: Transformer, replacements) -> Transformer:
+    replacements = _as_sequence(replacements)
     cfg = model.cfg
     arrays = {k: np.asarray(v, np.float64) for k, v in state_dict(model).items()}
     refs: list[SiteRef] = []
@@ -201,3 +219,38 @@ def _narrow_heads(
         if p + name in arrays:
             arrays[p + name] = arrays[p + name][kv_index]
     return int(kept.size), int(kv_index.size)
+
+
+@narrow.register
+def _narrow_mlp_classifier(model: MLPClassifier, replacements) -> MLPClassifier:
+    weights, biases = list(model.weights), list(model.biases)
+    seen: set[str] = set()
+    for rep in _as_sequence(replacements):
+        layer = model.layer_index(rep.site)
+        if rep.site in seen:
+            raise ValueError(f"two replacements for site {rep.site!r}; give one per site")
+        seen.add(rep.site)
+        if model.hidden[layer].intervention is not None:
+            raise ValueError(
+                f"site {rep.site!r} already carries an intervention in this model; compile the "
+                f"plain model with all replacements at once"
+            )
+        if (rep.n_units, rep.d_unit) != (model.widths[1 + layer], 1):
+            raise ValueError(
+                f"replacement of {rep.site!r} has [n_units, d_unit] = "
+                f"{(rep.n_units, rep.d_unit)}; this model's site expects "
+                f"{(model.widths[1 + layer], 1)}"
+            )
+        keep, offset, mix = _parts(rep)
+        if not keep.any():
+            raise ValueError(f"replacement of {rep.site!r} keeps no unit; keep at least one")
+        # the algebra in float64 on the reader [in, out], back to the model's dtype once
+        w_next, b_next = np.asarray(weights[layer + 1], np.float64), np.asarray(biases[layer + 1])
+        w_folded, b_folded = _fold(w_next.T, b_next, keep, offset, mix)
+        dtype = weights[layer + 1].dtype
+        weights[layer + 1], biases[layer + 1] = (
+            jnp.asarray(w_folded.T, dtype),
+            jnp.asarray(b_folded, dtype),
+        )
+        weights[layer], biases[layer] = weights[layer][keep], biases[layer][keep]
+    return eqx.tree_at(lambda m: (m.weights, m.biases), model, (tuple(weights), tuple(biases)))

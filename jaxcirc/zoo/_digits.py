@@ -2,8 +2,8 @@
 
 The model of the pruning reproduction (issue 6; Asiaee 2026, arXiv 2602.24266; METHODS.md
 §1.8, where the author's follow-up prunes the penultimate layer of an MNIST MLP). Architecture
-64 → 128 → 128 → 10 with ReLU; its hidden layers are the sites `"hidden.0"` and `"hidden.1"`
-(post-activation, 128 units each).
+64 → 128 → 128 → 10 with ReLU, a `jaxcirc.models.MLPClassifier`; its hidden layers are the sites
+`"hidden.0"` and `"hidden.1"` (post-activation, 128 units each).
 
 Data (`digits_data()`): `sklearn.datasets.load_digits` (1797 images, shipped with scikit-learn,
 no download), pixels scaled from [0, 16] to [0, 1], a fixed split by a seeded permutation
@@ -37,111 +37,11 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._atomic import atomic_write
-from ..models._site import nearest
+from ..models._mlp_classifier import MLPClassifier
 
 NAME = "digits_mlp"
 WIDTHS = (64, 128, 128, 10)
 N_TRAIN, N_TEST = 1297, 500
-
-
-class MLPClassifier(eqx.Module):
-    """A ReLU MLP on one example: `model(x) -> logits`.
-
-    - `weights[i]`: `[out, in]`, `biases[i]`: `[out]`, one pair per layer; hidden layer `l`
-      (the site `"hidden.{l}"`) is `relu(weights[l] @ a + biases[l])`.
-    - `replacements[l]`: `None`, or a module with `.apply(a[n_units, 1])` (a
-      `jaxcirc.methods.Replacement`) that rewrites hidden layer `l` after its activation: the
-      masked full model of a pruning abstraction (`jaxcirc.methods.replace`).
-
-    Batches: `jax.vmap(model)(x)`. A compiled abstraction (`jaxcirc.methods.compile_abstraction`)
-    is again an `MLPClassifier`, with narrower hidden layers.
-    """
-
-    weights: tuple[Float[Array, "out in"], ...]
-    biases: tuple[Float[Array, " out"], ...]
-    replacements: tuple[eqx.Module | None, ...]
-
-    def __init__(self, weights, biases, replacements=None):
-        self.weights = tuple(jnp.asarray(w, jnp.float32) for w in weights)
-        self.biases = tuple(jnp.asarray(b, jnp.float32) for b in biases)
-        n_hidden = len(self.weights) - 1
-        self.replacements = (None,) * n_hidden if replacements is None else tuple(replacements)
-
-    def __check_init__(self):
-        if len(self.weights) < 2 or len(self.biases) != len(self.weights):
-            raise ValueError(
-                f"an MLPClassifier needs >= 2 layers with one bias each; got "
-                f"{len(self.weights)} weights and {len(self.biases)} biases"
-            )
-        if len(self.replacements) != len(self.weights) - 1:
-            raise ValueError(
-                f"replacements must have one entry per hidden layer ({len(self.weights) - 1}); "
-                f"got {len(self.replacements)}"
-            )
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            if w.ndim != 2 or b.shape != w.shape[:1]:
-                raise ValueError(f"layer {i}: weight {w.shape} and bias {b.shape} do not match")
-            if i and w.shape[1] != self.weights[i - 1].shape[0]:
-                raise ValueError(
-                    f"layer {i} reads {w.shape[1]} inputs but layer {i - 1} has "
-                    f"{self.weights[i - 1].shape[0]} outputs"
-                )
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        """Input size, each hidden layer's width, number of classes."""
-        return (self.weights[0].shape[1], *(w.shape[0] for w in self.weights))
-
-    @property
-    def sites(self) -> tuple[str, ...]:
-        """The hidden layers' names: `("hidden.0", "hidden.1", ...)`."""
-        return tuple(f"hidden.{i}" for i in range(len(self.weights) - 1))
-
-    def layer_index(self, site: str) -> int:
-        """`l` for the site `"hidden.{l}"`; a `ValueError` naming the valid sites otherwise."""
-        if site not in self.sites:
-            raise ValueError(
-                f"unknown site {site!r} of this MLPClassifier{nearest(site, self.sites)}; "
-                f"its sites: {list(self.sites)}"
-            )
-        return self.sites.index(site)
-
-    def _hidden(self, layer: int, a: Float[Array, " n_in"]) -> Float[Array, " n_units"]:
-        a = jax.nn.relu(self.weights[layer] @ a + self.biases[layer])
-        r = self.replacements[layer]
-        return a if r is None else r.apply(a[:, None])[:, 0]
-
-    def _rest(self, layer: int, a: Float[Array, " n_units"]) -> Float[Array, " n_classes"]:
-        for k in range(layer + 1, len(self.weights) - 1):
-            a = self._hidden(k, a)
-        return self.weights[-1] @ a + self.biases[-1]
-
-    def hidden(self, x: Float[Array, " n_in"]) -> dict[str, Float[Array, " n_units"]]:
-        """Every hidden layer's activation (after ReLU and any replacement), by site name."""
-        out, a = {}, x
-        for layer, site in enumerate(self.sites):
-            a = out[site] = self._hidden(layer, a)
-        return out
-
-    def from_layer(self, a: Float[Array, " n_units"], site: str) -> Float[Array, " n_classes"]:
-        """The logits of the rest of the network when hidden layer `site` has the value `a`."""
-        layer = self.layer_index(site)
-        width = self.weights[layer].shape[0]
-        if a.shape != (width,):
-            raise ValueError(f"activation of {site!r} must have shape [{width}]; got {a.shape}")
-        return self._rest(layer, a)
-
-    def __call__(self, x: Float[Array, " n_in"]) -> Float[Array, " n_classes"]:
-        if x.shape != (self.widths[0],):
-            raise ValueError(
-                f"input must have shape [{self.widths[0]}] (one example; use jax.vmap for a "
-                f"batch); got {x.shape}"
-            )
-        return self._rest(-1, x)
-
-    @property
-    def n_params(self) -> int:
-        return sum(w.size + b.size for w, b in zip(self.weights, self.biases))
 
 
 def init(widths=WIDTHS, *, key: PRNGKeyArray) -> MLPClassifier:
@@ -204,13 +104,14 @@ def save(
     path: str | os.PathLike, model: MLPClassifier, metadata: dict[str, str] | None = None
 ) -> None:
     """Write `PATH.safetensors` (`layers.{i}.weight/bias`) and `PATH.json` (the widths), each
-    atomically. A masked model (with replacements) must be compiled first."""
+    atomically. A masked model (with interventions at its sites) must be compiled first."""
     import safetensors.numpy
 
-    if any(r is not None for r in model.replacements):
+    carrying = [site.name for site in model.hidden if site.intervention is not None]
+    if carrying:
         raise ValueError(
-            "this MLPClassifier carries replacements; compile it first "
-            "(jaxcirc.methods.compile_abstraction) to save a plain network"
+            f"this MLPClassifier carries interventions at {carrying}; compile it first "
+            "(jaxcirc.models.narrow) to save a plain network"
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
