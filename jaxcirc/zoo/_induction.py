@@ -56,6 +56,9 @@ from ..models import (
     gpt2,
     state_dict,
 )
+from ..tasks._induction import MIN_LEN, induction_task
+from ..tasks._induction import InductionMetric as InductionMetric  # jaxcirc.zoo re-exports them
+from ..tasks._induction import InductionTask as InductionTask
 
 NAME = "induction_attn_only_2l"
 CONFIG = attn_only(d_model=64, n_heads=4, d_head=16, d_vocab=64, n_ctx=48)
@@ -63,74 +66,11 @@ NAME_MLP = "induction_mlp_2l"
 CONFIG_MLP = gpt2(
     d_model=64, n_heads=4, d_head=16, d_mlp=256, d_vocab=64, n_ctx=48, tied_embeddings=False
 )
-MIN_LEN = 2
 
 
 # ---------------------------------------------------------------------------------------------
-# The task
+# The task (prompts and metric: jaxcirc.tasks._induction)
 # ---------------------------------------------------------------------------------------------
-
-
-class InductionMetric(eqx.Module):
-    """Mean log-probability of the induction token over the second half of each prompt.
-
-    Called on logits `[batch, seq, d_vocab]`; a pytree of arrays, so a sweep traces it.
-    """
-
-    targets: Int[Array, "batch seq"]
-    weights: Float[Array, " seq"]
-
-    def __call__(self, logits: Float[Array, "batch seq d_vocab"]) -> Float[Array, ""]:
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        correct = jnp.take_along_axis(logp, self.targets[..., None], axis=-1)[..., 0]
-        return (correct * self.weights).sum(-1).mean() / self.weights.sum()
-
-
-class InductionTask(eqx.Module):
-    """Clean prompts `[A, A]`, corrupt prompts `[A', A]` and the metric that reads them.
-
-    `A` is `half_len` distinct random tokens; `A'` resamples the first half with tokens that
-    are not in `A`. This breaks the repeat while keeping the queries: the second half is the
-    same in both, only the earlier copy it could be predicted from differs.
-    """
-
-    clean: Int[Array, "batch seq"]
-    corrupt: Int[Array, "batch seq"]
-    metric: InductionMetric
-    half_len: int = eqx.field(static=True)
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        """Position labels: `A0 … A{L-1}` for both halves (the same token in each)."""
-        return tuple(f"A{i % self.half_len}" for i in range(2 * self.half_len))
-
-
-def induction_task(
-    n: int = 8, half_len: int = 16, seed: int = 0, *, d_vocab: int = 64
-) -> InductionTask:
-    """`n` repeated random-token prompts of length `2 * half_len` over `d_vocab` tokens.
-
-    See `InductionTask` for the clean/corrupt pairs; the metric is `InductionMetric` over
-    positions `half_len .. 2 * half_len - 2` (the predictions an induction head can make).
-    """
-    for name, value in (("n", n), ("half_len", half_len), ("d_vocab", d_vocab)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"induction_task: {name} must be a positive int; got {value!r}")
-    if half_len < MIN_LEN or 2 * half_len > d_vocab:
-        raise ValueError(
-            f"induction_task: half_len={half_len} must lie in [{MIN_LEN}, d_vocab // 2 = "
-            f"{d_vocab // 2}] (the clean and corrupt halves use distinct tokens)"
-        )
-    perms = jax.vmap(lambda k: jax.random.permutation(k, d_vocab))(
-        jax.random.split(jax.random.key(seed), n)
-    ).astype(jnp.int32)
-    first, fresh = perms[:, :half_len], perms[:, half_len : 2 * half_len]
-    clean = jnp.concatenate([first, first], axis=1)
-    corrupt = jnp.concatenate([fresh, first], axis=1)
-    targets = jnp.concatenate([clean[:, 1:], jnp.zeros((n, 1), jnp.int32)], axis=1)
-    pos = jnp.arange(2 * half_len)
-    weights = ((pos >= half_len) & (pos < 2 * half_len - 1)).astype(jnp.float32)
-    return InductionTask(clean, corrupt, InductionMetric(targets, weights), int(half_len))
 
 
 @eqx.filter_jit
