@@ -35,9 +35,7 @@ FAMILY_CLASSES = {
     "ParallelBlock",
     "AttnOnlyBlock",
 }
-ISINSTANCE_EXEMPT = {
-    "_path_patching.py",  # TODO: removed by the engine rewrite
-}
+ISINSTANCE_EXEMPT: set[str] = set()
 
 
 def _modules():
