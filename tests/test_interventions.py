@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jaxcirc as jc
+from jaxcirc.models._transformer import forward
 
 MODEL = tiny("gpt2", seed=5)
 SITES = jc.sites(MODEL)
@@ -126,7 +127,9 @@ def test_mean_add_noise_subspace():
     noisy = jc.intervene(MODEL, {"blocks.1.hook_resid_pre": jc.Noise(jnp.float32(0.5), key)})
     n1 = run(noisy, tokens)[1]["blocks.1.hook_resid_pre"]
     np.testing.assert_array_equal(n1, run(noisy, tokens)[1]["blocks.1.hook_resid_pre"])  # seeded
-    np.testing.assert_allclose(n1 - x, 0.5 * jax.random.normal(key, x.shape), atol=1e-5)
+    # position p draws from fold_in(key, p), so the noise does not depend on padding
+    by_position = [jax.random.normal(jax.random.fold_in(key, p), x.shape[1:]) for p in range(6)]
+    np.testing.assert_allclose(n1 - x, 0.5 * jnp.stack(by_position), atol=1e-5)
     # a full-rank subspace replaces everything; a one-dimensional one only that component
     other = x[::-1]
     full = jc.Subspace(jnp.eye(32), other)
@@ -185,3 +188,41 @@ def test_errors():
         jc.intervene(tiny("neox"), {jc.SiteRef("resid_mid", 0): jc.Zero()})
     with pytest.raises(TypeError, match="must be an intervention"):
         jc.intervene(MODEL, {jc.SiteRef("resid_pre", 0): 3.0})
+
+
+def test_indices_become_int32_arrays():
+    for value in (3, [1, 2], np.int64(2), np.array([0, 255], np.uint8), jnp.arange(2)):
+        index = jc.Zero(head=value).head
+        assert isinstance(index, jax.Array) and index.dtype == jnp.int32
+        np.testing.assert_array_equal(index, np.asarray(value).astype(np.int32))
+    assert isinstance(jc.Zero(mask=np.ones(3, bool)).mask, jax.Array)
+    assert isinstance(jc.Zero(mask=[0.0, 1.0]).mask, jax.Array)
+    assert jc.Zero().head is None and jc.Zero().mask is None
+    built = []  # under jit a Python int stays concrete, so it is still range-checked
+    jax.jit(lambda: built.append(jc.Zero(head=2).head) or 0)()
+    assert not isinstance(built[0], jax.core.Tracer)
+    for big in (np.int64(2**32 + 5), 2**32 + 5, [1, 2**70], -(2**31) - 1):
+        with pytest.raises(ValueError, match="unit index .* does not fit in int32"):
+            jc.Zero(unit=big)
+    for bad in (1.0, True, np.array([1.5]), jnp.ones(2)):
+        with pytest.raises(TypeError, match="position index must be integers"):
+            jc.Zero(position=bad)
+    with pytest.raises(TypeError, match="head index must be integers"):
+        jax.jit(lambda h: jc.Zero(head=h).head)(1.0)
+
+
+def test_indices_checked_when_intervening():
+    """Under `jit` an index is traced, so concrete head and unit indices are checked by
+    `intervene`, against the site's sizes; position indices where the site runs eagerly."""
+    with pytest.raises(ValueError, match="head 4 out of range for site blocks.0.attn.hook_z: it"):
+        jc.intervene(MODEL, {"blocks.0.attn.hook_z": jc.Zero(head=[0, 4])})
+    with pytest.raises(ValueError, match="unit -65 out of range .* it has 64"):
+        jc.intervene(MODEL, {"blocks.0.mlp.hook_post": jc.Zero(unit=-65)})
+    with pytest.raises(ValueError, match="cannot select by 'unit'"):
+        jc.intervene(MODEL, {"blocks.0.attn.hook_pattern": jc.Zero(unit=0)})
+    with pytest.raises(ValueError, match="position 6 out of range .* it has 6"):
+        forward(jc.intervene(MODEL, {"hook_embed": jc.Zero(position=6)}), tokens_for(0))
+    # the sites of a model carrying a patch made for 6 tokens are still listed
+    patched = jc.intervene(MODEL, {"blocks.0.hook_resid_pre": jc.Patch(jnp.zeros((6, 32)))})
+    assert jc.sites(patched) == SITES
+    jc.intervene(patched, {"blocks.1.hook_resid_pre": jc.Zero(position=0)})

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ..models._site import SITE_KINDS, AbstractIntervention, Site, SiteRef, nearest
 from ..models._transformer import Transformer, forward
-from ._library import Chain
+from ._library import AbstractSelectiveIntervention, Chain
 
 SiteKey = str | SiteRef
 
@@ -20,9 +20,10 @@ def sites(model: Transformer, kind: str | None = None) -> tuple[SiteRef, ...]:
     if kind is not None and kind not in SITE_KINDS:
         raise ValueError(f"unknown site kind {kind!r}{nearest(kind, SITE_KINDS)}")
     order: list[str] = []  # recorded while tracing: pytree dicts come back sorted by key
+    bare = clear(model)  # interventions made for other sequence lengths must not run here
 
     def trace(tokens):
-        order.extend(forward(model, tokens)[1].keys())
+        order.extend(forward(bare, tokens)[1].keys())
 
     eqx.filter_eval_shape(trace, jnp.zeros(1, jnp.int32))
     refs = tuple(SiteRef.parse(name) for name in order)
@@ -94,9 +95,39 @@ def intervene(
         raise ValueError("a site appears twice in one intervene call (e.g. as name and SiteRef)")
     if not refs:
         return model
+    _check_selections(model, new_sites)
     return eqx.tree_at(
         lambda m: [_get(m, r) for r in refs], model, new_sites, is_leaf=lambda x: x is None
     )
+
+
+def _selective(intervention) -> list[AbstractSelectiveIntervention]:
+    if isinstance(intervention, Chain):
+        return [s for i in intervention.interventions for s in _selective(i)]
+    return [intervention] if isinstance(intervention, AbstractSelectiveIntervention) else []
+
+
+def _check_selections(model: Transformer, new_sites: list[Site]) -> None:
+    """Check concrete head and unit indices now, against the sizes of each site's axes: under
+    `jit` (where `run` goes) they are traced data and out-of-range ones would select nothing.
+    Positions depend on the tokens; they are checked where the site runs eagerly."""
+    items = [(site, iv) for site in new_sites for iv in _selective(site.intervention)]
+    concrete = lambda x: x is not None and not isinstance(x, jax.core.Tracer)
+    shapes = None
+    for site, iv in items:
+        sizes = {}
+        if concrete(iv.head) or concrete(iv.unit):
+            if shapes is None:
+                bare = clear(model)
+                shapes = eqx.filter_eval_shape(
+                    lambda t: forward(bare, t)[1].values, jnp.zeros(1, jnp.int32)
+                )
+            sizes = {
+                axis: n
+                for axis, n in zip(site.axes, shapes[site.name].shape)
+                if axis in ("head", "unit")
+            }
+        iv.check_selection(site, sizes)
 
 
 def clear(model: Transformer) -> Transformer:

@@ -9,6 +9,8 @@ Indices and masks are arrays, so a sweep over them compiles once.
 from __future__ import annotations
 
 import abc
+import functools
+import reprlib
 from collections.abc import Callable
 
 import equinox as eqx
@@ -20,42 +22,97 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from ..models._site import AbstractIntervention, Site
 
 _Index = int | ArrayLike | None
+_INT32 = np.iinfo(np.int32)
 
 
-def _one_hot(index, size: int, axis: str, site: Site) -> Array:
+def _as_index(value, axis: str) -> Array | None:
+    """`value` (an int, a list, NumPy or JAX integers) as a `jnp.int32` array, so a new index
+    is new data, not a new program; tracers pass through. Raises `TypeError` for non-integers
+    and `ValueError` for a value int32 cannot hold (it would wrap around)."""
+    if value is None:
+        return None
+    if isinstance(value, jax.core.Tracer):
+        if not jnp.issubdtype(value.dtype, jnp.integer):
+            raise TypeError(f"{axis} index must be integers; got a traced {value.dtype} array")
+        return value
+    if isinstance(value, jax.Array) and value.dtype == jnp.int32:
+        return value
+    concrete = np.asarray(value)
+    if concrete.dtype == object and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in concrete.flat
+    ):  # Python ints beyond int64
+        ints = [int(v) for v in concrete.flat]
+        bad = np.asarray([v for v in ints if not _INT32.min <= v <= _INT32.max], object)
+    elif np.issubdtype(concrete.dtype, np.integer):
+        bad = concrete[(concrete < _INT32.min) | (concrete > _INT32.max)]
+    else:
+        raise TypeError(
+            f"{axis} index must be integers; got {reprlib.repr(value)} of dtype {concrete.dtype}"
+        )
+    if bad.size:
+        raise ValueError(
+            f"{axis} index {int(bad.flat[0])} does not fit in int32 ({_INT32.min}..{_INT32.max})"
+        )
+    with jax.ensure_compile_time_eval():  # concrete even when built under jit: checkable
+        return jnp.asarray(concrete, jnp.int32)
+
+
+def _as_mask(value) -> Array | None:
+    """A NumPy or Python `mask` as a JAX array (data, not a static leaf); tracers pass."""
+    if value is None or isinstance(value, (jax.Array, jax.core.Tracer)):
+        return value
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(value)
+
+
+def _check_range(index, size: int, axis: str, site: Site) -> None:
+    """Raise if a concrete `index` lies outside `-size..size-1`; traced ones are not checked."""
     try:
         concrete = np.atleast_1d(np.asarray(index))  # ints and concrete arrays are checked
     except jax.errors.TracerArrayConversionError:
-        concrete = None
+        return
+    bad = concrete[(concrete >= size) | (concrete < -size)]
+    if bad.size:
+        raise ValueError(
+            f"{axis} {int(bad[0])} out of range for site {site.name}: it has {size} "
+            f"({axis} 0..{size - 1})"
+        )
+
+
+def _one_hot(index, size: int, axis: str, site: Site) -> Array:
     index = jnp.atleast_1d(jnp.asarray(index))
     if not jnp.issubdtype(index.dtype, jnp.integer):
         raise TypeError(f"{axis} index for site {site.name} must be integers; got {index.dtype}")
-    if concrete is not None:
-        bad = concrete[(concrete >= size) | (concrete < -size)]
-        if bad.size:
-            raise ValueError(
-                f"{axis} {int(bad[0])} out of range for site {site.name}: it has {size} "
-                f"({axis} 0..{size - 1})"
-            )
+    _check_range(index, size, axis, site)
     index = jnp.where(index < 0, index + size, index)
     return (jnp.arange(size)[:, None] == index[None, :]).any(-1)
 
 
 class AbstractSelectiveIntervention(AbstractIntervention):
-    """An intervention with an optional selection; subclasses define `target(x, site)`."""
+    """An intervention with an optional selection; subclasses define `target(x, site)`.
 
-    position: _Index = eqx.field(default=None, kw_only=True)
-    head: _Index = eqx.field(default=None, kw_only=True)
-    unit: _Index = eqx.field(default=None, kw_only=True)
-    mask: ArrayLike | None = eqx.field(default=None, kw_only=True)
+    `position`, `head`, `unit` become `int32` arrays and `mask` a JAX array on construction,
+    so `Patch(v, head=h)` for every `h` runs one compiled program.
+    """
+
+    position: _Index = eqx.field(
+        default=None, kw_only=True, converter=functools.partial(_as_index, axis="position")
+    )
+    head: _Index = eqx.field(
+        default=None, kw_only=True, converter=functools.partial(_as_index, axis="head")
+    )
+    unit: _Index = eqx.field(
+        default=None, kw_only=True, converter=functools.partial(_as_index, axis="unit")
+    )
+    mask: ArrayLike | None = eqx.field(default=None, kw_only=True, converter=_as_mask)
 
     @abc.abstractmethod
     def target(self, x: Array, site: Site) -> Array:
         """The replacement for the whole activation `x`."""
 
-    def weight(self, x: Array, site: Site) -> Array | None:
-        """The weight `w` broadcastable to `x`, or `None` for the whole site."""
-        w = None
+    def check_selection(self, site: Site, sizes: dict[str, int]) -> None:
+        """Raise now for an axis `site` lacks, or a concrete index outside `sizes[axis]`
+        (axes missing from `sizes` are checked when the site runs)."""
         for axis, index in (("position", self.position), ("head", self.head), ("unit", self.unit)):
             if index is None:
                 continue
@@ -63,6 +120,16 @@ class AbstractSelectiveIntervention(AbstractIntervention):
                 raise ValueError(
                     f"site {site.name} has axes {site.axes}; it cannot select by {axis!r}"
                 )
+            if axis in sizes:
+                _check_range(index, sizes[axis], axis, site)
+
+    def weight(self, x: Array, site: Site) -> Array | None:
+        """The weight `w` broadcastable to `x`, or `None` for the whole site."""
+        w = None
+        self.check_selection(site, {})
+        for axis, index in (("position", self.position), ("head", self.head), ("unit", self.unit)):
+            if index is None:
+                continue
             i = site.axes.index(axis)
             shape = [1] * x.ndim
             shape[i] = x.shape[i]
