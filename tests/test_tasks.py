@@ -1,5 +1,6 @@
 """Tasks: determinism, shapes, answers at the right tokens, single-token errors, SmolLM2 IOI."""
 
+import dataclasses
 import re
 import time
 
@@ -88,6 +89,8 @@ def test_ioi_answers_and_corruptions(tok, templates, corruption):
     assert task.answer.shape == task.distractor.shape == (12,)
     clean, corrupt = np.asarray(task.clean), np.asarray(task.corrupt)
     p = {k: np.asarray(v) for k, v in task.positions.items()}
+    lengths = np.asarray(task.lengths)
+    assert lengths.max() == clean.shape[1]
     for i, prompt in enumerate(task.prompts):
         names = re.findall(r"\b[A-Z][a-z]+\b", prompt)
         names = [w for w in names if w in NAMES]
@@ -101,9 +104,10 @@ def test_ioi_answers_and_corruptions(tok, templates, corruption):
         assert clean[i, p["s1"][i]] == clean[i, p["s2"][i]] == task.distractor[i]
         kind = templates if templates != "mixed" else ("BABA", "ABBA")[i % 2]
         assert (p["s1"][i] < p["io"][i]) == (kind == "BABA")
-        assert p["s2"][i] > max(p["s1"][i], p["io"][i]) and p["end"][i] == clean.shape[1] - 1
+        assert p["s2"][i] > max(p["s1"][i], p["io"][i]) and p["end"][i] == lengths[i] - 1
         assert not {"Alice", "Bob"} & set(names)  # not single tokens here: dropped
-        assert list(tok.encode(prompt)) == list(clean[i])
+        assert list(tok.encode(prompt)) == list(clean[i, : lengths[i]])
+        assert (clean[i, lengths[i] :] == 0).all() and (corrupt[i, lengths[i] :] == 0).all()
         named = [p["io"][i], p["s1"][i], p["s2"][i]]
         others = np.setdiff1d(np.arange(clean.shape[1]), named)
         np.testing.assert_array_equal(clean[i, others], corrupt[i, others])
@@ -114,11 +118,11 @@ def test_ioi_answers_and_corruptions(tok, templates, corruption):
         else:
             assert corrupt[i, p["io"][i]] == corrupt[i, p["s2"][i]] == task.answer[i]
             assert corrupt[i, p["s1"][i]] == task.distractor[i]
-    # the default metric is the logit difference IO - S at the last position
+    # the default metric is the logit difference IO - S at each prompt's last token
     logits = jax.random.normal(jax.random.key(0), (*task.clean.shape, len(tok.vocab)))
     np.testing.assert_allclose(
         task.metric(logits),
-        jc.metrics.logit_diff(logits, task.answer, task.distractor),
+        jc.metrics.logit_diff(logits, task.answer, task.distractor, position=lengths - 1),
         rtol=1e-6,
     )
 
@@ -133,8 +137,13 @@ def test_ioi_deterministic_and_seeded(tok):
     assert a.prompts != c.prompts
     d = ioi(tok, 8, seed=jax.random.key(5))
     assert d.prompts == ioi(tok, 8, seed=jax.random.key(5)).prompts
-    # several templates are used, uniformly over templates
-    assert len({re.sub(r"[A-Z][a-z]+", "N", p) for p in ioi(tok, 40, seed=0).prompts}) > 3
+    # several templates are used, uniformly over templates, of several token lengths
+    many = ioi(tok, 40, seed=0)
+    assert len({re.sub(r"[A-Z][a-z]+", "N", p) for p in many.prompts}) > 3
+    assert len(set(np.asarray(many.lengths).tolist())) > 1
+    # seq_len keeps only the prompts of that length
+    one = ioi(tok, 8, seed=0, seq_len=int(many.lengths[0]))
+    assert one.clean.shape[1] == int(many.lengths[0]) and (one.lengths == one.clean.shape[1]).all()
 
 
 def test_ioi_errors(tok):
@@ -266,8 +275,17 @@ def test_factual_user_prompts(tok):
         factual(tok, prompts=[("Eiffel Tower", "The {} is located in the city of", "Paris")])
     with pytest.raises(ValueError, match="distractor ' Tokyo'"):
         factual(tok, prompts=[("Colosseum", "The {} is in", "Rome", "Tokyo")])
-    with pytest.warns(UserWarning, match="kept 2 of 3 facts"):
-        factual(tok, prompts=[*facts[:2], ("Big Ben", "{} is in", "London")])
+    # facts of different token lengths are all kept, right-padded
+    mixed = factual(tok, prompts=[*facts[:2], ("Big Ben", "{} is in", "London")], seed=0)
+    lengths = np.asarray(mixed.lengths)
+    assert len(mixed) == 3 and len(set(lengths.tolist())) == 2
+    assert mixed.clean.shape[1] == lengths.max() == len(mixed.labels)
+    mask = np.asarray(mixed.positions["subject_mask"])
+    for i, prompt in enumerate(mixed.prompts):
+        assert list(tok.encode(prompt)) == list(np.asarray(mixed.clean)[i, : lengths[i]])
+        assert not mask[i, lengths[i] :].any()
+    with pytest.raises(ValueError, match=r"no fact has seq_len=2 tokens; lengths available"):
+        factual(tok, prompts=facts, seq_len=2)
 
 
 def test_from_strings(tok):
@@ -297,8 +315,23 @@ def test_from_strings(tok):
         from_strings(tok, [(rows[0][0], rows[0][1], "Mary", " John")])
     with pytest.raises(ValueError, match="row 0: clean .* is 15 tokens but corrupt .* is 25"):
         from_strings(tok, [(rows[0][0], rows[0][1].replace("Mary", "Alice"), " Mary", " John")])
-    with pytest.raises(ValueError, match=r"row 0 has 15 tokens but row 1 .* has 6"):
-        from_strings(tok, [rows[0], ("The store was", "The store was", " Mary", " John")])
+    # rows of different lengths are right-padded; the metric reads each at its last token
+    short = ("The store was", "The store wax", " Mary", " John")
+    mixed = from_strings(tok, [rows[0], short])
+    n = len(tok.encode(short[0]))
+    np.testing.assert_array_equal(mixed.lengths, [15, n])
+    np.testing.assert_array_equal(mixed.clean[1], [*tok.encode(short[0]), *[0] * (15 - n)])
+    np.testing.assert_array_equal(mixed.corrupt[1, :n], tok.encode(short[1]))
+    assert mixed.labels == tuple(tok.decode([i]) for i in tok.encode(rows[0][0]))
+    logits = jax.random.normal(jax.random.key(0), (2, 15, len(tok.vocab)))
+    last = np.array([14, n - 1])
+    np.testing.assert_allclose(
+        mixed.metric(logits),
+        jc.metrics.logit_diff(logits, mixed.answer, mixed.distractor, position=last),
+        rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 16 is outside 1..seq = 1..15"):
+        dataclasses.replace(mixed, lengths=jnp.array([3, 16]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,25 +5,26 @@ Associations in GPT"; the style of its `known_1000` and CounterFact sets).
 answer, distractor)`: the template has one `{}` for the subject; the distractor is a
 counterfactual object of the same kind (CounterFact's `target_new`). Causal tracing corrupts
 by noising the subject's embeddings, so `corrupt` is `clean` and `subject_mask` marks where
-to add the noise.
+to add the noise. Facts of different token lengths are right-padded (see `Task`).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from ..metrics import bind, logit_diff
+from ..metrics import logit_diff
 from ._task import (
     Task,
     as_rng,
     encode,
-    most_common_length,
+    last_position_metric,
+    longest_labels,
+    pad_id,
+    pad_rows,
     single_token,
-    str_tokens,
     try_single_token,
 )
 
@@ -111,12 +112,12 @@ def factual(
       answer or distractor is not one token raises `ValueError`; shipped facts are dropped.
       Without a distractor, another fact's answer is used.
     - `seed`: shuffles the facts (an int or a `jax.random` key).
-    - `seq_len`: keep the facts of this many tokens; default: the length most facts share.
-      Facts of other lengths are dropped (with a warning for user facts).
+    - `seq_len`: keep only the facts of this many tokens; default: keep every fact, the
+      shorter ones right-padded (`lengths` holds each fact's token count).
 
     **Returns:** a `Task` with `corrupt == clean` (noise the subject instead), `answer` and
-    `distractor` `[batch]`, metric `logit_diff` at the last position, and
-    `positions["subject_mask"]` `[batch, seq]`.
+    `distractor` `[batch]`, metric `logit_diff` at each fact's last token, and
+    `positions["subject_mask"]` `[batch, seq]` (`False` on padding).
     """
     user = prompts is not None
     facts = list(FACTS if prompts is None else prompts)
@@ -152,19 +153,12 @@ def factual(
         rows.append((prompt, *span, ids[0], ids[1] if distractor is not None else None))
     if not rows:
         raise ValueError("factual: no fact has single-token answers for this tokenizer")
-    lengths = [len(r[1]) for r in rows]
-    if seq_len is None:
-        seq_len = most_common_length(lengths)
-    kept = [r for r in rows if len(r[1]) == seq_len]
+    kept = rows if seq_len is None else [r for r in rows if len(r[1]) == seq_len]
     if not kept:
+        lengths = sorted({len(r[1]) for r in rows})
         raise ValueError(
-            f"factual: no fact has {seq_len} tokens; lengths available: {sorted(set(lengths))}"
-        )
-    if user and len(kept) < len(facts):
-        warnings.warn(
-            f"factual: kept {len(kept)} of {len(facts)} facts, those of {seq_len} tokens "
-            f"(lengths: {sorted(set(lengths))}; pass seq_len= to pick another)",
-            stacklevel=2,
+            f"factual: no fact has seq_len={seq_len} tokens; lengths available: {lengths} "
+            "(or leave seq_len=None to keep every fact, padded)"
         )
     rng = as_rng(seed)
     kept = [kept[i] for i in rng.permutation(len(kept))]
@@ -178,10 +172,12 @@ def factual(
         if not others:
             raise ValueError("factual: every fact has the same answer; give distractors")
         distractors.append(int(others[rng.integers(len(others))]))
-    mask = np.zeros((len(kept), seq_len), bool)
+    ids = [r[1] for r in kept]
+    clean = pad_rows(ids, pad_id(tokenizer))
+    mask = np.zeros(clean.shape, bool)
     for i, r in enumerate(kept):
         mask[i, r[2] : r[3]] = True
-    clean = jnp.asarray([r[1] for r in kept], jnp.int32)
+    lengths = jnp.asarray([len(i) for i in ids], jnp.int32)
     answer = jnp.asarray(answers)
     distractor = jnp.asarray(distractors, jnp.int32)
     return Task(
@@ -189,10 +185,11 @@ def factual(
         corrupt=clean,
         answer=answer,
         distractor=distractor,
-        metric=bind(logit_diff, answer=answer, distractor=distractor),
+        metric=last_position_metric(logit_diff, lengths, answer=answer, distractor=distractor),
         positions=dict(subject_mask=jnp.asarray(mask)),
         prompts=tuple(r[0] for r in kept),
         corrupt_prompts=tuple(r[0] for r in kept),
-        labels=str_tokens(tokenizer, kept[0][1]),
+        labels=longest_labels(tokenizer, ids),
         name="factual",
+        lengths=lengths,
     )

@@ -10,8 +10,19 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from ..metrics import bind, prob_diff
-from ._task import Task, as_rng, encode, pieces, str_tokens, try_single_token
+from ..metrics import prob_diff
+from ._task import (
+    Task,
+    as_rng,
+    encode,
+    last_position_metric,
+    longest_labels,
+    pad_id,
+    pad_rows,
+    pieces,
+    str_tokens,
+    try_single_token,
+)
 
 NOUNS = (
     "war",
@@ -86,7 +97,9 @@ def greater_than(tokenizer, n: int, *, seed=0) -> Task:
     prompt tokenises as `... 17 | YY | to the year 17` (other nouns and years are dropped).
     Corrupt prompts use `YY = 01`. `answer` holds the year tokens `> YY` and `distractor` those
     `<= YY`, as sets `[batch, 100]` padded with `-1`; the metric is `prob_diff` on them.
-    `positions`: `year` (position of the `YY` token) and `yy` (its value).
+    `positions`: `year` (position of the `YY` token) and `yy` (its value). Prompts are all
+    one length for tokenizers like GPT-2's; should some differ, they are right-padded (see
+    `Task`) and the metric reads each at its last token.
 
     **Raises:** `ValueError` if the tokenizer does not write the years as two-digit tokens
     (e.g. digit-by-digit tokenizers such as Llama 3's or SmolLM2's).
@@ -113,24 +126,24 @@ def greater_than(tokenizer, n: int, *, seed=0) -> Task:
         )
     rng = as_rng(seed)
     chosen = [candidates[i] for i in rng.integers(len(candidates), size=n)]
-    lengths = {len(encode(tokenizer, _template(noun, yy))) for noun, yy, _ in chosen}
-    if len(lengths) > 1:  # nouns are single tokens, so this only fails for odd tokenizers
-        raise ValueError(f"greater_than: prompts of different token lengths {sorted(lengths)}")
     clean = [encode(tokenizer, _template(noun, yy)) for noun, yy, _ in chosen]
     corrupt = [encode(tokenizer, _template(noun, BAD_START)) for noun, _, _ in chosen]
+    lengths = jnp.asarray([len(c) for c in clean], jnp.int32)  # = the corrupt's (one YY token)
     yy = np.asarray([c[1] for c in chosen], np.int32)
     above = np.arange(100)[None, :] > yy[:, None]
     answer = jnp.asarray(np.where(above, years[None, :], -1), jnp.int32)
     distractor = jnp.asarray(np.where(~above, years[None, :], -1), jnp.int32)
+    fill = pad_id(tokenizer)
     return Task(
-        clean=jnp.asarray(clean, jnp.int32),
-        corrupt=jnp.asarray(corrupt, jnp.int32),
+        clean=pad_rows(clean, fill),
+        corrupt=pad_rows(corrupt, fill),
         answer=answer,
         distractor=distractor,
-        metric=bind(prob_diff, answer=answer, distractor=distractor),
+        metric=last_position_metric(prob_diff, lengths, answer=answer, distractor=distractor),
         positions=dict(year=jnp.asarray([c[2] for c in chosen], jnp.int32), yy=jnp.asarray(yy)),
         prompts=tuple(_template(noun, y) for noun, y, _ in chosen),
         corrupt_prompts=tuple(_template(noun, BAD_START) for noun, _, _ in chosen),
-        labels=str_tokens(tokenizer, clean[0]),
+        labels=longest_labels(tokenizer, clean),
         name="greater_than",
+        lengths=lengths,
     )

@@ -13,8 +13,18 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ..metrics import bind, logit_diff
-from ._task import Task, as_rng, encode, hint, most_common_length, str_tokens, try_single_token
+from ..metrics import logit_diff
+from ._task import (
+    Task,
+    as_rng,
+    encode,
+    hint,
+    last_position_metric,
+    pad_id,
+    pad_rows,
+    str_tokens,
+    try_single_token,
+)
 
 # {S1} is the first mention of the subject, {S2} the second, {IO} the indirect object.
 BABA_TEMPLATES = (
@@ -196,7 +206,7 @@ def ioi(
     corruption: str = "ABC",
     seq_len: int | None = None,
 ) -> Task:
-    """`n` IOI prompts (Wang et al. 2023) with clean/corrupt pairs, all of one token length.
+    """`n` IOI prompts (Wang et al. 2023) with clean/corrupt pairs of equal token length.
 
     **Arguments:**
 
@@ -209,12 +219,13 @@ def ioi(
       indirect object; `"S2"`: the second subject mention becomes the `IO` name, so the
       repeated name, and with it the expected answer, flips (clean answer `IO`, corrupt `S`).
       Places, objects and templates are kept.
-    - `seq_len`: the token length of every prompt; default: the length that the most
-      templates give (with one-token names and this tokenizer's places and objects); other
-      templates, places and objects are not used. Templates are drawn uniformly.
+    - `seq_len`: use only the templates, places and objects giving prompts of this many
+      tokens; default: all of them, prompts of different lengths right-padded (see `Task`).
+      Templates are drawn uniformly.
 
     **Returns:** a `Task` with `answer` = `IO`, `distractor` = `S` (`[batch]`), metric
-    `logit_diff` at the last position, and `positions` `io`, `s1`, `s2`, `end` (`[batch]`).
+    `logit_diff` at each prompt's last token, and `positions` `io`, `s1`, `s2`, `end`
+    (`[batch]`; `end = lengths - 1`).
     """
     if corruption not in CORRUPTIONS:
         raise ValueError(
@@ -243,17 +254,12 @@ def ioi(
         text = t.replace("{S1}", s1).replace("{S2}", s2).replace("{IO}", io)
         return text.replace("{PLACE}", place).replace("{OBJECT}", obj)
 
-    lengths = [
-        len(
-            encode(
-                tokenizer, render(t, p, o, ref["S1"].strip(), ref["IO"].strip(), ref["S2"].strip())
-            )
-        )
-        for _, t, p, o in combos
-    ]
-    if seq_len is None:  # the length that the most templates can fill
-        seq_len = most_common_length([m for _, m in {(c[1], m) for c, m in zip(combos, lengths)}])
-    # template -> its (place, object) fillings of the chosen length, per template set
+    def length(t, place, obj):
+        s1, io, s2 = (ref[k].strip() for k in ("S1", "IO", "S2"))
+        return len(encode(tokenizer, render(t, place, obj, s1, io, s2)))
+
+    # template -> its (place, object) fillings (of the chosen length, if any), per template set
+    lengths = [None if seq_len is None else length(*c[1:]) for c in combos]
     by_kind = {"BABA": {}, "ABBA": {}}
     for (kind, t, place, obj), m in zip(combos, lengths):
         if m == seq_len:
@@ -263,7 +269,8 @@ def ioi(
         if not by_kind[k]:
             raise ValueError(
                 f"ioi: no {k} template gives prompts of {seq_len} tokens for this tokenizer; "
-                f"lengths available: {sorted(set(lengths))}"
+                f"lengths available: {sorted(set(lengths))} (or leave seq_len=None to use every "
+                "template, padded)"
             )
     name_ids = {name: try_single_token(tokenizer, " " + name) for name in names}
     clean, corrupt, prompts, corrupt_prompts, pos = [], [], [], [], []
@@ -272,9 +279,10 @@ def ioi(
     while len(clean) < n:
         attempts += 1
         if attempts > 50 * n + 100:
+            of = "" if seq_len is None else f" of {seq_len} tokens"
             raise ValueError(
-                f"ioi: could not build {n} prompts of {seq_len} tokens whose names tokenise "
-                f"as single tokens ({len(clean)} built)"
+                f"ioi: could not build {n} prompts{of} whose names tokenise as single tokens "
+                f"({len(clean)} built)"
             )
         kind = kinds[len(clean) % len(kinds)]
         usable = sorted(by_kind[kind])  # templates sampled uniformly, then their fillings
@@ -288,7 +296,7 @@ def ioi(
             bad = render(t, place, obj, s, io, io)
         ids, bad_ids = encode(tokenizer, text), encode(tokenizer, bad)
         where = _name_positions(ids, name_ids[io], name_ids[s])
-        if where is None or len(ids) != seq_len or len(bad_ids) != seq_len:
+        if where is None or len(ids) != len(bad_ids) or seq_len not in (None, len(ids)):
             continue
         clean.append(ids)
         corrupt.append(bad_ids)
@@ -300,25 +308,26 @@ def ioi(
     answer = jnp.asarray(answer, jnp.int32)
     distractor = jnp.asarray(distractor, jnp.int32)
     pos = jnp.asarray(pos, jnp.int32)
-    labels = _labels(str_tokens(tokenizer, clean[0]), [int(p) for p in pos[0]])
+    lengths = jnp.asarray([len(c) for c in clean], jnp.int32)
+    longest = max(range(n), key=lambda i: len(clean[i]))
+    fill = pad_id(tokenizer)
     return Task(
-        clean=jnp.asarray(clean, jnp.int32),
-        corrupt=jnp.asarray(corrupt, jnp.int32),
+        clean=pad_rows(clean, fill),
+        corrupt=pad_rows(corrupt, fill),
         answer=answer,
         distractor=distractor,
-        metric=bind(logit_diff, answer=answer, distractor=distractor),
-        positions=dict(
-            io=pos[:, 0], s1=pos[:, 1], s2=pos[:, 2], end=jnp.full((n,), seq_len - 1, jnp.int32)
-        ),
+        metric=last_position_metric(logit_diff, lengths, answer=answer, distractor=distractor),
+        positions=dict(io=pos[:, 0], s1=pos[:, 1], s2=pos[:, 2], end=lengths - 1),
         prompts=tuple(prompts),
         corrupt_prompts=tuple(corrupt_prompts),
-        labels=labels,
+        labels=_labels(str_tokens(tokenizer, clean[longest]), [int(p) for p in pos[longest]]),
         name=f"ioi-{templates}-{corruption}",
+        lengths=lengths,
     )
 
 
 def _labels(tokens: tuple[str, ...], where: list[int]) -> tuple[str, ...]:
-    """The first prompt's tokens, with the roles of the name positions and the end."""
+    """The (longest) prompt's tokens, with the roles of the name positions and the end."""
     labels = list(tokens)
     for role, i in zip(("IO", "S1", "S2"), where):
         labels[i] = f"{labels[i]} ({role})"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Sequence
 
 import equinox as eqx
@@ -16,21 +15,27 @@ from ..models._site import nearest
 
 
 class Task(eqx.Module):
-    """Clean and corrupt prompts of one token length, their answers, and a default metric.
+    """Clean and corrupt prompts, right-padded to one length, their answers and a default metric.
 
     **Fields:**
 
     - `clean`, `corrupt`: `[batch, seq]` token ids; example `i` of one is paired with example
-      `i` of the other.
+      `i` of the other, and the two have the same token length.
+    - `lengths`: `[batch]` each pair's token length (default: `seq` for all). Shorter prompts are
+      padded on the right with the tokenizer's pad id (else its EOS id, else 0): in a causal
+      model a token after the last one cannot change any earlier position, so a padded prompt's
+      activations and logits up to `lengths - 1` are those of the prompt alone, and no attention
+      mask is needed. Metrics read each prompt at its own last position, `lengths - 1`.
     - `answer`, `distractor`: `[batch]` token ids (the right next token on the clean prompt and
       the competing one), or id sets `[batch, k]` padded with `-1`.
     - `metric`: `logits [batch, seq, d_vocab] -> scalar`, an `eqx.Module` (see
       `jaxcirc.metrics.bind`), ready for `jaxcirc.patching.sweep(model, task.clean,
       task.corrupt, task.metric, ...)`.
     - `positions`: per-example metadata, e.g. `{"io": [batch], "s1": ..., "s2": ...}` for IOI or
-      `{"subject_mask": [batch, seq]}` for factual recall.
-    - `prompts`, `corrupt_prompts`: the strings; `labels`: one label per position (the first
-      clean prompt's tokens unless the generator knows better); `name`: the generator.
+      `{"subject_mask": [batch, seq]}` for factual recall (`False` on padding).
+    - `prompts`, `corrupt_prompts`: the strings; `labels`: one label per position of the padded
+      length (the longest clean prompt's tokens unless the generator knows better); `name`: the
+      generator.
     """
 
     clean: Int[Array, "batch seq"]
@@ -43,6 +48,11 @@ class Task(eqx.Module):
     corrupt_prompts: tuple[str, ...] = eqx.field(static=True)
     labels: tuple[str, ...] = eqx.field(static=True)
     name: str = eqx.field(static=True, default="task")
+    lengths: Int[Array, " batch"] | None = eqx.field(default=None, kw_only=True)
+
+    def __post_init__(self):
+        if self.lengths is None and jnp.ndim(self.clean) == 2:
+            self.lengths = jnp.full(self.clean.shape[:1], self.clean.shape[1], jnp.int32)
 
     def __check_init__(self):
         if self.clean.ndim != 2 or self.clean.shape != self.corrupt.shape:
@@ -62,6 +72,7 @@ class Task(eqx.Module):
                 raise ValueError(f"{len(strings)} {what} for a batch of {batch}")
         if self.labels and len(self.labels) != self.clean.shape[1]:
             raise ValueError(f"{len(self.labels)} labels for {self.clean.shape[1]} positions")
+        check_lengths(self.lengths, *self.clean.shape)
 
     @property
     def batch(self) -> int:
@@ -139,10 +150,49 @@ def str_tokens(tokenizer, ids) -> tuple[str, ...]:
     return tuple(tokenizer.decode([int(i)]) for i in ids)
 
 
-def most_common_length(lengths: Sequence[int]) -> int:
-    """The token length most items share (ties: the shorter)."""
-    counts = collections.Counter(lengths)
-    return min(counts, key=lambda n: (-counts[n], n))
+def check_lengths(lengths, batch: int, seq: int) -> None:
+    """Raise unless `lengths` is `[batch]` ints in `1..seq` (values checked when concrete)."""
+    lengths = jnp.asarray(lengths)
+    if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(
+            f"lengths must be one int token count per prompt, [batch] = [{batch}]; got shape "
+            f"{list(lengths.shape)} and dtype {lengths.dtype}"
+        )
+    try:
+        values = np.asarray(lengths)
+    except jax.errors.TracerArrayConversionError:
+        return
+    bad = np.flatnonzero((values < 1) | (values > seq))
+    if bad.size:
+        raise ValueError(
+            f"lengths[{int(bad[0])}] = {int(values[bad[0]])} is outside 1..seq = 1..{seq} "
+            f"(nearest valid: {int(np.clip(values[bad[0]], 1, seq))})"
+        )
+
+
+def pad_id(tokenizer) -> int:
+    """The id to pad with: the tokenizer's pad id, else its EOS id, else 0 (pads are never read)."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def pad_rows(rows: Sequence[Sequence[int]], value: int) -> Int[Array, "batch seq"]:
+    """Token id rows right-padded with `value` to the longest."""
+    seq = max(len(r) for r in rows)
+    return jnp.asarray([[*r, *[value] * (seq - len(r))] for r in rows], jnp.int32)
+
+
+def longest_labels(tokenizer, rows: Sequence[Sequence[int]]) -> tuple[str, ...]:
+    """Position labels: the tokens of the (first) longest row."""
+    return str_tokens(tokenizer, max(rows, key=len))
+
+
+def last_position_metric(fn, lengths, **kwargs):
+    """`bind(fn, **kwargs)` read at each prompt's last token, `position=lengths - 1`."""
+    return bind(fn, **kwargs, position=jnp.asarray(lengths, jnp.int32) - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,8 +206,9 @@ def from_strings(
     """A task from rows `(clean, corrupt, answer, distractor)` of strings.
 
     `answer` and `distractor` must each be one token (mind the leading space: `" Paris"`);
-    every clean and corrupt prompt must have the same number of tokens. The metric is the
-    logit difference at the last position. Raises `ValueError` naming the offending row.
+    each row's clean and corrupt prompts must have the same number of tokens; rows of different
+    lengths are right-padded (see `Task`). The metric is the logit difference at each prompt's
+    last token. Raises `ValueError` naming the offending row.
     """
     rows = list(rows)
     if not rows:
@@ -180,25 +231,21 @@ def from_strings(
         corrupt.append(ki)
         answer.append(single_token(tokenizer, a, "answer"))
         distractor.append(single_token(tokenizer, d, "distractor"))
-    lengths = [len(c) for c in clean]
-    if len(set(lengths)) > 1:
-        bad = next(i for i, m in enumerate(lengths) if m != lengths[0])
-        raise ValueError(
-            f"prompts must all have one token length; row 0 has {lengths[0]} tokens but row "
-            f"{bad} ({rows[bad][0]!r}) has {lengths[bad]}; token lengths by row: {lengths}"
-        )
     answer, distractor = jnp.asarray(answer, jnp.int32), jnp.asarray(distractor, jnp.int32)
+    lengths = jnp.asarray([len(c) for c in clean], jnp.int32)
+    fill = pad_id(tokenizer)
     return Task(
-        clean=jnp.asarray(clean, jnp.int32),
-        corrupt=jnp.asarray(corrupt, jnp.int32),
+        clean=pad_rows(clean, fill),
+        corrupt=pad_rows(corrupt, fill),
         answer=answer,
         distractor=distractor,
-        metric=bind(logit_diff, answer=answer, distractor=distractor),
+        metric=last_position_metric(logit_diff, lengths, answer=answer, distractor=distractor),
         positions={},
         prompts=tuple(r[0] for r in rows),
         corrupt_prompts=tuple(r[1] for r in rows),
-        labels=str_tokens(tokenizer, clean[0]),
+        labels=longest_labels(tokenizer, clean),
         name=name,
+        lengths=lengths,
     )
 
 
