@@ -4,7 +4,10 @@ Meng et al. 2022, "Locating and Editing Factual Associations in GPT" (ROME), sec
 The corrupted run adds Gaussian noise to the subject tokens' embeddings (`hook_embed`); each
 restoration puts back the clean value of one site kind (`resid_post`, `mlp_out` or
 `attn_out`) at one position, on a window of consecutive layers, and reads the probability of
-the answer at the last position. One compiled program per kind: the window is a layer mask,
+the answer at the prompt's last token. Prompts of different lengths are right-padded and given
+`lengths`: in a causal model the padding cannot change the answer, and a cell at or beyond a
+prompt's length counts its corrupted probability, so each prompt's part of the mean is its
+trace alone. One compiled program per kind: the window is a layer mask,
 the noise samples and prompts are vmapped, and (layer, position) run under `lax.map`, the
 position in chunks. The corrupted residual stream is cached, so a restoration starting at
 layer `l` skips the `l` blocks before it (a restored `resid_post` of layer `l` starts at layer
@@ -65,6 +68,49 @@ def window_bounds(layer, window: int, n_layers: int):
 def noise_keys(key: PRNGKeyArray, batch: int, n_samples: int) -> PRNGKeyArray:
     """The key of each (prompt, sample) noise draw: `split(key, batch * n_samples)`."""
     return jax.random.split(key, batch * n_samples).reshape(batch, n_samples)
+
+
+def _keys(key, batch: int, n_samples: int) -> PRNGKeyArray:
+    """`noise_keys` of one key, or the `[batch, n_samples]` keys as given."""
+    key = jnp.asarray(key)
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)  # a raw uint32 key
+    if key.ndim == 0:
+        return noise_keys(key, batch, n_samples)
+    if key.shape != (batch, n_samples):
+        raise ValueError(
+            f"key must be one jax.random key or the keys of every draw, [batch, n_samples] = "
+            f"[{batch}, {n_samples}] (see noise_keys); got keys of shape {list(key.shape)}"
+        )
+    return key
+
+
+def _check_lengths(lengths, mask: np.ndarray):
+    """Each prompt's token count, `[batch]` in `1..seq`, its subject inside it."""
+    batch, seq = mask.shape
+    if lengths is None:
+        return np.full(batch, seq, np.int32)
+    lengths = np.atleast_1d(np.asarray(lengths))
+    if lengths.shape != (batch,) or not np.issubdtype(lengths.dtype, np.integer):
+        raise ValueError(
+            f"lengths must be one int token count per prompt, [batch] = [{batch}]; got shape "
+            f"{list(lengths.shape)} and dtype {lengths.dtype}"
+        )
+    bad = np.flatnonzero((lengths < 1) | (lengths > seq))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"lengths[{i}] = {int(lengths[i])} is outside 1..seq = 1..{seq} (nearest valid: "
+            f"{int(np.clip(lengths[i], 1, seq))})"
+        )
+    beyond = mask & (np.arange(seq)[None] >= lengths[:, None])
+    if beyond.any():
+        i, p = (int(v) for v in np.argwhere(beyond)[0])
+        raise ValueError(
+            f"subject_mask of prompt {i} marks position {p}, at or beyond its length "
+            f"{int(lengths[i])} (padding is never noised; positions 0..{int(lengths[i]) - 1})"
+        )
+    return lengths.astype(np.int32)
 
 
 def _check(model, tokens, subject_mask, answer, kinds, window, n_samples):
@@ -134,6 +180,7 @@ def causal_trace(
     subject_mask: Bool[Array, "batch seq"],
     answer: Int[Array, " batch"],
     *,
+    lengths: Int[Array, " batch"] | None = None,
     noise_scale: float = 3.0,
     noise_std: float | None = None,
     n_samples: int = 10,
@@ -148,26 +195,41 @@ def causal_trace(
 
     **Arguments:**
 
-    - `tokens`: `[batch, seq]` (or `[seq]`) prompts; the answer is read at the last position.
-    - `subject_mask`: `[batch, seq]` bool, the subject tokens to noise.
+    - `tokens`: `[batch, seq]` (or `[seq]`) prompts, right-padded if of different lengths.
+    - `subject_mask`: `[batch, seq]` bool, the subject tokens to noise (`False` on padding,
+      e.g. a `jaxcirc.tasks.factual` task's `positions["subject_mask"]`).
     - `answer`: `[batch]` answer token ids.
+    - `lengths`: `[batch]` each prompt's token count (a `Task`'s `lengths`); the answer is read
+      at `lengths - 1`, and a cell at a position `>= lengths[i]` counts prompt `i`'s corrupted
+      probability. Default: every prompt is `seq` tokens.
     - `noise_scale`: noise std as a multiple of the empirical std of `W_E` (ROME: 3);
       `noise_std` overrides it with an absolute std.
-    - `n_samples`: noise draws per prompt (`noise_keys(key, batch, n_samples)`), averaged.
+    - `n_samples`: noise draws per prompt, averaged; `key`: one key, split by
+      `noise_keys(key, batch, n_samples)`, or those `[batch, n_samples]` keys themselves.
+      Position `p` of a draw uses `fold_in(draw key, p)` (see `Noise`), so padding does not
+      change a prompt's noise.
     - `kinds`: of `"resid"` (`resid_post`, window 1), `"mlp"` (`mlp_out`), `"attn"`
       (`attn_out`); `window`: consecutive layers restored for mlp and attn (ROME: 10).
     - `chunk_size`: positions evaluated at once; `progress`: a progress bar over layers.
     """
     tokens, mask, answer = _check(model, tokens, subject_mask, answer, kinds, window, n_samples)
+    lengths = _check_lengths(lengths, np.asarray(mask))
+    if not model.cfg.causal and (lengths < tokens.shape[1]).any():
+        raise ValueError(
+            "lengths shorter than seq need a causal model (right padding is then never read); "
+            "this model attends to later positions: trace prompts of different lengths apart"
+        )
     std = noise_std if noise_std is not None else noise_scale * jnp.std(model.embed.W_E)
-    keys = noise_keys(key, tokens.shape[0], n_samples)
+    keys = _keys(key, tokens.shape[0], int(n_samples))
     n_layers = model.cfg.n_layers
-    # positions before the first subject token are identical in the clean and corrupted runs
+    # positions before the first subject token are identical in the clean and corrupted runs;
+    # positions past every prompt's end are not read
     start = int(np.asarray(mask).any(0).argmax()) if model.cfg.causal else 0
+    stop = int(lengths.max()) if model.cfg.causal else tokens.shape[1]
     with progress_bar(progress, total=n_layers * len(kinds), desc="causal tracing", unit="layer"):
         clean, corrupt, grids = _trace(
-            model, tokens, mask, answer, jnp.asarray(std, jnp.float32), keys,
-            tuple(kinds), int(window), chunk_size, bool(progress), start,
+            model, tokens, mask, answer, jnp.asarray(lengths), jnp.asarray(std, jnp.float32),
+            keys, tuple(kinds), int(window), chunk_size, bool(progress), start, stop,
         )  # fmt: skip
         grids = jax.block_until_ready(grids)
     windows = {k: 1 if k == "resid" else int(window) for k in kinds}
@@ -175,8 +237,9 @@ def causal_trace(
     return TraceResult(clean, corrupt, grids, mask.any(0), windows, labels)
 
 
-def _prob(model, x, answer):
-    logits = model.readout(x[-1:])[0][0]
+def _prob(model, x, answer, length):
+    """The probability of `answer` read from the residual stream `x` at position `length - 1`."""
+    logits = model.readout(jax.lax.dynamic_slice_in_dim(x, length - 1, 1))[0][0]
     return jax.nn.softmax(logits.astype(jnp.float32))[answer]
 
 
@@ -187,7 +250,10 @@ def _default_chunk(model, n_examples: int, seq: int) -> int:
 
 
 @eqx.filter_jit
-def _trace(model, tokens, mask, answer, std, keys, kinds, window, chunk_size, progress, start=0):
+def _trace(
+    model, tokens, mask, answer, lengths, std, keys, kinds, window, chunk_size, progress, start,
+    stop,
+):  # fmt: skip
     n_layers, seq = model.cfg.n_layers, tokens.shape[1]
 
     def corrupted(t, subject, key):
@@ -195,32 +261,32 @@ def _trace(model, tokens, mask, answer, std, keys, kinds, window, chunk_size, pr
         _, acts = noisy.run(t)
         return acts.stack("resid_pre"), acts.stack("resid_post")
 
-    def clean_run(t, a):
+    def clean_run(t, a, n):
         logits, acts = model.run(t)
         sites = {k: acts.stack(KINDS[k]) for k in kinds}
-        return jax.nn.softmax(logits[-1].astype(jnp.float32))[a], sites
+        return jax.nn.softmax(logits[n - 1].astype(jnp.float32))[a], sites
 
-    clean_prob, clean_sites = jax.vmap(clean_run)(tokens, answer)
+    clean_prob, clean_sites = jax.vmap(clean_run)(tokens, answer, lengths)
     cache, post = jax.vmap(jax.vmap(corrupted, (None, None, 0)), (0, 0, 0))(tokens, mask, keys)
-    corrupt_prob = jax.vmap(jax.vmap(lambda x, a: _prob(model, x, a), (0, None)))(
-        post[:, :, -1], answer
-    )
+    corrupt_prob = jax.vmap(jax.vmap(lambda x, a, n: _prob(model, x, a, n), (0, None, None)))(
+        post[:, :, -1], answer, lengths
+    )  # [batch, n_samples]
     n_examples = keys.shape[0] * keys.shape[1]
     chunk = chunk_size or _default_chunk(model, n_examples, seq)
-    positions = jnp.arange(start, seq)
+    positions = jnp.arange(start, stop)
 
-    def restored_resid(layer, position, clean_site, resid_post, a):
+    def restored_resid(layer, position, clean_site, resid_post, a, n):
         # the clean resid_post of `layer` at `position` in the corrupted stream; layers after it
         x = jnp.where((jnp.arange(seq) == position)[:, None], clean_site[layer], resid_post[layer])
         for i, block in enumerate(model.blocks):
             x = jax.lax.cond(i > layer, lambda x, b=block: b(x)[0], lambda x: x, x)
-        return _prob(model, x, a)
+        return _prob(model, x, a, n)
 
     grids = {}
     for kind in kinds:
         site, w = KINDS[kind], 1 if kind == "resid" else window
 
-        def one(layer, position, clean_site, resid, a, site=site, w=w):
+        def one(layer, position, clean_site, resid, a, n, site=site, w=w):
             lo, hi = window_bounds(layer, w, n_layers)
             onehot = (jnp.arange(seq) == position)[:, None]
             patches = {
@@ -231,17 +297,20 @@ def _trace(model, tokens, mask, answer, std, keys, kinds, window, chunk_size, pr
             x = resid[lo]
             for i, block in enumerate(patched.blocks):
                 x = jax.lax.cond(i >= lo, lambda x, b=block: b(x)[0], lambda x: x, x)
-            return _prob(patched, x, a)
+            return _prob(patched, x, a, n)
 
         def one_cell(layer, position, clean_site=clean_sites[kind], one=one, kind=kind):
             fn, states = (restored_resid, post) if kind == "resid" else (one, cache)
-            per_sample = jax.vmap(fn, (None, None, None, 0, None))
-            per_prompt = jax.vmap(per_sample, (None, None, 0, 0, 0))
-            return per_prompt(layer, position, clean_site, states, answer).mean()
+            per_sample = jax.vmap(fn, (None, None, None, 0, None, None))
+            per_prompt = jax.vmap(per_sample, (None, None, 0, 0, 0, 0))
+            probs = per_prompt(layer, position, clean_site, states, answer, lengths)
+            # a position past a prompt's end is not part of it: its corrupted probability
+            return jnp.where((position < lengths)[:, None], probs, corrupt_prob).mean()
 
         def one_layer(layer, one_cell=one_cell):
             row = jax.lax.map(lambda p: one_cell(layer, p), positions, batch_size=chunk)
-            row = jnp.concatenate([jnp.full(start, corrupt_prob.mean(), row.dtype), row])
+            fill = lambda size: jnp.full(size, corrupt_prob.mean(), row.dtype)
+            row = jnp.concatenate([fill(start), row, fill(seq - stop)])
             if progress:
                 jax.debug.callback(tick, layer)
             return row
