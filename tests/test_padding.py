@@ -32,15 +32,14 @@ ANSWER, DISTRACTOR = jnp.array([3, 7, 11]), jnp.array([5, 2, 9])
 
 
 def row_logit_diff(logits, row, answer, distractor, position):
-    """The logit difference of one row of the batch only."""
-    one = lambda x: x[row : row + 1]
+    """The logit difference of one row of the batch only (`row` traced: one compiled sweep)."""
+    one = lambda x: jax.lax.dynamic_slice_in_dim(x, row, 1)
     return logit_diff(one(logits), one(answer), one(distractor), position=position)
 
 
 def row_metric(i: int):
-    return bind(
-        row_logit_diff, row=i, answer=ANSWER, distractor=DISTRACTOR, position=LENGTHS[i] - 1
-    )
+    row, last = jnp.int32(i), jnp.int32(LENGTHS[i] - 1)
+    return bind(row_logit_diff, row=row, answer=ANSWER, distractor=DISTRACTOR, position=last)
 
 
 def alone_metric(i: int):
