@@ -53,8 +53,8 @@ def _as_index(value, axis: str) -> Array | None:
         raise ValueError(
             f"{axis} index {int(bad.flat[0])} does not fit in int32 ({_INT32.min}..{_INT32.max})"
         )
-    with jax.ensure_compile_time_eval():  # concrete even when built under jit: checkable
-        return jnp.asarray(concrete, jnp.int32)
+    with jax.ensure_compile_time_eval():  # concrete even under jit (checkable); no compile
+        return jax.device_put(np.asarray(concrete, np.int32))
 
 
 def _as_mask(value) -> Array | None:
@@ -62,7 +62,7 @@ def _as_mask(value) -> Array | None:
     if value is None or isinstance(value, (jax.Array, jax.core.Tracer)):
         return value
     with jax.ensure_compile_time_eval():
-        return jnp.asarray(value)
+        return jax.device_put(np.asarray(value))
 
 
 def _check_range(index, size: int, axis: str, site: Site) -> None:

@@ -47,9 +47,39 @@ class DASResult:
     losses: np.ndarray
 
 
+@jax.jit
 def rotation(params: Float[Array, "d d"]) -> Float[Array, "d d"]:
     """The orthogonal matrix `expm(W - Wᵀ)` (the exponential map of skew-symmetric matrices)."""
     return jax.scipy.linalg.expm(params - params.T)
+
+
+def _with_basis(variable, loc, basis) -> Alignment:
+    return Alignment({variable: dataclasses.replace(loc, basis=basis)})
+
+
+@eqx.filter_jit
+def _step(params, opt_state, key, lr, model, loc, variable, data, batch, k, readout_position):
+    """One adam step on a random batch of the training pairs (module level: compiled once per
+    shape, not once per `das` call)."""
+    base, src, labels, answers, train = data
+    idx = train[jax.random.choice(key, train.shape[0], (batch,), replace=False)]
+
+    def loss_fn(params):
+        logits = _batched_logits(
+            model,
+            _with_basis(variable, loc, rotation(params)[:k]),
+            (variable,),
+            base[idx],
+            {variable: src[idx]},
+            readout_position,
+            orthonormal=True,
+        )[:, answers]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels[idx]).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    optimiser = optax.adam(lr)  # built here from the traced rate: no per-call static closure
+    updates, opt_state = optimiser.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
 
 
 def das(
@@ -108,42 +138,19 @@ def das(
     test, train = order[:n_test], order[n_test:]
     src = sources[variable]
     params = jax.random.normal(key_init, (d, d)) / np.sqrt(d)
-    optimiser = optax.adam(learning_rate)
-    opt_state = optimiser.init(params)
-
-    def with_basis(basis):
-        return Alignment({variable: dataclasses.replace(loc, basis=basis)})
-
-    def loss_fn(params, idx):
-        al = with_basis(rotation(params)[:k])
-        logits = _batched_logits(
-            model,
-            al,
-            variables,
-            base[idx],
-            {variable: src[idx]},
-            readout_position,
-            orthonormal=True,
-        )[:, answers]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels[idx]).mean()
-
-    @eqx.filter_jit
-    def step(params, opt_state, key):
-        idx = train[
-            jax.random.choice(
-                key, train.shape[0], (min(batch_size, train.shape[0]),), replace=False
-            )
-        ]
-        loss, grads = jax.value_and_grad(loss_fn)(params, idx)
-        updates, opt_state = optimiser.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
+    opt_state = optax.adam(0.0).init(params)  # the state does not depend on the rate
+    lr = jnp.asarray(learning_rate, jnp.float32)
+    batch = min(int(batch_size), int(train.shape[0]))
+    data = (base, src, labels, answers, train)
     losses = []
     for step_key in jax.random.split(key_train, steps):
-        params, opt_state, loss = step(params, opt_state, step_key)
+        params, opt_state, loss = _step(
+            params, opt_state, step_key, lr, model, loc, variable, data, batch, int(k),
+            readout_position,
+        )  # fmt: skip
         losses.append(loss)
     rot = rotation(params)
-    alignment = with_basis(rot[:k])
+    alignment = _with_basis(variable, loc, rot[:k])
 
     def score(idx):
         return iia(
