@@ -11,6 +11,18 @@ from ._layers import apply_rotary
 from ._site import Site, record
 
 
+class KVPrefix(eqx.Module):
+    """The keys and values of the positions before a window, as the `hook_k` / `hook_v` sites
+    passed them on (before rotary): what attention over a window of later positions reads.
+
+    A causal model's positions `< start` do not depend on later ones, so a run that changes
+    only positions `>= start` can recompute those alone and attend to a cached run's prefix.
+    """
+
+    k: Float[Array, "start n_kv_heads d_head"]
+    v: Float[Array, "start n_kv_heads d_head"]
+
+
 class Attention(eqx.Module):
     """Causal attention (Vaswani et al. 2017) with grouped-query heads (Ainslie et al. 2023).
 
@@ -19,6 +31,9 @@ class Attention(eqx.Module):
     reads key/value head `h // (n_heads // n_kv_heads)`. Sites: `hook_q`, `hook_k`, `hook_v`
     (before rotary), `hook_attn_scores` (masked), `hook_pattern`, `hook_z`. `causal=False`
     (config `causal`) drops the mask, for compiled tracr programs, which attend both ways.
+    With a `KVPrefix` of `start` positions, `x` is the window of positions `start:`: queries,
+    keys and values are computed for it alone (every site sees the window's positions), keys
+    and values follow the prefix's, rotary and the causal mask use the true positions.
     Head counts come from the arrays' shapes, so a narrowed layer (`jaxcirc.models.narrow`) may
     have fewer heads than its neighbours, or none (then the output is `b_O`).
     """
@@ -41,12 +56,14 @@ class Attention(eqx.Module):
     rotary_base: float = eqx.field(static=True)
     causal: bool = eqx.field(static=True, default=True)
 
-    def __call__(self, x: Float[Array, "seq d_model"]) -> tuple[Array, dict]:
+    def __call__(
+        self, x: Float[Array, "seq d_model"], prefix: KVPrefix | None = None
+    ) -> tuple[Array, dict]:
         acts: dict = {}
         q = jnp.einsum("sm,hmd->shd", x, self.W_Q)
         k = jnp.einsum("sm,hmd->shd", x, self.W_K)
         v = jnp.einsum("sm,hmd->shd", x, self.W_V)
-        z = self._attend(q, k, v, acts)
+        z = self._attend(q, k, v, acts, prefix)
         out = jnp.einsum("qhd,hdm->qm", z, self.W_O)
         return (out if self.b_O is None else out + self.b_O), acts
 
@@ -64,8 +81,9 @@ class Attention(eqx.Module):
         z = self._attend(q, k, v, {})
         return jnp.einsum("qhd,hdm->hqm", z, self.W_O)
 
-    def _attend(self, q, k, v, acts: dict) -> Float[Array, "seq n_heads d_head"]:
-        """Biases, sites, rotary and (causal) softmax attention from projected q, k, v."""
+    def _attend(self, q, k, v, acts: dict, prefix=None) -> Float[Array, "seq n_heads d_head"]:
+        """Biases, sites, rotary and (causal) softmax attention from projected q, k, v; keys
+        and values after a `KVPrefix`'s if one is given."""
 
         def bias(y, b):
             return y if b is None else y + b
@@ -73,18 +91,27 @@ class Attention(eqx.Module):
         q = record(acts, self.hook_q, bias(q, self.b_Q))
         k = record(acts, self.hook_k, bias(k, self.b_K))
         v = record(acts, self.hook_v, bias(v, self.b_V))
+        start = 0
+        if prefix is not None:
+            if not self.causal:
+                raise ValueError(
+                    "bidirectional attention (causal=False) cannot run a window of positions: "
+                    "every position reads the later ones"
+                )
+            start = prefix.k.shape[0]
+            k = jnp.concatenate([prefix.k.astype(k.dtype), k])
+            v = jnp.concatenate([prefix.v.astype(v.dtype), v])
         if self.rotary_dim:
-            q = apply_rotary(q, self.rotary_dim, self.rotary_base)
+            q = apply_rotary(q, self.rotary_dim, self.rotary_base, offset=start)
             k = apply_rotary(k, self.rotary_dim, self.rotary_base)
         group = q.shape[1] // max(k.shape[1], 1)  # a narrowed layer may keep no head
         k = jnp.repeat(k, group, axis=1)
         v = jnp.repeat(v, group, axis=1)
-        seq = q.shape[0]
         scores = jnp.einsum("qhd,khd->hqk", q, k).astype(jnp.float32) / jnp.sqrt(
             jnp.float32(q.shape[-1])
         )
         if self.causal:  # static; only compiled tracr programs attend to later positions
-            causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
+            causal = jnp.tril(jnp.ones((q.shape[0], k.shape[0]), dtype=bool), k=start)
             scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
         scores = record(acts, self.hook_attn_scores, scores)
         pattern = jax.nn.softmax(scores, axis=-1).astype(v.dtype)

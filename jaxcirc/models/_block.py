@@ -6,6 +6,9 @@ and for the MLP, the form in which edge-level circuit graphs see a model (Conmy 
 Syed et al. 2023). `split` talks to a `Wiring`: it `read`s each input port in the order the
 block needs it and `write`s each output it computes, so the graph structure itself is read off
 the block (`jaxcirc.graph.graph` records one abstract `split` call).
+
+`__call__(x, prefix)` with a `KVPrefix` runs the block on a window of later positions: only
+attention mixes positions, so the block hands the prefix to it and everything else is the same.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float
 
-from ._attention import Attention
+from ._attention import Attention, KVPrefix
 from ._layers import Identity, LayerNorm, RMSNorm
 from ._mlp import MLP, GatedMLP
 from ._site import Site, record
@@ -52,9 +55,9 @@ def _split_mlp(block, x: Float[Array, "1 seq d_model"]) -> Float[Array, "1 seq d
     return block.mlp(block.ln2(x[0])[0])[0][None]
 
 
-def _sub(acts: dict, layer, x: Array) -> Array:
+def _sub(acts: dict, layer, x: Array, *args) -> Array:
     """Run a sub-layer, adding its activations to `acts` in computation order."""
-    y, sub_acts = layer(x)
+    y, sub_acts = layer(x, *args)
     acts.update(sub_acts)
     return y
 
@@ -72,10 +75,12 @@ class SequentialBlock(eqx.Module):
     hook_mlp_out: Site
     hook_resid_post: Site
 
-    def __call__(self, x: Float[Array, "seq d_model"]) -> tuple[Array, dict]:
+    def __call__(
+        self, x: Float[Array, "seq d_model"], prefix: KVPrefix | None = None
+    ) -> tuple[Array, dict]:
         acts: dict = {}
         x = record(acts, self.hook_resid_pre, x)
-        h = _sub(acts, self.attn, _sub(acts, self.ln1, x))
+        h = _sub(acts, self.attn, _sub(acts, self.ln1, x), prefix)
         x = record(acts, self.hook_resid_mid, x + record(acts, self.hook_attn_out, h))
         h = _sub(acts, self.mlp, _sub(acts, self.ln2, x))
         x = record(acts, self.hook_resid_post, x + record(acts, self.hook_mlp_out, h))
@@ -99,10 +104,13 @@ class ParallelBlock(eqx.Module):
     hook_mlp_out: Site
     hook_resid_post: Site
 
-    def __call__(self, x: Float[Array, "seq d_model"]) -> tuple[Array, dict]:
+    def __call__(
+        self, x: Float[Array, "seq d_model"], prefix: KVPrefix | None = None
+    ) -> tuple[Array, dict]:
         acts: dict = {}
         x = record(acts, self.hook_resid_pre, x)
-        attn_out = record(acts, self.hook_attn_out, _sub(acts, self.attn, _sub(acts, self.ln1, x)))
+        h = _sub(acts, self.attn, _sub(acts, self.ln1, x), prefix)
+        attn_out = record(acts, self.hook_attn_out, h)
         mlp_out = record(acts, self.hook_mlp_out, _sub(acts, self.mlp, _sub(acts, self.ln2, x)))
         x = record(acts, self.hook_resid_post, x + attn_out + mlp_out)
         return x, acts
@@ -123,10 +131,12 @@ class AttnOnlyBlock(eqx.Module):
     hook_attn_out: Site
     hook_resid_post: Site
 
-    def __call__(self, x: Float[Array, "seq d_model"]) -> tuple[Array, dict]:
+    def __call__(
+        self, x: Float[Array, "seq d_model"], prefix: KVPrefix | None = None
+    ) -> tuple[Array, dict]:
         acts: dict = {}
         x = record(acts, self.hook_resid_pre, x)
-        h = _sub(acts, self.attn, _sub(acts, self.ln1, x))
+        h = _sub(acts, self.attn, _sub(acts, self.ln1, x), prefix)
         x = record(acts, self.hook_resid_post, x + record(acts, self.hook_attn_out, h))
         return x, acts
 

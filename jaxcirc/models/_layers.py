@@ -83,10 +83,13 @@ def rotary_tables(
 
 
 def apply_rotary(
-    x: Float[Array, "seq heads d_head"], rotary_dim: int, base: float
+    x: Float[Array, "seq heads d_head"], rotary_dim: int, base: float, offset: int = 0
 ) -> Float[Array, "seq heads d_head"]:
-    """Rotate the first `rotary_dim` features of each head by position."""
-    cos, sin = rotary_tables(x.shape[0], rotary_dim, base)
+    """Rotate the first `rotary_dim` features of each head by position; row `i` of `x` is
+    position `offset + i` (a window that starts at `offset`)."""
+    cos, sin = rotary_tables(offset + x.shape[0], rotary_dim, base)
+    if offset:
+        cos, sin = cos[offset:], sin[offset:]
     rot, rest = x[..., :rotary_dim].astype(jnp.float32), x[..., rotary_dim:]
     half = rotary_dim // 2
     rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import operator
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._attention import KVPrefix
 from ._block import STREAM_SITES, Block, Norm
 from ._config import TransformerConfig
 from ._layers import Embed, PosEmbed, Unembed
@@ -49,6 +52,21 @@ class Activations(eqx.Module):
                 "read each layer by name instead"
             )
         return jnp.stack(layers, axis=-len(SITE_KINDS[kind][1]) - 1)
+
+
+class KVCache(eqx.Module):
+    """Every layer's keys and values of one run, as its `hook_k` / `hook_v` sites passed them
+    on (before rotary): what `Transformer.resume(..., start=s)` attends to at positions `< s`.
+
+    Make one with `model.kv_cache(acts)` from the activations of `model.run(tokens)`.
+    """
+
+    k: tuple[Float[Array, "seq n_kv_heads d_head"], ...]
+    v: tuple[Float[Array, "seq n_kv_heads d_head"], ...]
+
+    def prefix(self, layer: int, start: int) -> KVPrefix:
+        """Layer `layer`'s keys and values of the positions before `start`."""
+        return KVPrefix(self.k[layer][:start], self.v[layer][:start])
 
 
 class Transformer(eqx.Module):
@@ -118,20 +136,72 @@ class Transformer(eqx.Module):
     def __call__(self, tokens: Int[Array, " seq"]) -> Float[Array, "seq d_vocab"]:
         return self.run(tokens)[0]
 
-    def resume(self, x: Float[Array, "seq d_model"], layer) -> Float[Array, "seq d_model"]:
+    def resume(
+        self,
+        x: Float[Array, "window d_model"],
+        layer,
+        *,
+        start: int | None = None,
+        cache: KVCache | None = None,
+        until: int | None = None,
+    ) -> Float[Array, "window d_model"]:
         """Continue a run from the residual stream `x` entering block `layer`.
 
         `layer` may be traced: the blocks before it are skipped under `lax.cond`, so a sweep
         over layers (patching, tracing) is one compiled program and a patch at layer `l`
-        costs the blocks from `l` on only. `layer = n_layers` returns `x`.
+        costs the blocks from `l` on only; a Python int skips them without `cond`.
+        `layer = n_layers` returns `x`. `until` (static) stops before block `until`.
+
+        With `start` (a static int) and the `cache` of a run (`kv_cache`), `x` holds only the
+        positions `start:` and the blocks recompute those alone, attending to the cached keys
+        and values of the positions before `start`. In a causal model a change at position
+        `p` leaves every earlier position unchanged in every layer (Vig et al. 2020; Heimersheim
+        & Nanda 2024), so a patch at `p` needs the positions from `p` on only. The sites on
+        the way see the window: row 0 of their activation is position `start`, so
+        interventions that select positions must count from there.
         """
-        for i, block in enumerate(self.blocks):
-            x = jax.lax.cond(i >= layer, lambda x, b=block: b(x)[0], lambda x: x, x)
+        start = 0 if start is None else operator.index(start)
+        if start:
+            if cache is None:
+                raise ValueError(
+                    f"resume(start={start}) needs the cache of a run (model.kv_cache(acts)) "
+                    "for the keys and values of the positions before start"
+                )
+            if not self.cfg.causal:
+                raise ValueError(
+                    "a bidirectional model (causal=False) cannot resume from a position: "
+                    "every position reads the later ones"
+                )
+            if len(cache.k) != len(self.blocks) or cache.k[0].shape[0] < start:
+                raise ValueError(
+                    f"cache has {len(cache.k)} layers of {cache.k[0].shape[0]} positions; "
+                    f"resume(start={start}) needs {len(self.blocks)} layers of at least {start}"
+                )
+        static = isinstance(layer, (int, np.integer))
+        for i, block in enumerate(self.blocks[:until]):
+            if static and i < layer:
+                continue
+            prefix = cache.prefix(i, start) if start else None
+            step = lambda x, b=block, p=prefix: b(x, p)[0]
+            if static:
+                x = step(x)
+            else:
+                x = jax.lax.cond(i >= layer, step, lambda x: x, x)
         return x
 
+    def kv_cache(self, acts: Activations) -> KVCache:
+        """The keys and values of one example's run (`acts` from `run`) that `resume` reads."""
+        layers = range(len(self.blocks))
+        return KVCache(
+            tuple(acts[SiteRef("k", i)] for i in layers),
+            tuple(acts[SiteRef("v", i)] for i in layers),
+        )
+
     def logits_at(self, x: Float[Array, "seq d_model"], positions=None) -> Array:
-        """The logits of the final residual stream `x`, only at `positions` if given."""
-        return self.readout(x if positions is None else x[positions])[0]
+        """The logits of the final residual stream `x`, only at `positions` if given (the
+        final norm sees every position; only the read ones are unembedded)."""
+        x = self.ln_final(x)[0]
+        return self.unembed(x if positions is None else x[positions])
 
     def stream_interventions(self) -> tuple[str, ...]:
         """Names of the residual-stream sites (`resid_pre`, `attn_out`, `resid_mid`,
