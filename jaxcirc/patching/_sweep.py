@@ -3,25 +3,49 @@
 For each unit, the clean activation is patched into the corrupted run and `metric` is read
 off the patched logits, with the semantics of TransformerLens's `patching.get_act_patch_*`
 (Vig et al. 2020; Meng et al. 2022; Heimersheim & Nanda 2024, "How to use and interpret
-activation patching"). Which layer and unit are array data: layers run under `lax.map`,
-units under a chunked `lax.map(..., batch_size=chunk)`, so the sweep traces once. The
-corrupted run's residual stream is cached, and a patch at layer `l` starts there, skipping
-the `l` blocks it cannot change.
+activation patching"). The corrupted run is cached and each patched run recomputes only what
+the patch can change:
+
+- **layers**: a patch at layer `l` starts from the corrupted residual stream entering `l`;
+- **positions**: in a causal model a patch at position `p` leaves every position `< p`
+  unchanged in every layer. Units are grouped into static position buckets; the runs of a
+  bucket recompute only the positions from the bucket's first on (`Transformer.resume` with
+  `start`; blocks given a `KVPrefix`), attending to the corrupted run's cached keys and
+  values before it. Per-`"head"`
+  units (all positions) run every position;
+- **logits**: only the positions the metric reads are unembedded (`logit_positions`, or the
+  positions a metric declares, `jaxcirc.metrics.read_positions`); positions before a bucket's
+  start read the corrupted run's.
+
+A run patched at layer `l` takes blocks `l..n-1`. When every block has the same form (no
+intervention inside, same shapes), runs are paired into lanes of equal length (`l` with
+`n - 1 - l`) and one block body, its weights indexed by layer, is scanned over the lanes'
+steps: each step is one batched product per weight, and the program holds one block per
+bucket. Otherwise the blocks are unrolled, block `i` taking the runs patched at layers `<= i`
+as one batch. Units are chunked under `lax.map`; the whole sweep traces once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Callable
+from functools import partial
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .. import metrics as metrics_module
 from .._progress import progress_bar, tick
 from ..interventions import Patch, intervene, resolve
-from ..models._site import SiteRef, nearest
+from ..interventions._apply import _get
+from ..interventions._library import AbstractSelectiveIntervention, Chain, Function
+from ..models._attention import KVPrefix
+from ..models._site import SITE_KINDS, AbstractIntervention, Site, SiteRef, nearest
 from ..models._transformer import Transformer
 
 # site kind -> the `per` choices it supports, each naming the axes enumerated
@@ -34,6 +58,7 @@ PER = {
     # TransformerLens orders pattern results [layer, head, dest_pos]; so do we
     "pattern": {"head": ("head",), "head_position": ("head", "position")},
 }
+_BUDGET = 1 << 30  # bytes of activations a chunk of units may keep live
 
 
 def _check(model, clean, corrupt, site, per):
@@ -60,14 +85,6 @@ def _check(model, clean, corrupt, site, per):
     return clean, corrupt
 
 
-def _unit_grid(site: str, per: str, site_shape: tuple[int, ...], axes: tuple[str, ...]):
-    """Index arrays, one per enumerated axis, over the flattened unit grid; and the grid shape."""
-    names = PER[site][per]
-    sizes = tuple(site_shape[axes.index(a)] for a in names)
-    grids = jnp.meshgrid(*[jnp.arange(s) for s in sizes], indexing="ij")
-    return {a: g.reshape(-1) for a, g in zip(names, grids)}, sizes
-
-
 def sweep(
     model: Transformer,
     clean: Int[Array, "batch seq"],
@@ -77,24 +94,32 @@ def sweep(
     per: str = "position",
     *,
     chunk_size: int | None = None,
-    logit_positions: Int[Array, " n"] | None = None,
+    logit_positions: Int[Array, " n"] | Int[Array, "batch n"] | None = None,
+    buckets: int | None = None,
     progress: bool = False,
 ) -> Float[Array, "n_layers ..."]:
     """Patch each unit's clean activation into the corrupted run; return `metric` per unit.
 
     **Arguments:**
 
-    - `model`: the model (it may already carry interventions; patches are applied after them).
+    - `model`: the model (it may already carry interventions; patches are applied after them;
+      an intervention that may mix positions, a `Function`, keeps every position computed).
     - `clean`, `corrupt`: token batches of the same shape `[batch, seq]`.
     - `metric`: maps the patched logits `[batch, seq, d_vocab]` to a scalar. It is held static:
-      pass the same function object to reuse the compiled sweep.
+      pass the same function object to reuse the compiled sweep. A metric that declares the
+      positions it reads (`jaxcirc.metrics.read_positions`) gets only those unembedded, through
+      its `on_positions(logits [batch, n, d_vocab])`.
     - `site`: `resid_pre`, `resid_mid`, `resid_post`, `attn_out`, `mlp_out` (per `"position"`),
       `q`, `k`, `v`, `z` (per `"head"` or `"position_head"`), or `pattern` (per `"head"` or
       `"head_position"`, the query position).
     - `chunk_size`: units evaluated at once (vmapped); default keeps about 1 GiB live.
-    - `logit_positions`: if given, only these positions are unembedded and `metric` receives
-      `[batch, len(logit_positions), d_vocab]` (saves the unembedding of unread positions).
-    - `progress`: show a progress bar over layers.
+    - `logit_positions`: if given (`[n]` for every example or `[batch, n]` per example), only
+      these positions are unembedded and `metric` receives `[batch, n, d_vocab]`.
+    - `buckets`: how many position buckets units that patch one position are grouped into
+      (each bucket's runs recompute the positions from its first on; the compiled program
+      holds one block per bucket, or per bucket and layer for a model with interventions
+      inside its blocks); default `min(seq, 4)`. `1` recomputes every position.
+    - `progress`: show a progress bar over blocks.
 
     **Returns:** `[n_layers, seq]` for `"position"`, `[n_layers, n_heads]` for `"head"`,
     `[n_layers, seq, n_heads]` for `"position_head"` (`n_kv_heads` for `k`, `v`),
@@ -102,60 +127,420 @@ def sweep(
     TransformerLens's `get_act_patch_*` functions.
     """
     clean, corrupt = _check(model, clean, corrupt, site, per)
-    if logit_positions is not None:
-        logit_positions = jnp.atleast_1d(jnp.asarray(logit_positions))
-    n_layers = model.cfg.n_layers
-    with progress_bar(progress, total=n_layers, desc=f"patching {site} per {per}", unit="layer"):
-        out = _sweep(
-            model, clean, corrupt, metric, site, per, chunk_size, logit_positions, progress
-        )
+    batch, seq = clean.shape
+    positions, read = _read_plan(metric, logit_positions, batch, seq)
+    n_read = seq if positions is None else positions.shape[1]
+    plan = _plan(model, site, per, batch, seq, n_read, buckets, chunk_size)
+    total = plan.steps * plan.n_chunks
+    with progress_bar(progress, total=total, desc=f"patching {site} per {per}", unit="block"):
+        out = _sweep(model, clean, corrupt, metric, positions, site, read, plan, progress)
         return jax.block_until_ready(out)
 
 
-def _default_chunk(model: Transformer, clean, n_units: int, logit_positions) -> int:
-    cfg = model.cfg
-    batch, seq = clean.shape
-    read = seq if logit_positions is None else logit_positions.shape[0]
-    live = batch * (
-        seq * (8 * cfg.d_model + 2 * cfg.d_mlp + 2 * cfg.n_heads * seq) + read * cfg.d_vocab
+# ------------------------------------------------------------------------- what the metric reads
+
+
+def _positions(positions, batch: int, seq: int, what: str) -> Int[Array, "batch n"]:
+    """Validated positions `[batch, n]`, negative ones counted from the end."""
+    p = np.asarray(positions)
+    if not np.issubdtype(p.dtype, np.integer) or p.ndim not in (1, 2) or p.shape[-1] == 0:
+        raise ValueError(
+            f"{what} must be a non-empty int array [n] or [batch, n]; got {p.dtype} {p.shape}"
+        )
+    if p.ndim == 2 and p.shape[0] != batch:
+        raise ValueError(f"{what} has shape {p.shape}; per example it must be [batch={batch}, n]")
+    bad = p[(p >= seq) | (p < -seq)]
+    if bad.size:
+        raise ValueError(f"{what} {int(bad[0])} out of range for {seq} positions")
+    p = np.where(p < 0, p + seq, p)
+    return jnp.asarray(np.broadcast_to(p, (batch, p.shape[-1])), jnp.int32)
+
+
+def _declared(metric, batch: int, seq: int):
+    """The positions `metric` declares it reads (`jaxcirc.metrics.read_positions`), or None."""
+    read_positions = getattr(metrics_module, "read_positions", None)
+    if read_positions is not None:
+        return read_positions(metric, batch, seq)
+    declare = getattr(metric, "positions", None)
+    if callable(declare) and callable(getattr(metric, "on_positions", None)):
+        return declare(batch, seq)
+    return None
+
+
+def _read_plan(metric, logit_positions, batch: int, seq: int):
+    """`(positions [batch, n] or None, how the metric reads)`: `"full"` logits, `"positions"`
+    (the user's `logit_positions`, given to `metric`) or `"declared"` (`metric.on_positions`)."""
+    if logit_positions is not None:
+        return _positions(logit_positions, batch, seq, "logit_positions"), "positions"
+    declared = _declared(metric, batch, seq)
+    if declared is None:
+        return None, "full"
+    p = _positions(declared, batch, seq, f"positions declared by {type(metric).__name__}")
+    return p, "declared"
+
+
+# ------------------------------------------------------------------------- the static plan
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bucket:
+    """Units (flat indices into the unit grid) whose runs recompute positions `start:`."""
+
+    start: int
+    units: tuple[int, ...]
+    chunk: int  # units per chunk
+    read_layers: int  # layers whose full logits are computed at once
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    names: tuple[str, ...]  # the enumerated axes
+    grid: tuple[int, ...]  # sizes of the enumerated axes
+    axes: tuple[tuple[int, ...], ...]  # per enumerated axis, its index of every flat unit
+    buckets: tuple[_Bucket, ...]
+    n_chunks: int
+    stacked: bool  # one block body scanned for every layer (`_scanned`), else unrolled
+    steps: int  # progress ticks per chunk: lane steps, or every bucket's blocks
+    prefixed: tuple[str, ...]  # sites whose interventions see the cached prefix
+
+
+def _positionwise(intervention: AbstractIntervention) -> bool:
+    """Whether `intervention` acts on each position alone (so a window + cached prefix is
+    exact): jaxcirc's selective interventions, except a `Function` (it may mix positions)."""
+    if isinstance(intervention, Chain):
+        return all(_positionwise(i) for i in intervention.interventions)
+    return isinstance(intervention, AbstractSelectiveIntervention) and not isinstance(
+        intervention, Function
     )
-    return max(1, min(n_units, (1 << 30) // (4 * live)))
+
+
+def _intervened(model: Transformer) -> list[Site]:
+    """The sites of the blocks and the final norm that carry an intervention."""
+    is_site = lambda x: isinstance(x, Site)
+    leaves = jax.tree_util.tree_leaves((model.blocks, model.ln_final), is_leaf=is_site)
+    return [x for x in leaves if is_site(x) and x.intervention is not None]
+
+
+def _windowable(model: Transformer, site: str, per: str) -> bool:
+    """Whether units of `site` per `per` may recompute positions from a bucket's start on."""
+    if "position" not in PER[site][per] or not model.cfg.causal:
+        return False
+    return all("position" in s.axes and _positionwise(s.intervention) for s in _intervened(model))
+
+
+def _stack_form(block):
+    """`block` with its sites renamed `blocks.*.…`: equal for equal blocks of any layer."""
+    return jax.tree_util.tree_map(
+        lambda x: (
+            Site("blocks.*." + x.name.split(".", 2)[2], x.axes, x.intervention)
+            if isinstance(x, Site)
+            else x
+        ),
+        block,
+        is_leaf=lambda x: isinstance(x, Site),
+    )
+
+
+def _stackable(model: Transformer) -> bool:
+    """Whether every block has the same class, settings and array shapes and no intervention:
+    then one block body, indexed by layer, serves every layer (`_lanes`)."""
+    if any(s.name.startswith("blocks.") for s in _intervened(model)):
+        return False
+    forms = [jax.tree_util.tree_flatten(_stack_form(b)) for b in model.blocks]
+    shapes = [[(x.shape, x.dtype) for x in leaves] for leaves, _ in forms]
+    return all(f[1] == forms[0][1] and sh == shapes[0] for f, sh in zip(forms, shapes))
+
+
+def _lanes(n_layers: int) -> tuple[tuple[int, ...], ...]:
+    """The patched layers each lane runs one after the other. The run patched at layer `l`
+    takes `n - l` blocks; pairing `l` with `n - 1 - l` (`n` even) or `n - l` (`n` odd, layer 0
+    alone) gives every lane the same number of steps: no lane idles."""
+    n = n_layers
+    if n % 2:
+        return ((0,), *((i, n - i) for i in range(1, (n + 1) // 2)))
+    return tuple((i, n - 1 - i) for i in range(n // 2))
+
+
+def _schedule(n_layers: int):
+    """Per step and lane: the block to run, whether a run starts (load the corrupted stream,
+    patch) or ends there (keep its output), and the output slot; and each layer's slot."""
+    lanes = _lanes(n_layers)
+    steps = max(sum(n_layers - layer for layer in lane) for lane in lanes)
+    shape = (steps, len(lanes))
+    block, slot = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+    start, end = np.zeros(shape, bool), np.zeros(shape, bool)
+    where = np.zeros(n_layers, np.int32)  # layer -> slot * n_lanes + lane
+    for p, lane in enumerate(lanes):
+        t = 0
+        for k, layer in enumerate(lane):
+            for i in range(layer, n_layers):
+                block[t, p], slot[t, p] = i, k
+                t += 1
+            start[t - (n_layers - layer), p], end[t - 1, p] = True, True
+            where[layer] = k * len(lanes) + p
+    return (block, start, end, slot), where
+
+
+def _site_heads(model: Transformer, site: str) -> int:
+    attn = model.blocks[0].attn
+    return (attn.W_K if site in ("k", "v") else attn.W_Q).shape[0]
+
+
+def _unit_bytes(model: Transformer, batch: int, seq: int, window: int, n_read: int) -> int:
+    """Bytes one unit keeps live: every layer's run through a block, and one layer's logits."""
+    cfg = model.cfg
+    per_row = 8 * cfg.d_model + 3 * cfg.d_mlp + 2 * cfg.n_heads * seq
+    return 4 * batch * (cfg.n_layers * window * per_row + n_read * cfg.d_vocab)
+
+
+def _plan(model, site, per, batch, seq, n_read, buckets, chunk_size) -> _Plan:
+    """Buckets, chunks and the engine, from shapes alone (static for the compiled sweep)."""
+    names = PER[site][per]
+    sizes = {"position": seq, "head": _site_heads(model, site)}
+    grid = tuple(sizes[a] for a in names)
+    flat = {a: g.reshape(-1) for a, g in zip(names, np.indices(grid))}
+    if buckets is None:
+        buckets = min(seq, 4)
+    if not isinstance(buckets, int) or buckets < 1:
+        raise ValueError(f"buckets must be a positive int; got {buckets!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+    if not _windowable(model, site, per):
+        buckets = 1
+    starts = sorted({round(b * seq / buckets) for b in range(min(buckets, seq))})
+    groups = []
+    for start, stop in zip(starts, [*starts[1:], seq]):
+        units = np.arange(math.prod(grid))
+        if "position" in flat:
+            units = units[(flat["position"] >= start) & (flat["position"] < stop)]
+        groups.append((start, units))
+    # every bucket advances one chunk at a time: split the units into chunks that fit together
+    if chunk_size:
+        n_chunks = max(-(-len(u) // chunk_size) for _, u in groups)
+    else:
+        live = sum(len(u) * _unit_bytes(model, batch, seq, seq - s, n_read) for s, u in groups)
+        n_chunks = min(max(len(u) for _, u in groups), -(-live // _BUDGET))
+    out = []
+    for start, units in groups:
+        chunk = -(-len(units) // n_chunks)
+        logits = 4 * chunk * batch * seq * model.cfg.d_vocab
+        read_layers = max(1, min(model.cfg.n_layers, _BUDGET // logits))
+        out.append(_Bucket(start, tuple(int(u) for u in units), chunk, read_layers))
+    prefixed = tuple(s.name for s in _intervened(model)) if len(out) > 1 else ()
+    axes = tuple(tuple(int(i) for i in flat[a]) for a in names)
+    stacked = _stackable(model)
+    n_layers = model.cfg.n_layers
+    steps = _schedule(n_layers)[0][0].shape[0] if stacked else n_layers * len(out)
+    return _Plan(names, grid, axes, tuple(out), n_chunks, stacked, steps, prefixed)
+
+
+# ------------------------------------------------------------------------- the compiled sweep
+
+
+class _Prefixed(AbstractIntervention):
+    """`inner` on the whole positions axis: the cached run's activation at the positions
+    before the window, then the window; only the window is kept. A model's own position-wise
+    interventions thus act on a window exactly as on a full run."""
+
+    inner: AbstractIntervention
+    prefix: Array
+    axis: int = eqx.field(static=True)
+
+    def __call__(self, x, site):
+        start = self.prefix.shape[self.axis]
+        full = jnp.concatenate([self.prefix.astype(x.dtype), x], axis=self.axis)
+        return jax.lax.slice_in_dim(self.inner(full, site), start, None, axis=self.axis)
+
+
+def _with_prefixes(model: Transformer, prefixes: dict[str, Array]) -> Transformer:
+    if not prefixes:
+        return model
+    refs = [SiteRef.parse(name) for name in prefixes]
+    old = [_get(model, r) for r in refs]
+    new = [
+        Site(s.name, s.axes, _Prefixed(s.intervention, prefixes[s.name], s.axes.index("position")))
+        for s in old
+    ]
+    return eqx.tree_at(lambda m: [_get(m, r) for r in refs], model, new)
 
 
 @eqx.filter_jit
-def _sweep(model, clean, corrupt, metric, site, per, chunk_size, logit_positions, progress):
+def _sweep(model, clean, corrupt, metric, positions, site, read, plan, progress):
     n_layers = model.cfg.n_layers
     clean_sites = jax.vmap(lambda t: model.run(t)[1].stack(site))(clean)  # [batch, layer, ...]
-    cache = jax.vmap(lambda t: model.run(t)[1].stack("resid_pre"))(
-        corrupt
-    )  # [batch, layer, seq, d]
-    site_shape = clean_sites.shape[2:]
-    units, grid = _unit_grid(site, per, site_shape, SiteRef(site, 0).axes)
-    n_units = math.prod(grid)
-    chunk = chunk_size or _default_chunk(model, clean, n_units, logit_positions)
+    logits, acts = jax.vmap(model.run)(corrupt)
+    final = acts[SiteRef("resid_post", n_layers - 1)]
+    data = {
+        "entering": acts.stack("resid_pre"),  # [batch, layer, seq, d_model]
+        "clean": clean_sites,
+        "kv": (acts.stack("k"), acts.stack("v")) if plan.stacked else model.kv_cache(acts),
+        "sites": {name: acts[name] for name in plan.prefixed},
+        # what positions before a bucket's start read: the corrupted run's
+        "read": logits if read == "full" else jax.vmap(lambda x: model.ln_final(x)[0])(final),
+        "positions": positions,
+    }
+    exs = tuple(_examples(model, site, b.start, data) for b in plan.buckets)
+    reader = metric.on_positions if read == "declared" else metric
+    gather = read != "full"
+    runs = _scanned if plan.stacked else _unrolled
 
-    def one_example(layer, unit, clean_site, resid):
-        patches = {
-            SiteRef(site, i): Patch(clean_site[i], mask=(layer == i), **unit)
-            for i in range(n_layers)
-        }
-        patched = intervene(model, patches)
-        x = resid[layer]
-        for i, block in enumerate(patched.blocks):
-            x = jax.lax.cond(i >= layer, lambda x, b=block: b(x)[0], lambda x: x, x)
-        if logit_positions is not None:
-            x = x[logit_positions]
-        return patched.readout(x)[0]
+    def one_chunk(units):  # per bucket {axis: [chunk]}
+        finals = runs(model, site, plan, units, exs, progress)
+        return tuple(
+            _readout(model, b, x, e, gather, reader) for b, x, e in zip(plan.buckets, finals, exs)
+        )
 
-    def one_unit(layer, unit):
-        logits = jax.vmap(one_example, in_axes=(None, None, 0, 0))(layer, unit, clean_sites, cache)
-        return metric(logits)
+    outs = jax.lax.map(one_chunk, tuple(_chunked(plan, b) for b in plan.buckets))
+    outs = [  # [n_chunks, layer, chunk, ...] -> [layer, unit, ...]
+        jnp.moveaxis(o, 0, 1).reshape(n_layers, -1, *o.shape[3:])[:, : len(b.units)]
+        for o, b in zip(outs, plan.buckets)
+    ]
+    order = np.argsort(np.concatenate([b.units for b in plan.buckets]), kind="stable")
+    out = jnp.concatenate(outs, axis=1)[:, order]
+    values = _read_rows(model, out, reader) if gather else out
+    return values.reshape(n_layers, *plan.grid)
 
-    def one_layer(layer):
-        values = jax.lax.map(lambda u: one_unit(layer, u), units, batch_size=chunk)
+
+def _chunked(plan: _Plan, bucket: _Bucket) -> dict[str, Int[Array, "n_chunks chunk"]]:
+    """The bucket's units per enumerated axis, padded (repeating the last) into chunks."""
+    index = np.asarray(bucket.units)
+    index = np.concatenate(
+        [index, np.repeat(index[-1:], bucket.chunk * plan.n_chunks - len(index))]
+    )
+    return {
+        a: jnp.asarray(np.asarray(ix)[index].reshape(plan.n_chunks, bucket.chunk), jnp.int32)
+        for a, ix in zip(plan.names, plan.axes)
+    }
+
+
+def _examples(model, site: str, s: int, data: dict) -> dict:
+    """What the runs of a bucket starting at `s` read, one entry per example (batch first)."""
+    axes = SiteRef(site, 0).axes
+
+    def window(a, axis):
+        return jax.lax.slice_in_dim(a, s, None, axis=axis)
+
+    def before(a, axis):
+        return jax.lax.slice_in_dim(a, 0, s, axis=axis)
+
+    sites = {
+        name: before(value, 1 + _get(model, SiteRef.parse(name)).axes.index("position"))
+        for name, value in data["sites"].items()
+    }
+    return {
+        "entering": window(data["entering"], 2),  # [batch, layer, window, d_model]
+        "clean": window(data["clean"], 2 + axes.index("position")),
+        "kv": data["kv"] if s else None,
+        "sites": sites if s else {},
+        "read": before(data["read"], 1) if s else None,
+        "positions": data["positions"],
+    }
+
+
+def _patch(s: int, value, mask, unit) -> Patch:
+    """The clean `value` at `unit` (positions counted from the window's start `s`)."""
+    return Patch(value, mask=mask, **{a: u - s if a == "position" else u for a, u in unit.items()})
+
+
+def _unrolled(model, site, plan, units, exs, progress):
+    """Each bucket's final windows `[layer, chunk, batch, window, d]`, block by block: block
+    `i` runs the runs patched at layers `0..i` as one batch (any model)."""
+    n_layers, out = model.cfg.n_layers, []
+    for bucket, unit, ex in zip(plan.buckets, units, exs):
+        s = bucket.start
+
+        def step(i, x, layer, unit, e, s=s):
+            patch = _patch(s, e["clean"][i], layer == i, unit)
+            patched = intervene(_with_prefixes(model, e["sites"]), {SiteRef(site, i): patch})
+            return patched.resume(x, i, start=s, cache=e["kv"], until=i + 1)
+
+        x = None
+        for i in range(n_layers):
+            entering = ex["entering"][:, i]
+            new = jnp.broadcast_to(entering, (1, bucket.chunk, *entering.shape))
+            x = new if x is None else jnp.concatenate([x, new])  # [i + 1, chunk, batch, ...]
+            f = jax.vmap(partial(step, i), in_axes=(0, None, None, 0))
+            f = jax.vmap(f, in_axes=(0, None, 0, None))
+            x = jax.vmap(f, in_axes=(0, 0, None, None))(x, jnp.arange(i + 1), unit, ex)
+            if progress:
+                jax.debug.callback(tick, x[(0,) * x.ndim])
+        out.append(x)
+    return tuple(out)
+
+
+def _scanned(model, site, plan, units, exs, progress):
+    """Each bucket's final windows `[layer, chunk, batch, window, d]` from one block body
+    scanned over `_schedule`'s steps: at each step every lane runs its block, its weights
+    gathered once for all buckets (the blocks are stacked: `_stackable`)."""
+    dynamic, static = eqx.partition([_stack_form(b) for b in model.blocks], eqx.is_array)
+    weights = jax.tree_util.tree_map(lambda *w: jnp.stack(w), *dynamic)
+    path = SITE_KINDS[site][0].split(".")
+    get = lambda block: functools.reduce(getattr, path, block)
+    (blocks, starts, ends, slots), where = _schedule(model.cfg.n_layers)
+    n_slots = int(slots.max()) + 1
+
+    def step(s, x, w, layer, start, unit, e):
+        """One example's window `x` through block `layer` (weights `w`) of one lane's run."""
+        x = jnp.where(start, e["entering"][layer], x)  # a run starts: the corrupted stream
+        block = eqx.combine(w, static[0])
+        site_ = get(block)
+        patch = _patch(s, e["clean"][layer], start, unit)
+        block = eqx.tree_at(get, block, Site(site_.name, site_.axes, patch))
+        prefix = KVPrefix(*(kv[layer, :s] for kv in e["kv"])) if s else None
+        return block(x, prefix)[0]
+
+    def lanes(s):  # over lanes, units, examples
+        f = jax.vmap(partial(step, s), in_axes=(0, None, None, None, None, 0))
+        f = jax.vmap(f, in_axes=(0, None, None, None, 0, None))
+        return jax.vmap(f, in_axes=(0, 0, 0, 0, None, None))
+
+    def body(carry, schedule):
+        block, start, end, slot = schedule
+        w = jax.tree_util.tree_map(lambda a: a[block], weights)  # each lane's block
+        new = []
+        for (x, kept), bucket, unit, ex in zip(carry, plan.buckets, units, exs):
+            x = lanes(bucket.start)(x, w, block, start, unit, ex)
+            done = lambda k: (end & (slot == k)).reshape(-1, *[1] * (x.ndim - 1))
+            new.append((x, tuple(jnp.where(done(k), x, y) for k, y in enumerate(kept))))
         if progress:
-            jax.debug.callback(tick, layer)
-        return values
+            jax.debug.callback(tick, new[0][0][(0,) * new[0][0].ndim])
+        return tuple(new), None
 
-    values = jax.lax.map(one_layer, jnp.arange(n_layers))
-    return values.reshape(n_layers, *grid)
+    init = []
+    for bucket, ex in zip(plan.buckets, exs):
+        x = jnp.zeros((blocks.shape[1], bucket.chunk, *ex["entering"][:, 0].shape))
+        init.append((x, (x,) * n_slots))
+    schedule = tuple(map(jnp.asarray, (blocks, starts, ends, slots)))
+    carry, _ = jax.lax.scan(body, tuple(init), schedule)
+    return tuple(jnp.concatenate(kept)[where] for _, kept in carry)
+
+
+def _readout(model, bucket, x, ex, gather, reader):
+    """From final windows `x: [layer, chunk, batch, window, d]`: the rows the metric reads
+    (`gather`; `[layer, chunk, batch, n, d]`, normalised), else the metric `[layer, chunk]`."""
+    s = bucket.start
+
+    def rows(x, e):  # one example's read rows of the final normalised stream
+        h = _with_prefixes(model, e["sites"]).ln_final(x)[0]
+        h = jnp.concatenate([e["read"], h]) if s else h
+        return h[e["positions"]]
+
+    def logits(x, e):  # one example's logits [seq, d_vocab]
+        m = _with_prefixes(model, e["sites"])
+        out = m.unembed(m.ln_final(x)[0])
+        return jnp.concatenate([e["read"].astype(out.dtype), out]) if s else out
+
+    if gather:
+        f = jax.vmap(rows)
+        return jax.vmap(jax.vmap(f, in_axes=(0, None)), in_axes=(0, None))(x, ex)
+    per_layer = jax.vmap(lambda xu: reader(jax.vmap(logits)(xu, ex)))
+    return jax.lax.map(per_layer, x, batch_size=bucket.read_layers)
+
+
+def _read_rows(model, h, reader) -> Float[Array, "layer unit"]:
+    """The metric of the final normalised rows it reads, `h: [layer, unit, batch, n, d]`:
+    every patched run's read rows unembedded together, units chunked by memory."""
+    n_layers, n_units, batch, n, _ = h.shape
+    chunk = max(1, min(n_units, _BUDGET // (4 * n_layers * batch * n * model.cfg.d_vocab)))
+    per_unit = jax.vmap(lambda hl: reader(model.unembed(hl)))  # over layers
+    return jax.lax.map(per_unit, jnp.moveaxis(h, 1, 0), batch_size=chunk).T
