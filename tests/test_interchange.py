@@ -12,7 +12,6 @@ from jaxcirc.methods import Alignment, CausalModel, das, iia
 from jaxcirc.models._site import SiteRef
 from jaxcirc.zoo._toy_sum import D, N, toy_model
 
-
 sum_model = toy_model  # the zoo's planted S = a + b network (residual [a, b, 1, noise…])
 
 
@@ -167,6 +166,10 @@ def test_bad_inputs_raise_clear_errors():
         )
     with pytest.raises(ValueError, match="exactly one of answer_tokens"):
         iia(model, HIGH, {"A": SiteRef("resid_pre", 0)}, bt, st, base_inputs=bi, source_inputs=si)
+    with pytest.raises(ValueError, match="readout_position 1 is outside the 1 token positions"):
+        iia(model, HIGH, {"A": SiteRef("resid_pre", 0)}, bt, st, readout_position=1, **kw)
+    with pytest.raises(TypeError, match="readout_position must be an int"):
+        iia(model, HIGH, {"A": SiteRef("resid_pre", 0)}, bt, st, readout_position=0.0, **kw)
     with pytest.raises(ValueError, match="cycle"):
         CausalModel(["x", "y"], {"x": ["y"], "y": ["x"]}, {"x": abs, "y": abs}, [], "x")
     with pytest.raises(ValueError, match="did you mean 'A'"):

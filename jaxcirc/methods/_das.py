@@ -28,6 +28,7 @@ from ._interchange import (
     _counterfactual,
     _location,
     _prepare,
+    _readout,
     iia,
 )
 
@@ -58,7 +59,7 @@ def _with_basis(variable, loc, basis) -> Alignment:
 
 
 @eqx.filter_jit
-def _step(params, opt_state, key, lr, model, loc, variable, data, batch, k, readout_position):
+def _step(params, opt_state, key, lr, model, loc, variable, data, batch, k, readout):
     """One adam step on a random batch of the training pairs (module level: compiled once per
     shape, not once per `das` call)."""
     base, src, labels, answers, train = data
@@ -71,7 +72,7 @@ def _step(params, opt_state, key, lr, model, loc, variable, data, batch, k, read
             (variable,),
             base[idx],
             {variable: src[idx]},
-            readout_position,
+            readout,
             orthonormal=True,
         )[:, answers]
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels[idx]).mean()
@@ -141,12 +142,12 @@ def das(
     opt_state = optax.adam(0.0).init(params)  # the state does not depend on the rate
     lr = jnp.asarray(learning_rate, jnp.float32)
     batch = min(int(batch_size), int(train.shape[0]))
+    readout = _readout(readout_position, base.shape[1])
     data = (base, src, labels, answers, train)
     losses = []
     for step_key in jax.random.split(key_train, steps):
         params, opt_state, loss = _step(
-            params, opt_state, step_key, lr, model, loc, variable, data, batch, int(k),
-            readout_position,
+            params, opt_state, step_key, lr, model, loc, variable, data, batch, int(k), readout
         )  # fmt: skip
         losses.append(loss)
     rot = rotation(params)

@@ -259,7 +259,24 @@ def _counterfactual(high_level, variables, base_inputs, source_inputs):
     return jax.vmap(one)(base_inputs, {v: source_inputs[v] for v in variables})
 
 
+def _readout(position, seq: int) -> Array:
+    """The readout position as an `int32` array (a new position is data, not a new program),
+    checked against the sequence length; a traced one passes through."""
+    if isinstance(position, jax.core.Tracer):
+        return position
+    p = np.asarray(position)
+    if p.ndim != 0 or not np.issubdtype(p.dtype, np.integer):
+        raise TypeError(f"readout_position must be an int; got {position!r}")
+    if not -seq <= int(p) < seq:
+        raise ValueError(
+            f"readout_position {int(p)} is outside the {seq} token positions "
+            f"(0..{seq - 1}, or -{seq}..-1 from the end)"
+        )
+    return jax.device_put(p.astype(np.int32))
+
+
 def _batched_logits(model, alignment, variables, base, sources, readout, orthonormal=False):
+    readout = _readout(readout, base.shape[-1])
     shared = len({id(x) for x in sources.values()}) == 1
     if shared:  # one source for every variable: pass (and run) it once
         sources = next(iter(sources.values()))
