@@ -73,8 +73,8 @@ def test_the_counter_counts():
     assert second_call_compiles(lambda: jax.jit(lambda x: x + 1)(jnp.ones(2))) != []
 
 
-# one small model for every method: a single gpt2 layer, so each first call compiles fast
-MODEL = tiny("gpt2", n_layers=1, d_model=16, n_heads=4, d_head=4, d_mlp=16, d_vocab=20, n_ctx=8)
+# one small model for every method: a single attention layer, so each first call compiles fast
+MODEL = tiny("attn_only", n_layers=1, d_model=8, n_heads=2, d_head=4, d_vocab=20, n_ctx=8)
 CLEAN = jax.random.randint(jax.random.key(1), (2, 4), 0, 20)
 CORRUPT = jax.random.randint(jax.random.key(2), (2, 4), 0, 20)
 
@@ -87,8 +87,8 @@ CASES = {
         np.eye(4, dtype=bool)[[1, 2]],
         CLEAN[:, 0],
         key=jax.random.key(0),
-        n_samples=2,
-        kinds=("mlp",),
+        n_samples=1,
+        kinds=("attn",),
         window=1,
     ),
     "path_patch": lambda: methods.path_patch(MODEL, CLEAN, CORRUPT, logit_diff),
@@ -100,8 +100,8 @@ CASES = {
     ),
     "atp": lambda: methods.atp(MODEL, CLEAN, CORRUPT, logit_diff),
     "acdc": lambda: methods.acdc(MODEL, CLEAN, CORRUPT, threshold=0.05),
-    "learned_mask": lambda: methods.learned_mask(MODEL, CLEAN, CORRUPT, steps=2),
-    "circuit_lasso": lambda: methods.circuit_lasso(MODEL, CLEAN, CORRUPT, n_alphas=2),
+    "learned_mask": lambda: methods.learned_mask(MODEL, CLEAN, CORRUPT, steps=1),
+    "circuit_lasso": lambda: methods.circuit_lasso(MODEL, CLEAN, CORRUPT, alpha=0.01),
     "faithfulness": lambda: jc.metrics.faithfulness(
         MODEL, CLEAN, CORRUPT, logit_diff, EdgeMask.ones(graph(MODEL))
     ),
@@ -215,3 +215,19 @@ def test_bound_metrics_of_any_answer_share_a_program():
         for metric in metrics:
             _read(metric, logits)
     assert len(compiled) == 1, compiled
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Scale.factor (and Add.direction, Mean.value, Noise.std, Patch/Subspace.value) "
+    "given as a Python float is a non-array leaf, static under eqx.filter_jit, so each value "
+    "compiles anew: those fields should convert numbers to arrays as the selections do",
+)
+def test_one_program_for_every_scale_factor():
+    tokens = CLEAN[0]
+    scaled = lambda f: jc.intervene(MODEL, {"blocks.0.hook_resid_pre": jc.Scale(f)})
+    scaled(0.5).run(tokens)  # the first compile, and the eager conversions
+    with count_compiles() as compiled:
+        for factor in (0.25, 2.0):
+            scaled(factor).run(tokens)
+    assert compiled == []
