@@ -202,12 +202,6 @@ def _read(metric, logits):  # how every method takes its metric
     return metric(logits)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metrics.bind keeps Python ints and floats (answer=3, position=-1) as non-array "
-    "leaves of Bound.kwargs, static under eqx.filter_jit, so each value compiles anew: bind "
-    "should turn numbers into arrays",
-)
 def test_bound_metrics_of_any_answer_share_a_program():
     logits = jax.random.normal(jax.random.key(0), (2, 4, 20))
     metrics = [jc.metrics.bind(jc.metrics.logit_diff, answer=a, distractor=7) for a in (3, 4, 5)]
@@ -217,12 +211,6 @@ def test_bound_metrics_of_any_answer_share_a_program():
     assert len(compiled) == 1, compiled
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Scale.factor (and Add.direction, Mean.value, Noise.std, Patch/Subspace.value) "
-    "given as a Python float is a non-array leaf, static under eqx.filter_jit, so each value "
-    "compiles anew: those fields should convert numbers to arrays as the selections do",
-)
 def test_one_program_for_every_scale_factor():
     tokens = CLEAN[0]
     scaled = lambda f: jc.intervene(MODEL, {"blocks.0.hook_resid_pre": jc.Scale(f)})
@@ -231,3 +219,14 @@ def test_one_program_for_every_scale_factor():
         for factor in (0.25, 2.0):
             scaled(factor).run(tokens)
     assert compiled == []
+
+
+def test_one_program_for_every_trace_window():
+    trace = lambda w: methods.causal_trace(
+        MODEL, CLEAN, np.eye(4, dtype=bool)[[1, 2]], CLEAN[:, 0], key=jax.random.key(0),
+        n_samples=1, kinds=("attn",), window=w,
+    )  # fmt: skip
+    trace(1)
+    with count_compiles() as compiled:
+        trace(2)
+    assert compiled == [], compiled

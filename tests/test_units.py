@@ -107,6 +107,25 @@ def test_mlp_units_and_downstream_reproduce_forward(mlp, x):
         np.testing.assert_allclose(out, jax.vmap(mlp)(x), atol=1e-5)
 
 
+def test_mlp_interventions_by_site_name(mlp, x):
+    """`jc.intervene` and `jc.sites` work on an MLPClassifier by its site names, and check
+    unit indices against the site's width."""
+    assert jc.sites(mlp) == mlp.sites
+    zeroed = jc.intervene(mlp, {MLP_SITE: jc.Zero(unit=jnp.array([0, 5]))})
+    logits, acts = jax.vmap(zeroed.run)(x)
+    hidden = jax.vmap(mlp.run)(x)[1][MLP_SITE].at[:, jnp.array([0, 5])].set(0.0)
+    want = jax.vmap(lambda a: mlp.from_layer(a, MLP_SITE))(hidden)
+    np.testing.assert_allclose(acts[MLP_SITE][:, [0, 5]], 0.0)
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+    width = mlp.widths[2]
+    with pytest.raises(ValueError, match=f"unit {width} out of range.*{MLP_SITE}"):
+        jc.intervene(mlp, {MLP_SITE: jc.Zero(unit=width)})
+    with pytest.raises(ValueError, match="no site 'hiden.1'.*did you mean 'hidden.1'"):
+        jc.intervene(mlp, {"hiden.1": jc.Zero()})
+    with pytest.raises(ValueError, match="site kinds name transformer sites"):
+        jc.sites(mlp, "resid_pre")
+
+
 def test_mlp_masked_model_matches_loop_reference(mlp, x):
     r = _random_replacement(MLP_SITE, 128, 1, seed=0, kinds=[CONSTANT, FOLD])
     masked = replace(mlp, r)
@@ -170,7 +189,7 @@ def test_mlp_errors(mlp, x):
         compile_abstraction(mlp, Replacement.constants(MLP_SITE, np.zeros(128, bool), np.ones(128)))
     with pytest.raises(ValueError, match=r"shape \[n, 64\]"):
         unit_activations(mlp, x[:, :10], MLP_SITE)
-    with pytest.raises(TypeError, match="MLPClassifier and jaxcirc.Transformer"):
+    with pytest.raises(TypeError, match="jaxcirc.Transformer and jaxcirc.models.MLPClassifier"):
         unit_activations(object(), x, MLP_SITE)
 
 

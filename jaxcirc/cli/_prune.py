@@ -1,5 +1,5 @@
 """`jaxcirc prune`: interventional-risk pruning of a model into a smaller abstraction, checked
-by interchange interventions (Asiaee 2026, arXiv 2602.24266; METHODS.md §1).
+by interchange interventions (Asiaee 2026, arXiv 2602.24266).
 
 Runs on the shipped models by default, no download: `digits` (the zoo's digits MLP,
 calibrated on training images with their labels, evaluated on the test split) or

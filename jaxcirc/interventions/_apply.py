@@ -6,32 +6,43 @@ from collections.abc import Mapping, Sequence
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 
+from ..models._replacement import get_site, site_table
 from ..models._site import SITE_KINDS, AbstractIntervention, Site, SiteRef, nearest
-from ..models._transformer import Transformer, forward
+from ..models._transformer import Transformer
 from ._library import AbstractSelectiveIntervention, Chain
 
 SiteKey = str | SiteRef
 
 
-def sites(model: Transformer, kind: str | None = None) -> tuple[SiteRef, ...]:
-    """The sites of `model` in computation order, all of them or those of one `kind`."""
+def sites(model: eqx.Module, kind: str | None = None) -> tuple[SiteRef | str, ...]:
+    """The sites of `model` in computation order, all of them or those of one `kind`: a
+    transformer's as `SiteRef`s, another model's (`MLPClassifier`: `"hidden.0"`, ...) by name."""
+    names = tuple(site_table(model))
+    if not isinstance(model, Transformer):
+        if kind is not None:
+            raise ValueError(
+                f"site kinds name transformer sites; this {type(model).__name__} has the sites "
+                f"{list(names)}"
+            )
+        return names
     if kind is not None and kind not in SITE_KINDS:
         raise ValueError(f"unknown site kind {kind!r}{nearest(kind, SITE_KINDS)}")
-    order: list[str] = []  # recorded while tracing: pytree dicts come back sorted by key
-    bare = clear(model)  # interventions made for other sequence lengths must not run here
-
-    def trace(tokens):
-        order.extend(forward(bare, tokens)[1].keys())
-
-    eqx.filter_eval_shape(trace, jnp.zeros(1, jnp.int32))
-    refs = tuple(SiteRef.parse(name) for name in order)
+    refs = tuple(SiteRef.parse(name) for name in names)
     return refs if kind is None else tuple(r for r in refs if r.kind == kind)
 
 
-def resolve(model: Transformer, key: SiteKey) -> SiteRef:
-    """Turn a name or `SiteRef` into a `SiteRef` that exists in `model`, or raise."""
+def resolve(model: eqx.Module, key: SiteKey) -> SiteRef | str:
+    """Turn a name or `SiteRef` into a `SiteRef` (a transformer's) or a name (another
+    model's) that exists in `model`, or raise."""
+    if not isinstance(model, Transformer):
+        names = tuple(site_table(model))
+        if key not in names:
+            raise ValueError(
+                f"this {type(model).__name__} has no site {key!r}{nearest(str(key), names)}; "
+                f"its sites: {list(names)}"
+            )
+        return key
     if isinstance(key, str):
         key = SiteRef.parse(key, [r.name for r in sites(model)])
     elif not isinstance(key, SiteRef):
@@ -43,30 +54,23 @@ def resolve(model: Transformer, key: SiteKey) -> SiteRef:
             f"layer {key.layer} out of range for site {key.kind!r}: the model has "
             f"{model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1})"
         )
-    try:
-        _get(model, key)
-    except AttributeError:
+    if key.name not in site_table(model):
         present = sorted({r.kind for r in sites(model)})
         raise ValueError(
             f"this {model.cfg.family} model has no site {key.name!r}{nearest(key.kind, present)}; "
             f"its kinds: {present}"
-        ) from None
+        )
     return key
 
 
-def _get(model: Transformer, ref: SiteRef) -> Site:
-    node = model
-    for part in ref.name.split("."):
-        node = node[int(part)] if part.isdigit() else getattr(node, part)
-    if not isinstance(node, Site):
-        raise AttributeError(ref.name)
-    return node
+def _name(ref: SiteRef | str) -> str:
+    return ref.name if isinstance(ref, SiteRef) else ref
 
 
 def intervene(
-    model: Transformer,
+    model: eqx.Module,
     interventions: Mapping[SiteKey, AbstractIntervention | Sequence[AbstractIntervention]],
-) -> Transformer:
+) -> eqx.Module:
     """Return a copy of `model` with `interventions` at their sites; `model` is unchanged.
 
     A site that already carries an intervention keeps it and applies the new one after it
@@ -83,21 +87,24 @@ def intervene(
         for item in chain:
             if not isinstance(item, AbstractIntervention):
                 raise TypeError(
-                    f"intervention for {ref.name} must be an intervention; got {item!r}"
+                    f"intervention for {_name(ref)} must be an intervention; got {item!r}"
                 )
-        old = _get(model, ref)
+        old = get_site(model, _name(ref))
         if old.intervention is not None:
             chain = (old.intervention, *chain)
         new = chain[0] if len(chain) == 1 else Chain(chain)
         refs.append(ref)
         new_sites.append(Site(old.name, old.axes, new))
-    if len(set(refs)) != len(refs):
+    if len(set(map(_name, refs))) != len(refs):
         raise ValueError("a site appears twice in one intervene call (e.g. as name and SiteRef)")
     if not refs:
         return model
     _check_selections(model, new_sites)
     return eqx.tree_at(
-        lambda m: [_get(m, r) for r in refs], model, new_sites, is_leaf=lambda x: x is None
+        lambda m: [get_site(m, _name(r)) for r in refs],
+        model,
+        new_sites,
+        is_leaf=lambda x: x is None,
     )
 
 
@@ -107,30 +114,19 @@ def _selective(intervention) -> list[AbstractSelectiveIntervention]:
     return [intervention] if isinstance(intervention, AbstractSelectiveIntervention) else []
 
 
-def _check_selections(model: Transformer, new_sites: list[Site]) -> None:
+def _check_selections(model: eqx.Module, new_sites: list[Site]) -> None:
     """Check concrete head and unit indices now, against the sizes of each site's axes: under
     `jit` (where `run` goes) they are traced data and out-of-range ones would select nothing.
-    Positions depend on the tokens; they are checked where the site runs eagerly."""
-    items = [(site, iv) for site in new_sites for iv in _selective(site.intervention)]
-    concrete = lambda x: x is not None and not isinstance(x, jax.core.Tracer)
-    shapes = None
-    for site, iv in items:
-        sizes = {}
-        if concrete(iv.head) or concrete(iv.unit):
-            if shapes is None:
-                bare = clear(model)
-                shapes = eqx.filter_eval_shape(
-                    lambda t: forward(bare, t)[1].values, jnp.zeros(1, jnp.int32)
-                )
-            sizes = {
-                axis: n
-                for axis, n in zip(site.axes, shapes[site.name].shape)
-                if axis in ("head", "unit")
-            }
-        iv.check_selection(site, sizes)
+    Positions depend on the inputs; they are checked where the site runs eagerly."""
+    table = site_table(model)
+    for site in new_sites:
+        axes, shape = table[site.name]
+        sizes = {axis: n for axis, n in zip(axes, shape) if axis in ("head", "unit")}
+        for iv in _selective(site.intervention):
+            iv.check_selection(site, sizes)
 
 
-def clear(model: Transformer) -> Transformer:
+def clear(model: eqx.Module) -> eqx.Module:
     """Remove every intervention from `model`."""
     return jax.tree_util.tree_map(
         lambda s: Site(s.name, s.axes) if isinstance(s, Site) else s,

@@ -57,8 +57,9 @@ def _as_index(value, axis: str) -> Array | None:
         return jax.device_put(np.asarray(concrete, np.int32))
 
 
-def _as_mask(value) -> Array | None:
-    """A NumPy or Python `mask` as a JAX array (data, not a static leaf); tracers pass."""
+def _as_array(value) -> Array | None:
+    """A number, list or NumPy array as a JAX array (data, not a static leaf, so a new value
+    is not a new program); JAX arrays and tracers pass."""
     if value is None or isinstance(value, (jax.Array, jax.core.Tracer)):
         return value
     with jax.ensure_compile_time_eval():
@@ -104,7 +105,7 @@ class AbstractSelectiveIntervention(AbstractIntervention):
     unit: _Index = eqx.field(
         default=None, kw_only=True, converter=functools.partial(_as_index, axis="unit")
     )
-    mask: ArrayLike | None = eqx.field(default=None, kw_only=True, converter=_as_mask)
+    mask: ArrayLike | None = eqx.field(default=None, kw_only=True, converter=_as_array)
 
     @abc.abstractmethod
     def target(self, x: Array, site: Site) -> Array:
@@ -172,7 +173,7 @@ def _check_broadcast(what: str, value: Array, x: Array, site: Site, exact: bool 
 class Patch(AbstractSelectiveIntervention):
     """Replace the activation by `value` (activation patching; Meng et al. 2022)."""
 
-    value: Float[Array, ...]
+    value: Float[Array, ...] = eqx.field(converter=_as_array)
 
     def target(self, x, site):
         _check_broadcast("Patch value", jnp.asarray(self.value), x, site, exact=True)
@@ -189,7 +190,7 @@ class Zero(AbstractSelectiveIntervention):
 class Mean(AbstractSelectiveIntervention):
     """Replace the activation by `value`, broadcast over the axes it lacks (mean ablation)."""
 
-    value: Float[Array, ...]
+    value: Float[Array, ...] = eqx.field(converter=_as_array)
 
     def target(self, x, site):
         _check_broadcast("Mean value", jnp.asarray(self.value), x, site)
@@ -199,7 +200,7 @@ class Mean(AbstractSelectiveIntervention):
 class Add(AbstractSelectiveIntervention):
     """Add `direction` to the activation (activation steering; Turner et al. 2023)."""
 
-    direction: Float[Array, ...]
+    direction: Float[Array, ...] = eqx.field(converter=_as_array)
 
     def target(self, x, site):
         _check_broadcast("Add direction", jnp.asarray(self.direction), x, site)
@@ -209,7 +210,7 @@ class Add(AbstractSelectiveIntervention):
 class Scale(AbstractSelectiveIntervention):
     """Multiply the activation by `factor`."""
 
-    factor: Float[ArrayLike, ...]
+    factor: Float[ArrayLike, ...] = eqx.field(converter=_as_array)
 
     def target(self, x, site):
         _check_broadcast("Scale factor", jnp.asarray(self.factor), x, site)
@@ -223,7 +224,7 @@ class Noise(AbstractSelectiveIntervention):
     so a prompt's noise does not depend on how far its batch is padded.
     """
 
-    std: Float[ArrayLike, ...]
+    std: Float[ArrayLike, ...] = eqx.field(converter=_as_array)
     key: PRNGKeyArray
 
     def target(self, x, site):
@@ -243,8 +244,8 @@ class Subspace(AbstractSelectiveIntervention):
     used); `value` broadcasts to the activation (Geiger et al. 2023, interchange on a subspace).
     """
 
-    basis: Float[Array, "k n"]
-    value: Float[Array, ...]
+    basis: Float[Array, "k n"] = eqx.field(converter=_as_array)
+    value: Float[Array, ...] = eqx.field(converter=_as_array)
 
     def target(self, x, site):
         basis = jnp.asarray(self.basis, jnp.float32)

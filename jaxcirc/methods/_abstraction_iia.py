@@ -1,5 +1,5 @@
 """`abstraction_iia`: interchange-intervention accuracy of a pruning abstraction against the full
-model (Asiaee 2026, arXiv 2602.24266; the protocol of the author's follow-up, METHODS.md §1.8,
+model (Asiaee 2026, arXiv 2602.24266; the protocol of the author's follow-up,
 generalised from an MLP's penultimate layer to any site with units).
 
 A trial draws a base input `i` and a source input `j ≠ i` and swaps each KEPT unit of the site

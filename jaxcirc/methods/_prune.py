@@ -1,8 +1,8 @@
 """`prune_model`: interventional-risk pruning of a whole model, site by site (Asiaee 2026,
 "Efficient Discovery of Approximate Causal Abstractions via Neural Mechanism Sparsification",
-arXiv 2602.24266; METHODS.md §1.4–1.8).
+arXiv 2602.24266).
 
-For each site, from the last in computation order to the first (METHODS.md §1.8, [Inf]):
+For each site, from the last in computation order to the first (Asiaee 2026):
 
 1. read the site's unit activations `a` on the calibration inputs from the *current* model —
    the full model with the replacements chosen so far (later sites) applied;
@@ -13,7 +13,7 @@ For each site, from the last in computation order to the first (METHODS.md §1.8
    between blocks of removals on the current model with this site's replacement so far
    applied (the site's activations do not change: they depend only on earlier layers).
 
-Choices (ours, where METHODS.md marks the procedure unknown):
+Choices (ours, where the paper leaves the procedure open):
 
 - **Loss**: with `labels` the task cross-entropy (summed over labelled positions; `-1` marks a
   position to ignore, e.g. the first half of an induction prompt); without labels the KL from
@@ -205,7 +205,7 @@ def prune_model(
     **prune_kwargs,
 ) -> PruneResult:
     """Prune the units of one or more sites of `model` by interventional risk and compile the
-    abstraction (Asiaee 2026, arXiv 2602.24266; METHODS.md §1; choices in the module
+    abstraction (Asiaee 2026, arXiv 2602.24266; choices in the module
     docstring).
 
     **Arguments:**

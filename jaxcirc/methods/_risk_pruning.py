@@ -1,6 +1,6 @@
 """Interventional-risk pruning of one site: scores, constants and folds (Asiaee 2026,
 "Efficient Discovery of Approximate Causal Abstractions via Neural Mechanism Sparsification",
-arXiv 2602.24266; METHODS.md §1.4–1.7).
+arXiv 2602.24266).
 
 Everything works on arrays of one site, rows = calibration samples (for a transformer a row is
 one (example, position)): activations `a`, per-sample gradient `g = ∂ℓ/∂a` and diagonal
@@ -33,7 +33,7 @@ same pruning keeps 0.95.
 **Variance** (the uniform-curvature special case): score `Σ_e Var(a_je)`, constant the mean.
 **Random**: uniform scores from a key, constant the mean.
 
-**Fold** (an affine soft intervention on kept neighbours, METHODS.md §1.7): the parents of unit
+**Fold** (an affine soft intervention on kept neighbours): the parents of unit
 `j` are the `r` kept units other than `j` with the largest `|Pearson corr|`; for `d_unit > 1`
 (our choice) a pair's correlation is the largest `|corr|` over all pairs of their coordinates,
 and each coordinate of `j` is regressed on all `r · d_unit` coordinates of its parents. The
@@ -184,7 +184,7 @@ def constant_scores(
     clip: bool = True,
 ) -> tuple[Float[Array, " n_units"], Float[Array, "n_units d_unit"]]:
     """Predicted risk increase of replacing each unit by its best constant, and the constant
-    (Asiaee 2026, arXiv 2602.24266; METHODS.md §1.5).
+    (Asiaee 2026, arXiv 2602.24266).
 
     Returns `(score [n_units], c [n_units, d_unit])`, `score = (1/n) Σ_n Σ_e [g δ + ½ h δ²]`
     with `δ = c − a`. `damping=None, clip=False` is the closed form `c* = (HA − G)/H`, score
@@ -201,7 +201,7 @@ def constant_scores(
 def variance_scores(
     a: Float[ArrayLike, "n n_units d_unit"],
 ) -> tuple[Float[Array, " n_units"], Float[Array, "n_units d_unit"]]:
-    """Variance pruning, the uniform-curvature special case (METHODS.md §1.6):
+    """Variance pruning, the uniform-curvature special case (Asiaee 2026):
     `(score = Σ_e Var(a_je) [n_units], c = mean [n_units, d_unit])`."""
     (a, _, _) = _arrays(a)
     return a.var(0).sum(-1), a.mean(0)
@@ -218,7 +218,7 @@ def random_scores(n_units: int, key: PRNGKeyArray) -> Float[Array, " n_units"]:
 
 
 class Fold(eqx.Module):
-    """Each unit folded onto kept units other than itself (METHODS.md §1.7).
+    """Each unit folded onto kept units other than itself (Asiaee 2026).
 
     Row `j` is unit `j` as `offset[j] + mix[j·d:(j+1)·d] @ a_flat` on up to `r` kept
     parents (for a kept unit: what removing it would cost). `parents [n_units, r]` with
@@ -308,7 +308,7 @@ def fold(
     ridge: float = 1e-4,
 ) -> Fold:
     """Fold every unit onto its `r` most correlated kept units by curvature-weighted ridge
-    regression (Asiaee 2026, arXiv 2602.24266; METHODS.md §1.7; choices in the module
+    regression (Asiaee 2026, arXiv 2602.24266; choices in the module
     docstring). One compiled program for every `keep` of the same shape."""
     a, g_, h = _arrays(a, g, h)
     n, u, d = a.shape
@@ -352,7 +352,7 @@ def prune(
     ridge: float = 1e-4,
 ) -> Replacement:
     """Keep `round(keep_fraction · n_units)` units (at least one) of one site and replace the
-    rest (Asiaee 2026, arXiv 2602.24266; METHODS.md §1.5–1.8).
+    rest (Asiaee 2026, arXiv 2602.24266).
 
     `method`: `"constant"` (damped closed-form constants), `"fold"` (affine folds onto kept
     units), `"auto"` (per pruned unit, whichever of the two has the smaller predicted risk),

@@ -229,7 +229,7 @@ def causal_trace(
     with progress_bar(progress, total=n_layers * len(kinds), desc="causal tracing", unit="layer"):
         clean, corrupt, grids = _trace(
             model, tokens, mask, answer, jnp.asarray(lengths), jnp.asarray(std, jnp.float32),
-            keys, tuple(kinds), int(window), chunk_size, bool(progress), start, stop,
+            keys, tuple(kinds), jnp.int32(window), chunk_size, bool(progress), start, stop,
         )  # fmt: skip
         grids = jax.block_until_ready(grids)
     windows = {k: 1 if k == "resid" else int(window) for k in kinds}

@@ -252,12 +252,15 @@ def bind(fn: Callable, **kwargs) -> Bound:
     """Fix every argument of a metric but the logits: `bind(logit_diff, answer=a, distractor=d)`.
 
     The result is the `metric` that `jaxcirc.patching.sweep(model, clean, corrupt, metric, ...)`
-    expects. NumPy arrays become JAX arrays; ints (e.g. `position=-1`) stay static.
+    expects. Numbers, lists and NumPy arrays become JAX arrays (so a metric bound to another
+    answer or position runs the same compiled program); bools and other objects stay static.
     """
     if not callable(fn):
         raise TypeError(f"bind expects a metric function first; got {type(fn).__name__}")
+    numbers = (int, float, np.number, np.ndarray, list, tuple)
     arrays = {
-        k: jnp.asarray(v) if isinstance(v, (np.ndarray, list)) else v for k, v in kwargs.items()
+        k: jnp.asarray(v) if isinstance(v, numbers) and not isinstance(v, bool) else v
+        for k, v in kwargs.items()
     }
     return Bound(fn, arrays)
 

@@ -19,6 +19,7 @@ from ._replacement import (
     check_inputs,
     default_curvature,
     run_from,
+    site_table,
     unit_site,
     unit_sites,
 )
@@ -140,6 +141,10 @@ class MLPClassifier(eqx.Module):
 
     # the unit interface (jaxcirc.models._replacement)
 
+    def site_table(self) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+        """Each hidden site: axes `("unit",)`, shape `[width]`."""
+        return {site.name: (("unit",), (w,)) for site, w in zip(self.hidden, self.widths[1:])}
+
     def unit_site(self, site: str) -> UnitSite:
         """Every hidden site has units: its neurons, `d_unit = 1`."""
         return UnitSite(site, ("unit",), self.widths[1 + self.layer_index(site)], 1)
@@ -162,6 +167,7 @@ class MLPClassifier(eqx.Module):
         return "ggn"
 
 
+site_table.register(MLPClassifier, MLPClassifier.site_table)
 unit_sites.register(MLPClassifier, lambda model: model.sites)
 unit_site.register(MLPClassifier, MLPClassifier.unit_site)
 check_inputs.register(MLPClassifier, MLPClassifier.check_inputs)

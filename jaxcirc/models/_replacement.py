@@ -10,7 +10,7 @@ site) otherwise. Kept units pass through unchanged.
 
 **The unit interface.** What unit methods (`jaxcirc.methods.prune_model`, `abstraction_iia`)
 ask of a model family, dispatched on the model class (`functools.singledispatch`):
-`unit_sites(model)`, `unit_site(model, site)`, `check_inputs(model, inputs)`,
+`site_table(model)`, `unit_sites(model)`, `unit_site(model, site)`, `check_inputs(model, inputs)`,
 `run_from(model, site, value, x)`, `default_curvature(model)`, and `narrow(model, replacements)`
 (`jaxcirc.models._narrow`). `Transformer` registers its implementations here,
 `MLPClassifier` registers its methods. The rest is shared: every model has `run(x) ->
@@ -220,9 +220,16 @@ class UnitSite(NamedTuple):
 
 def _unsupported(model) -> TypeError:
     return TypeError(
-        "units are defined for jaxcirc.models.MLPClassifier and jaxcirc.Transformer; got "
-        f"{type(model).__name__}"
+        "sites and units are defined for jaxcirc.Transformer and jaxcirc.models.MLPClassifier; "
+        f"got {type(model).__name__}"
     )
+
+
+@functools.singledispatch
+def site_table(model) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """`{name: (axes, shape of one example)}` of every site of `model`, in computation order
+    (a transformer's at one position)."""
+    raise _unsupported(model)
 
 
 @functools.singledispatch
@@ -273,9 +280,9 @@ def default_curvature(model) -> str:
 _SITE_TABLES: dict = {}
 
 
-def _site_table(model: Transformer) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
-    """`{name: (axes, shape of one example at one position)}` in computation order, cached per
-    config (a config fixes every site's shape; `narrow` records its widths)."""
+@site_table.register
+def _(model: Transformer) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """Cached per config (a config fixes every site's shape; `narrow` records its widths)."""
     table = _SITE_TABLES.get(model.cfg)
     if table is None:
         order: list[tuple[str, tuple[int, ...]]] = []
@@ -285,7 +292,12 @@ def _site_table(model: Transformer) -> dict[str, tuple[tuple[str, ...], tuple[in
                 (k, v.shape) for k, v in forward(m, jnp.zeros(1, jnp.int32))[1].values.items()
             )
 
-        eqx.filter_eval_shape(trace, model)
+        bare = jax.tree_util.tree_map(  # interventions sized for other inputs must not run here
+            lambda s: Site(s.name, s.axes) if isinstance(s, Site) else s,
+            model,
+            is_leaf=lambda x: isinstance(x, Site),
+        )
+        eqx.filter_eval_shape(trace, bare)
         table = {name: (SiteRef.parse(name).axes, shape) for name, shape in order}
         _SITE_TABLES[model.cfg] = table
     return table
@@ -293,13 +305,13 @@ def _site_table(model: Transformer) -> dict[str, tuple[tuple[str, ...], tuple[in
 
 @unit_sites.register
 def _(model: Transformer) -> tuple[str, ...]:
-    return tuple(name for name, (axes, _) in _site_table(model).items() if has_units(axes))
+    return tuple(name for name, (axes, _) in site_table(model).items() if has_units(axes))
 
 
 @unit_site.register
 def _(model: Transformer, site: str | SiteRef) -> UnitSite:
     name = site.name if isinstance(site, SiteRef) else site
-    table = _site_table(model)
+    table = site_table(model)
     if not isinstance(name, str) or name not in table:
         raise ValueError(
             f"this {model.cfg.family} model has no site {name!r}{nearest(name, table)}; "

@@ -42,9 +42,9 @@ from jaxtyping import Array, Float, Int
 from .. import metrics as metrics_module
 from .._progress import progress_bar, tick
 from ..interventions import Patch, intervene, resolve
-from ..interventions._apply import _get
 from ..interventions._library import AbstractSelectiveIntervention, Chain, Function
 from ..models._attention import KVPrefix
+from ..models._replacement import get_site
 from ..models._site import SITE_KINDS, AbstractIntervention, Site, SiteRef, nearest
 from ..models._transformer import Transformer
 
@@ -356,12 +356,12 @@ def _with_prefixes(model: Transformer, prefixes: dict[str, Array]) -> Transforme
     if not prefixes:
         return model
     refs = [SiteRef.parse(name) for name in prefixes]
-    old = [_get(model, r) for r in refs]
+    old = [get_site(model, r.name) for r in refs]
     new = [
         Site(s.name, s.axes, _Prefixed(s.intervention, prefixes[s.name], s.axes.index("position")))
         for s in old
     ]
-    return eqx.tree_at(lambda m: [_get(m, r) for r in refs], model, new)
+    return eqx.tree_at(lambda m: [get_site(m, r.name) for r in refs], model, new)
 
 
 @eqx.filter_jit
@@ -424,7 +424,7 @@ def _examples(model, site: str, s: int, data: dict) -> dict:
         return jax.lax.slice_in_dim(a, 0, s, axis=axis)
 
     sites = {
-        name: before(value, 1 + _get(model, SiteRef.parse(name)).axes.index("position"))
+        name: before(value, 1 + get_site(model, name).axes.index("position"))
         for name, value in data["sites"].items()
     }
     return {

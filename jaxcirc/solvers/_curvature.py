@@ -1,8 +1,9 @@
 """Gradient and diagonal curvature of a per-sample loss with respect to unit activations.
 
-The second-order expansion of METHODS.md §1.4: replacing unit `j`'s activation on sample `n`
-by `a_nj + δ` changes that sample's loss by about `g_nj δ + ½ h_nj δ²`, with
-`g_nj = ∂ℓ_n/∂a_nj` and `h_nj = ∂²ℓ_n/∂a_nj²` (or its Gauss–Newton / Fisher surrogate).
+The second-order expansion of Asiaee 2026 (arXiv 2602.24266): replacing unit `j`'s
+activation on sample `n` by `a_nj + δ` changes that sample's loss by about
+`g_nj δ + ½ h_nj δ²`, with `g_nj = ∂ℓ_n/∂a_nj` and `h_nj = ∂²ℓ_n/∂a_nj²`
+(or its Gauss–Newton / Fisher surrogate).
 `unit_curvature` computes `g`, `h` and `ℓ` for every unit of every sample, for any function
 from activations to logits, by one of four methods:
 
@@ -49,7 +50,7 @@ class Curvature(eqx.Module):
     - `loss`: `[n]`, each sample's loss `ℓ_n` at `acts`.
 
     The second-order change of sample `n`'s loss when one unit moves by `δ` is
-    `grad · δ + ½ curv · δ²` (METHODS.md §1.4).
+    `grad · δ + ½ curv · δ²` (Asiaee 2026).
     """
 
     grad: PyTree[Float[Array, "n ..."]]

@@ -1,7 +1,7 @@
 """The digits MLP: a small ReLU classifier of scikit-learn's 8×8 handwritten digits.
 
-The model of the pruning reproduction (issue 6; Asiaee 2026, arXiv 2602.24266; METHODS.md
-§1.8, where the author's follow-up prunes the penultimate layer of an MNIST MLP). Architecture
+The model of the pruning reproduction (Asiaee 2026, arXiv 2602.24266, where the author's
+follow-up prunes the penultimate layer of an MNIST MLP). Architecture
 64 → 128 → 128 → 10 with ReLU, a `jaxcirc.models.MLPClassifier`; its hidden layers are the sites
 `"hidden.0"` and `"hidden.1"` (post-activation, 128 units each).
 

@@ -15,7 +15,7 @@ an earlier token, is never right); mean log-prob of the induction token -0.10 cl
 corrupt. All four layer-1 heads are induction heads (attention from `i` to `i - L + 1`:
 0.89-0.96); layer-0 heads 0 and 2 are previous-token heads (0.65, 0.78).
 
-The model with MLPs (`induction_mlp_model()`, issue 6 prunes its neurons and heads):
+The model with MLPs (`induction_mlp_model()`):
 `jaxcirc.models.gpt2(d_model=64, n_heads=4, d_head=16, d_mlp=256, d_vocab=64, n_ctx=48,
 tied_embeddings=False)`, GELU MLPs, same data, optimiser, steps and seed (about 2 minutes on 2
 shared CPU cores; with tied embeddings it had learnt only 24% second-half accuracy by then).
