@@ -11,8 +11,7 @@ the patch can change:
   unchanged in every layer. Units are grouped into static position buckets; the runs of a
   bucket recompute only the positions from the bucket's first on (`Transformer.resume` with
   `start`; blocks given a `KVPrefix`), attending to the corrupted run's cached keys and
-  values before it. Per-`"head"`
-  units (all positions) run every position;
+  values before it. Per-`"head"` units (all positions) run every position;
 - **logits**: only the positions the metric reads are unembedded (`logit_positions`, or the
   positions a metric declares, `jaxcirc.metrics.read_positions`); positions before a bucket's
   start read the corrupted run's.

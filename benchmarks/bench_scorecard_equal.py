@@ -1,0 +1,89 @@
+"""The ground-truth scorecard before and after the one-engine refactor: equal numbers.
+
+`data/scorecard_02c736b.json` is `jaxcirc bench ground-truth` (13 tracr cases × 8 methods,
+32 pairs, seed 0, zero ablation) as written at commit 02c736b, before the forward engine, the
+`Circuit` type and the method values. This script runs the same scorecard on the working tree
+and compares every (case, method) row: edge AUROC to 1e-6, node AUROC and faithfulness to 1e-6,
+SHD at k exactly. It exits 1 on any difference and otherwise writes its section of RESULTS.md.
+Usage: `python benchmarks/bench_scorecard_equal.py [--new scorecard.json] [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c  # noqa: E402
+
+REFERENCE = c.HERE / "data" / "scorecard_02c736b.json"
+TOL = 1e-6
+CLOSE = ("edge_auroc", "node_auroc", "faithfulness")
+
+
+def compare(old: list[dict], new: list[dict]) -> tuple[dict, list[str]]:
+    """Largest difference per field over the shared rows, and every row that differs."""
+    key = lambda r: (r["case"], r["method"])
+    old_rows, new_rows = {key(r): r for r in old}, {key(r): r for r in new}
+    problems = [f"row {k} only in {side}" for side, a, b in (
+        ("the reference", old_rows, new_rows), ("the new run", new_rows, old_rows)
+    ) for k in a if k not in b]  # fmt: skip
+    worst = dict.fromkeys((*CLOSE, "shd_at_k"), 0.0)
+    for k in old_rows.keys() & new_rows.keys():
+        a, b = old_rows[k], new_rows[k]
+        for field in worst:
+            if (a[field] is None) != (b[field] is None):
+                problems.append(f"{k} {field}: {a[field]} before, {b[field]} now")
+                continue
+            if a[field] is None:
+                continue
+            d = abs(a[field] - b[field])
+            worst[field] = max(worst[field], d)
+            if d > (TOL if field in CLOSE else 0):
+                problems.append(f"{k} {field}: {a[field]} before, {b[field]} now")
+    return worst, problems
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--new", help="a scorecard.json already written by the working tree")
+    p.add_argument("--quick", action="store_true", help="print only, do not write RESULTS.md")
+    args = p.parse_args()
+    info = c.machine()
+    old = json.loads(REFERENCE.read_text())
+    start = time.perf_counter()
+    if args.new:
+        new = json.loads(Path(args.new).read_text())
+    else:
+        from jaxcirc.bench import scorecard
+
+        new, _ = scorecard()
+    seconds = time.perf_counter() - start
+    worst, problems = compare(old, new)
+    for line in problems:
+        print("DIFFERS:", line)
+    rows = [[field, f"{value:.1e}", "1e-06" if field in CLOSE else "0"] for field, value in
+            worst.items()]  # fmt: skip
+    verdict = "equal" if not problems else f"{len(problems)} differences"
+    body = "\n\n".join([
+        "## Scorecard before and after the one-engine refactor (CPU)",
+        c.machine_markdown(info),
+        f"`jaxcirc bench ground-truth` defaults (13 tracr cases × 8 methods = {len(old)} rows, "
+        f"32 pairs, seed 0, zero ablation) on the working tree, against "
+        f"`benchmarks/data/scorecard_02c736b.json` written at commit 02c736b (before the shared "
+        f"forward engine, `Circuit` and method values); the new run took {seconds:.0f} s "
+        f"{'(read from ' + args.new + ')' if args.new else ''}. Largest difference over the rows:",
+        c.table(["field", "max |before − after|", "tolerance"], rows),
+        f"**Every row {verdict}.**" if not problems else f"**MISSED: {verdict}** (printed above).",
+    ])  # fmt: skip
+    print(body)
+    if not args.quick and not problems:
+        c.write_section("scorecard_equal", body)
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()
