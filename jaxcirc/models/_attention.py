@@ -55,6 +55,7 @@ class Attention(eqx.Module):
     rotary_dim: int = eqx.field(static=True)
     rotary_base: float = eqx.field(static=True)
     causal: bool = eqx.field(static=True, default=True)
+    rotary_scale: float = eqx.field(static=True, default=1.0)  # linear RoPE scaling
 
     def __call__(
         self, x: Float[Array, "seq d_model"], prefix: KVPrefix | None = None
@@ -102,8 +103,8 @@ class Attention(eqx.Module):
             k = jnp.concatenate([prefix.k.astype(k.dtype), k])
             v = jnp.concatenate([prefix.v.astype(v.dtype), v])
         if self.rotary_dim:
-            q = apply_rotary(q, self.rotary_dim, self.rotary_base, offset=start)
-            k = apply_rotary(k, self.rotary_dim, self.rotary_base)
+            q = apply_rotary(q, self.rotary_dim, self.rotary_base, start, self.rotary_scale)
+            k = apply_rotary(k, self.rotary_dim, self.rotary_base, scale=self.rotary_scale)
         group = q.shape[1] // max(k.shape[1], 1)  # a narrowed layer may keep no head
         k = jnp.repeat(k, group, axis=1)
         v = jnp.repeat(v, group, axis=1)

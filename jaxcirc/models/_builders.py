@@ -63,6 +63,7 @@ def build(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transformer:
             rotary_dim=cfg.rotary_dim if cfg.positional == "rotary" else 0,
             rotary_base=cfg.rotary_base,
             causal=cfg.causal,
+            rotary_scale=cfg.rotary_scale,
         )
         sites = {
             f"hook_{k}": make_site(k, layer)

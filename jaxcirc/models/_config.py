@@ -64,6 +64,7 @@ class TransformerConfig:
     layer_n_kv_heads: tuple[int, ...] | None = None
     layer_d_mlp: tuple[int, ...] | None = None
     mlp_out_bias: bool | None = None  # `None`: as `mlp_bias`; narrowing may add b_out alone
+    rotary_scale: float = 1.0  # linear RoPE scaling: positions are divided by it
 
     def __post_init__(self):
         def bad(field, value, expected):
@@ -87,6 +88,8 @@ class TransformerConfig:
             0 < self.rotary_dim <= self.d_head and self.rotary_dim % 2 == 0
         ):
             bad("rotary_dim", self.rotary_dim, f"an even int in (0, d_head={self.d_head}]")
+        if not (isinstance(self.rotary_scale, (int, float)) and 0 < self.rotary_scale < 1e308):
+            bad("rotary_scale", self.rotary_scale, "a positive number (1.0: unscaled)")
         if self.dtype not in DTYPES:
             bad("dtype", self.dtype, f"one of {sorted(DTYPES)}")
         for field, choices in (
@@ -172,6 +175,8 @@ class TransformerConfig:
         for field in (*LAYER_FIELDS, "mlp_out_bias"):  # absent unless set: old files unchanged
             if data[field] is None:
                 del data[field]
+        if data["rotary_scale"] == 1.0:
+            del data["rotary_scale"]
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod

@@ -73,21 +73,25 @@ class Identity(eqx.Module):
 
 
 def rotary_tables(
-    seq: int, rotary_dim: int, base: float
+    seq: int, rotary_dim: int, base: float, scale: float = 1.0
 ) -> tuple[Float[Array, "seq rot"], Float[Array, "seq rot"]]:
-    """cos/sin tables of rotary embeddings, halves layout (Su et al. 2021; HF `rotate_half`)."""
+    """cos/sin tables of rotary embeddings, halves layout (Su et al. 2021; HF `rotate_half`);
+    `scale` divides positions (linear RoPE scaling, Chen et al. 2023, arXiv:2306.15595)."""
     inv_freq = 1.0 / (base ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
+    if scale != 1.0:
+        inv_freq = inv_freq / scale
     angles = jnp.arange(seq, dtype=jnp.float32)[:, None] * inv_freq[None, :]
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
 
 
 def apply_rotary(
-    x: Float[Array, "seq heads d_head"], rotary_dim: int, base: float, offset: int = 0
+    x: Float[Array, "seq heads d_head"], rotary_dim: int, base: float, offset: int = 0,
+    scale: float = 1.0,
 ) -> Float[Array, "seq heads d_head"]:
     """Rotate the first `rotary_dim` features of each head by position; row `i` of `x` is
     position `offset + i` (a window that starts at `offset`)."""
-    cos, sin = rotary_tables(offset + x.shape[0], rotary_dim, base)
+    cos, sin = rotary_tables(offset + x.shape[0], rotary_dim, base, scale)
     if offset:
         cos, sin = cos[offset:], sin[offset:]
     rot, rest = x[..., :rotary_dim].astype(jnp.float32), x[..., rotary_dim:]
