@@ -1,10 +1,12 @@
-"""Model files: Hugging Face safetensors, orbax checkpoints, GGUF (`load` picks the reader);
-compiled tracr programs (`from_tracr`) and the shipped tracr benchmarks (`tracr_case`)."""
+"""Model files: Hugging Face safetensors, verified orbax checkpoints, GGUF (`load` picks the
+reader; the hub only as `hf://org/name`); compiled tracr programs (`from_tracr`) and the shipped
+tracr benchmarks (`tracr_case`)."""
 
 from ._checkpoint import load_checkpoint as load_checkpoint
 from ._checkpoint import save_checkpoint as save_checkpoint
 from ._gguf import load_gguf as load_gguf
 from ._hf import SUPPORTED as SUPPORTED
+from ._hf import NonFiniteWeightError as NonFiniteWeightError
 from ._hf import hf_config_to_jaxcirc as hf_config_to_jaxcirc
 from ._hf import load_hf as load_hf
 from ._load import load as load

@@ -18,8 +18,11 @@ import numpy as np
 
 from ..models import Transformer, TransformerConfig, from_state_dict
 from ..models._config import DTYPES
+from ..models._site import nearest
+from ._hf import check_finite
 
 SUPPORTED_ARCHITECTURES = ("llama",)
+ROPE_SCALINGS = ("none", "linear")  # llama.cpp's `rope.scaling.type`
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MISSING = object()
 
@@ -107,11 +110,16 @@ def _config(reader, path, arch: str, d_vocab: int, dtype: str) -> TransformerCon
 
     d_model, n_heads = int(meta("embedding_length")), int(meta("attention.head_count"))
     d_head = int(meta("attention.key_length", d_model // n_heads))
-    scaling = meta("rope.scaling.type", "none")
-    if scaling not in ("none", None):
+    scaling = meta("rope.scaling.type", "none") or "none"
+    if scaling not in ROPE_SCALINGS:
         raise ValueError(
-            f"GGUF file {str(path)!r} uses rope scaling {scaling!r}; jaxcirc supports only 'none'"
+            f"GGUF file {str(path)!r} uses rope scaling {scaling!r}; jaxcirc supports "
+            f"{list(ROPE_SCALINGS)}{nearest(scaling, ROPE_SCALINGS)}"
         )
+    scale = float(meta("rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0
+    if not 0 < scale < float("inf"):
+        raise ValueError(f"GGUF file {str(path)!r}: rope.scaling.factor={scale}; expected a "
+                         "positive number")
     return TransformerConfig(
         family="llama",
         d_model=d_model,
@@ -128,6 +136,7 @@ def _config(reader, path, arch: str, d_vocab: int, dtype: str) -> TransformerCon
         positional="rotary",
         rotary_dim=int(meta("rope.dimension_count", d_head)),
         rotary_base=float(meta("rope.freq_base", 10000.0)),
+        **({"rotary_scale": scale} if scale != 1.0 else {}),
         block="sequential",
         gated_mlp=True,
         attn_bias=False,
@@ -138,19 +147,22 @@ def _config(reader, path, arch: str, d_vocab: int, dtype: str) -> TransformerCon
     )
 
 
-def _dequantize(tensor, path) -> np.ndarray:
-    """A tensor as float32 in NumPy (Hugging Face) axis order: ggml's shape reversed."""
+def _dequantize(tensor, path, dtype: str = "float32", allow_nonfinite: bool = False):
+    """A tensor as float32 in NumPy (Hugging Face) axis order (ggml's shape reversed), checked
+    to be finite."""
     from gguf.quants import dequantize
 
     shape = tuple(int(n) for n in reversed(tensor.shape))
     try:
         values = dequantize(tensor.data, tensor.tensor_type)
-        return np.asarray(values, dtype=np.float32).reshape(shape)
+        values = np.asarray(values, dtype=np.float32).reshape(shape)
     except Exception as e:
         raise ValueError(
             f"GGUF file {str(path)!r}: tensor {tensor.name!r} ({tensor.tensor_type.name}, shape "
             f"{shape}) cannot be dequantized; the file is truncated or corrupt ({e})"
         ) from e
+    check_finite(values, tensor.name, f"GGUF file {str(path)!r}", dtype, allow_nonfinite)
+    return values
 
 
 def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -187,14 +199,16 @@ def _llama_arrays(weights: dict[str, np.ndarray], cfg: TransformerConfig) -> dic
     return {name: np.ascontiguousarray(value) for name, value in out.items()}
 
 
-def load_gguf(path: str | os.PathLike, dtype: str = "float32") -> Transformer:
+def load_gguf(path: str | os.PathLike, dtype: str = "float32", *,
+              allow_nonfinite: bool = False) -> Transformer:
     """Load a llama.cpp GGUF file (architecture `llama`) as a `Transformer`.
 
     Quantized tensors are dequantized to float32, then cast to `dtype` (one of `"float32"`,
     `"bfloat16"`, `"float16"`). The output embedding is tied when the file has no `output.weight`.
+    A tensor holding NaN or inf is refused with its name unless `allow_nonfinite=True`.
 
     **Raises:** `FileNotFoundError` for a missing file; `ValueError` for a truncated or corrupt
-    file, an unsupported architecture or rope scaling, or unexpected tensors.
+    file, an unsupported architecture or rope scaling, unexpected or non-finite tensors.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
@@ -204,8 +218,13 @@ def load_gguf(path: str | os.PathLike, dtype: str = "float32") -> Transformer:
     if "token_embd.weight" not in weights:
         raise ValueError(f"GGUF file {str(path)!r} has no tensor 'token_embd.weight'")
     d_vocab = int(weights["token_embd.weight"].shape[-1])
+    blocks = {name.split(".")[1] for name in weights if name.startswith("blk.")}
+    count = metadata(reader, f"{arch}.block_count")
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= len(blocks):
+        raise ValueError(f"GGUF file {str(path)!r}: {arch}.block_count={count!r}, but the file "
+                         f"holds tensors of {len(blocks)} blocks")
     cfg = _config(reader, path, arch, d_vocab, dtype)
-    weights = {name: _dequantize(t, path) for name, t in weights.items()}
+    weights = {name: _dequantize(t, path, dtype, allow_nonfinite) for name, t in weights.items()}
     try:
         arrays = _llama_arrays(weights, cfg)
     except KeyError as e:

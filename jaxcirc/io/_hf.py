@@ -2,8 +2,11 @@
 
 Loading is faithful: weights are only reshaped into jaxcirc's per-head layout (TransformerLens's
 `W_Q: [n_heads, d_model, d_head]`, ...), never folded or centred. Supported `model_type`s are the
-keys of `SUPPORTED`; anything the forward pass does not implement (RoPE scaling, sliding-window
-attention, unusual attention scales) is refused with an error rather than loaded approximately.
+keys of `SUPPORTED`; anything the forward pass does not implement (RoPE scaling other than
+linear, sliding-window attention, unusual attention scales) is refused with an error rather than
+loaded approximately. Sizes in `config.json` are checked (positive ints, as many layers as the
+files hold) before anything is built; shard names must be plain file names in the directory; a
+weight holding NaN or inf is refused with its name unless `allow_nonfinite=True`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,42 @@ _BUFFERS = re.compile(r"(\.attn\.(masked_)?bias|\.attention\.(masked_)?bias|rota
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
+class NonFiniteWeightError(ValueError):
+    """A weight holds NaN or inf (or overflows the requested dtype); `allow_nonfinite=True`
+    loads it anyway."""
+
+
+def check_finite(value, name: str, where: str, dtype: str = "float32",
+                 allow: bool = False) -> None:
+    """Raise `NonFiniteWeightError` naming weight `name` (read from `where`) if it holds NaN or
+    inf, or values that become inf when cast to `dtype`; `allow=True` skips the check."""
+    if allow:
+        return
+    value = np.asarray(value)
+    if value.dtype.kind in "biu":
+        return
+    try:
+        finite = np.isfinite(value)
+    except TypeError:  # a float type numpy lacks a ufunc for
+        finite = np.isfinite(value.astype(np.float32))
+    hint = "; pass allow_nonfinite=True to load it anyway"
+    if not finite.all():
+        nan = int(np.isnan(value.astype(np.float32)).sum())
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise NonFiniteWeightError(
+            f"weight {name!r} in {where} holds {nan} NaN and {int((~finite).sum()) - nan} inf "
+            f"values (the first at index {first}): the file is corrupt or the model diverged"
+            + hint)
+    limit = float(np.finfo(DTYPES[dtype]).max)
+    if value.size and value.dtype != np.dtype(DTYPES[dtype]):
+        peak = float(np.abs(value.astype(np.float32)).max())
+        if peak > limit:
+            raise NonFiniteWeightError(
+                f"weight {name!r} in {where} holds values up to {peak:.4g}, which overflow "
+                f"{dtype} (largest {limit:.4g}) to inf; load it with dtype='float32' or "
+                "'bfloat16'" + hint)
+
+
 def check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; expected one of {sorted(DTYPES)}"
@@ -67,6 +106,32 @@ def _need(hf: dict, *names: str):
     raise ValueError(f"config.json of model_type {kind!r} lacks {' or '.join(map(repr, names))}")
 
 
+def _size(hf: dict, *names: str) -> int:
+    """A size field (the first of `names` present) as a positive int, or a `ValueError`."""
+    value = _need(hf, *names)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # some exporters write 768.0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        key = next(n for n in names if hf.get(n) is not None)
+        raise ValueError(f"config.json {key}={value!r}: expected a positive int")
+    return value
+
+
+def _optional(hf: dict, name: str) -> int | None:
+    return None if hf.get(name) is None else _size(hf, name)
+
+
+def _eps(hf: dict, name: str, default: float) -> float:
+    value = hf.get(name, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        raise ValueError(f"config.json {name}={value!r}: expected a small non-negative number")
+    return float(value)
+
+
+def _layer_key(hf: dict) -> str:
+    return "n_layer" if hf.get("model_type") == "gpt2" else "num_hidden_layers"
+
+
 def _act(hf: dict, key: str) -> str:
     name = _need(hf, key)
     if name not in _ACTIVATIONS:
@@ -75,21 +140,43 @@ def _act(hf: dict, key: str) -> str:
     return _ACTIVATIONS[name]
 
 
-def _rope(hf: dict) -> tuple[float, float]:
-    """`(rope_theta, partial_rotary_factor)`, from old or new (`rope_parameters`) configs."""
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+ROPE_TYPES = ("default", "linear")
+
+
+def _rope(hf: dict) -> tuple[float, float, float]:
+    """`(rope_theta, partial_rotary_factor, position scale)` from old or new configs.
+
+    As in `transformers`, a non-empty `rope_scaling` takes precedence over `rope_parameters`;
+    rope types other than `ROPE_TYPES` are refused. Linear scaling (Chen et al. 2023,
+    arXiv:2306.15595) divides every position by `factor`.
+    """
+    params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    key = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
+    if not isinstance(params, Mapping):
+        raise ValueError(f"config.json {key}={params!r}: expected a JSON object")
     if any(isinstance(v, Mapping) for v in params.values()):
-        raise ValueError(f"per-layer-type rope_parameters {sorted(params)} are not supported")
+        raise ValueError(f"per-layer-type {key} {sorted(params)} are not supported")
     kind = params.get("rope_type", params.get("type", "default"))
-    if kind != "default":
+    if kind not in ROPE_TYPES:
         raise ValueError(
-            f"RoPE scaling rope_type={kind!r} is not implemented; only 'default' (unscaled) RoPE "
-            "loads faithfully"
+            f"config.json {key} rope_type={kind!r} is not implemented; supported: "
+            f"{list(ROPE_TYPES)}{nearest(kind, ROPE_TYPES)}"
         )
+    scale = 1.0
+    if kind == "linear":
+        scale = params.get("factor")
+        if (not isinstance(scale, (int, float)) or isinstance(scale, bool)
+                or not 0 < scale < float("inf")):
+            raise ValueError(f"config.json {key} linear RoPE factor={scale!r}: expected a "
+                             "positive number")
     theta = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
     factor = params.get("partial_rotary_factor",
                         hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0)))
-    return float(theta), float(factor)
+    for name, value in (("rope_theta", theta), ("partial_rotary_factor", factor)):
+        if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                or not 0 < value < float("inf")):
+            raise ValueError(f"config.json {name}={value!r}: expected a positive number")
+    return float(theta), float(factor), float(scale)
 
 
 def hf_config_to_jaxcirc(hf_config, dtype: str = "float32") -> TransformerConfig:
@@ -108,9 +195,9 @@ def hf_config_to_jaxcirc(hf_config, dtype: str = "float32") -> TransformerConfig
         if arch not in accepted:
             raise ValueError(f"architecture {arch!r} is not supported for model_type {kind!r}; "
                              f"supported: {list(accepted)}{nearest(arch, accepted)}")
-    common = dict(dtype=check_dtype(dtype), family=kind, d_vocab=_need(hf, "vocab_size"))
-    d, heads = (_need(hf, "n_embd"), _need(hf, "n_head")) if kind == "gpt2" else (
-        _need(hf, "hidden_size"), _need(hf, "num_attention_heads"))
+    common = dict(dtype=check_dtype(dtype), family=kind, d_vocab=_size(hf, "vocab_size"))
+    d, heads = (_size(hf, "n_embd"), _size(hf, "n_head")) if kind == "gpt2" else (
+        _size(hf, "hidden_size"), _size(hf, "num_attention_heads"))
     if kind in ("gpt2", "gpt_neox") and d % heads:
         raise ValueError(f"hidden size {d} is not divisible by the number of heads {heads}")
     if kind == "gpt2":
@@ -119,34 +206,36 @@ def hf_config_to_jaxcirc(hf_config, dtype: str = "float32") -> TransformerConfig
                              "(scale_attn_weights=False or scale_attn_by_inverse_layer_idx=True) "
                              "is not implemented")
         return TransformerConfig(
-            d_model=d, n_layers=_need(hf, "n_layer"), n_heads=heads, d_head=d // heads,
-            n_ctx=_need(hf, "n_positions", "n_ctx"), d_mlp=hf.get("n_inner") or 4 * d,
+            d_model=d, n_layers=_size(hf, "n_layer"), n_heads=heads, d_head=d // heads,
+            n_ctx=_size(hf, "n_positions", "n_ctx"), d_mlp=_optional(hf, "n_inner") or 4 * d,
             act_fn=_act(hf, "activation_function"), norm="layernorm",
-            norm_eps=hf.get("layer_norm_epsilon", 1e-5), positional="learned",
+            norm_eps=_eps(hf, "layer_norm_epsilon", 1e-5), positional="learned",
             block="sequential", tied_embeddings=hf.get("tie_word_embeddings", True), **common,
         )
-    theta, factor = _rope(hf)
-    size = dict(d_model=d, n_layers=_need(hf, "num_hidden_layers"), n_heads=heads,
-                d_mlp=_need(hf, "intermediate_size"), n_ctx=_need(hf, "max_position_embeddings"),
-                act_fn=_act(hf, "hidden_act"), positional="rotary", rotary_base=theta)
+    theta, factor, scale = _rope(hf)
+    size = dict(d_model=d, n_layers=_size(hf, "num_hidden_layers"), n_heads=heads,
+                d_mlp=_size(hf, "intermediate_size"), n_ctx=_size(hf, "max_position_embeddings"),
+                act_fn=_act(hf, "hidden_act"), positional="rotary", rotary_base=theta,
+                **({"rotary_scale": scale} if scale != 1.0 else {}))
     if kind == "gpt_neox":
         bias = hf.get("attention_bias", True)
         return TransformerConfig(
             **size, d_head=d // heads, rotary_dim=int(d // heads * factor), norm="layernorm",
-            norm_eps=hf.get("layer_norm_eps", 1e-5),
+            norm_eps=_eps(hf, "layer_norm_eps", 1e-5),
             block="parallel" if hf.get("use_parallel_residual", True) else "sequential",
             attn_bias=bias, attn_out_bias=bias, mlp_bias=True,
             tied_embeddings=hf.get("tie_word_embeddings", False), **common,
         )
-    window = hf.get("sliding_window") if hf.get("use_sliding_window", kind == "mistral") else None
+    window = (_optional(hf, "sliding_window") if hf.get("use_sliding_window", kind == "mistral")
+              else None)
     if window is not None and window < size["n_ctx"]:
         raise ValueError(f"sliding-window attention (sliding_window={window} < "
                          f"max_position_embeddings={size['n_ctx']}) is not implemented")
-    d_head = hf.get("head_dim") or d // heads
+    d_head = _optional(hf, "head_dim") or d // heads
     bias = kind == "qwen2" or hf.get("attention_bias", False)
     return TransformerConfig(
-        **size, d_head=d_head, n_kv_heads=hf.get("num_key_value_heads") or heads,
-        rotary_dim=int(d_head * factor), norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6),
+        **size, d_head=d_head, n_kv_heads=_optional(hf, "num_key_value_heads") or heads,
+        rotary_dim=int(d_head * factor), norm="rmsnorm", norm_eps=_eps(hf, "rms_norm_eps", 1e-6),
         block="sequential", gated_mlp=True, attn_bias=bias,
         attn_out_bias=bias and kind != "qwen2", mlp_bias=hf.get("mlp_bias", False),
         tied_embeddings=hf.get("tie_word_embeddings", False), **common,
@@ -170,6 +259,15 @@ def _safetensors_files(directory: Path) -> dict[str, Path]:
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{index} is not a safetensors index (a JSON object with 'weight_map'): "
                          f"{e!r}") from None
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index}: 'weight_map' is a {type(weight_map).__name__}; expected an "
+                         "object mapping tensor names to shard file names")
+    for name, shard in weight_map.items():
+        if (not isinstance(shard, str) or shard in ("", ".", "..") or "/" in shard
+                or "\\" in shard or os.path.isabs(shard)):
+            raise ValueError(
+                f"{index} maps {name!r} to {shard!r}; a shard must be a plain file name inside "
+                f"{directory} (such as 'model-00001-of-00002.safetensors'), not a path")
     files = {name: directory / shard for name, shard in weight_map.items()}
     for shard in sorted(set(files.values())):
         if not shard.is_file():
@@ -181,7 +279,8 @@ def _safetensors_files(directory: Path) -> dict[str, Path]:
 class _Weights:
     """Safetensors tensors of a directory, read on demand and checked against expected shapes."""
 
-    def __init__(self, directory: Path, prefix: str):
+    def __init__(self, directory: Path, prefix: str, dtype: str = "float32",
+                 allow_nonfinite: bool = False):
         from safetensors import SafetensorError, safe_open
 
         self.directory = directory
@@ -198,6 +297,16 @@ class _Weights:
             self.files = {k: paths[0] for k in self.handles[paths[0]].keys()}
         self.prefix = prefix if any(k.startswith(prefix) for k in self.files) else ""
         self.used: set[str] = set()
+        self.dtype, self.allow_nonfinite = dtype, allow_nonfinite
+
+    def layers(self) -> list[int]:
+        """The layer indices the tensor names hold (`h.N.` or `layers.N.`)."""
+        found = set()
+        for key in self.files:
+            match = re.match(r"(?:h|layers)\.(\d+)\.", key[len(self.prefix):])
+            if key.startswith(self.prefix) and match:
+                found.add(int(match.group(1)))
+        return sorted(found)
 
     def take(self, name: str, shape: tuple[int, ...], *, base: bool = True) -> np.ndarray:
         key = self.prefix + name if base else name
@@ -212,6 +321,7 @@ class _Weights:
         if tuple(value.shape) != tuple(shape):
             raise ValueError(f"weight {key!r} in {path} has shape {tuple(value.shape)}; "
                              f"config.json implies {tuple(shape)}")
+        check_finite(value, key, str(path), self.dtype, self.allow_nonfinite)
         self.used.add(key)
         return value
 
@@ -318,23 +428,34 @@ _CONVERTERS = {"gpt2": _gpt2, "gpt_neox": _neox, "llama": _llama, "mistral": _ll
 _HEADS = {"gpt2": "lm_head.weight", "gpt_neox": "embed_out.weight"}
 
 
-def load_hf(directory: str | os.PathLike, dtype: str = "float32") -> Transformer:
+def load_hf(directory: str | os.PathLike, dtype: str = "float32", *,
+            allow_nonfinite: bool = False) -> Transformer:
     """Load a `transformers` model directory (`config.json` + safetensors, sharded or not).
 
     **Arguments:**
 
     - `directory`: what `model.save_pretrained(directory)` wrote, or a hub snapshot.
     - `dtype`: `"float32"`, `"bfloat16"` or `"float16"`; weights are cast on load.
+    - `allow_nonfinite`: load weights holding NaN or inf (or overflowing `dtype`) instead of
+      raising `NonFiniteWeightError`.
 
     **Returns:** a `Transformer` whose logits match the `transformers` model's.
     """
-    directory = Path(directory)
+    directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory; expected a Hugging Face model "
                                 "directory (config.json + model.safetensors)")
     hf = read_config(directory)
+    kind = hf.get("model_type")
+    w = None
+    if kind in SUPPORTED:  # count the stored layers before a config can claim millions
+        w = _Weights(directory, SUPPORTED[kind][1], check_dtype(dtype), allow_nonfinite)
+        key, layers = _layer_key(hf), w.layers()
+        if _size(hf, key) > len(layers):  # (more layers than claimed: named as unused below)
+            raise ValueError(
+                f"config.json {key}={hf[key]!r}, but the safetensors files in {directory} hold "
+                f"only {len(layers)} layers; the config does not belong to these weights")
     cfg = hf_config_to_jaxcirc(hf, dtype)
-    w = _Weights(directory, SUPPORTED[cfg.family][1])
     arrays = _CONVERTERS[cfg.family](w, cfg)
     head = _HEADS.get(cfg.family, "lm_head.weight")
     if cfg.tied_embeddings:
