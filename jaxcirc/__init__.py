@@ -40,7 +40,7 @@ def __getattr__(name: str):
 
 
 def load(path, **kwargs):
-    """Load a model: a Hugging Face directory, a `.gguf` file, a checkpoint, or a hub id.
+    """Load a model: a Hugging Face directory, a `.gguf` file, a checkpoint, or `hf://org/name`.
 
     See `jaxcirc.io.load`.
     """

@@ -1,13 +1,17 @@
 """Loading errors: every bad input names the file or weight at fault and what was expected."""
 
 import json
+import re
+import time
 
+import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
 import jaxcirc
-from jaxcirc.io import hf_config_to_jaxcirc, load_hf
+from jaxcirc.io import NonFiniteWeightError, hf_config_to_jaxcirc, load_hf
 
 GPT2 = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=11, n_positions=8,
             n_embd=8, n_layer=1, n_head=2, activation_function="gelu_new",
@@ -56,7 +60,7 @@ def test_unsupported_architecture_and_features():
                  num_attention_heads=2, intermediate_size=16, max_position_embeddings=32,
                  hidden_act="silu")
     scaled = dict(llama, rope_scaling={"rope_type": "llama3", "factor": 8.0})
-    with pytest.raises(ValueError, match="rope_type='llama3' is not implemented"):
+    with pytest.raises(ValueError, match="rope_type='llama3' is not implemented; supported"):
         hf_config_to_jaxcirc(scaled)
     with pytest.raises(ValueError, match="sliding_window=16"):
         hf_config_to_jaxcirc(dict(llama, model_type="mistral", sliding_window=16))
@@ -92,7 +96,7 @@ def test_corrupt_safetensors_header(tmp_path, damage):
 
 
 def test_missing_paths(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope does not exist; expected a jaxcirc"):
+    with pytest.raises(FileNotFoundError, match="nope does not exist.*; expected a jaxcirc"):
         jaxcirc.load(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty holds no model"):
@@ -150,12 +154,192 @@ def test_missing_and_unexpected_weights(tmp_path):
         jaxcirc.load(tmp_path / "extra")
 
 
-def test_hub_id_offline_is_a_clear_error(monkeypatch):
+def test_hub_needs_hf_scheme_and_offline_is_a_clear_error(monkeypatch):
     hub = pytest.importorskip("huggingface_hub")
+    calls = []
 
-    def offline(*args, **kwargs):
+    def offline(repo_id, **kwargs):
+        calls.append((repo_id, kwargs.get("revision")))
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
     monkeypatch.setattr(hub, "snapshot_download", offline)
-    with pytest.raises(FileNotFoundError, match="'nobody/nothing'.*hub failed.*offline"):
-        jaxcirc.load("nobody/nothing")
+    with pytest.raises(FileNotFoundError, match="hf://nobody/nothing from the .*hub failed.*"
+                                                "offline"):
+        jaxcirc.load("hf://nobody/nothing@v1")
+    assert calls == [("nobody/nothing", "v1")]
+    with pytest.raises(ValueError, match="'hf://no body' is not a hub model id"):
+        jaxcirc.load("hf://no body")
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("path", ["runs/exp1", "nobody/nothing", "./runs/exp1", "~/runs/exp1x",
+                                  "runs/exp1/model.gguf"])
+def test_local_looking_paths_never_reach_the_hub(tmp_path, monkeypatch, path):
+    hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setattr(hub, "snapshot_download", lambda *a, **k: pytest.fail("hub was asked"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "runs" / "exp2").mkdir(parents=True)  # the path exists partially
+    with pytest.raises(FileNotFoundError, match="does not exist") as info:
+        jaxcirc.load(path)
+    message = str(info.value)
+    if path in ("runs/exp1", "nobody/nothing"):
+        assert f"write 'hf://{path}'" in message
+    if path == "runs/exp1":
+        assert "did you mean 'exp2'" in message
+
+
+def test_missing_path_names_the_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope is missing\).*expected a jaxcirc"):
+        jaxcirc.load(tmp_path / "nope" / "deeper")
+
+
+@pytest.mark.parametrize("shard", ["../x.safetensors", "/abs/x.safetensors", "sub/x.safetensors",
+                                   "..", 7])
+def test_shards_are_confined_to_the_directory(tmp_path, shard):
+    model = write_hf(tmp_path / "m")
+    save_file(gpt2_weights(), str(tmp_path / "x.safetensors"))  # what '../x' would reach
+    (model / "model.safetensors").unlink()
+    weight_map = {k: shard for k in gpt2_weights()}
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ValueError, match=f"maps 'transformer.\\S+' to {re.escape(repr(shard))}; "
+                                         "a shard must be a plain file name"):
+        jaxcirc.load(model)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("n_head", 0, "n_head=0: expected a positive int"),
+    ("n_embd", "8", "n_embd='8': expected a positive int"),
+    ("n_embd", 8.5, "n_embd=8.5: expected a positive int"),
+    ("n_positions", -8, "n_positions=-8: expected a positive int"),
+    ("n_inner", True, "n_inner=True: expected a positive int"),
+    ("layer_norm_epsilon", "1e-5", "layer_norm_epsilon='1e-5': expected a small"),
+])
+def test_bad_sizes_in_config_json(tmp_path, key, value, match):
+    write_hf(tmp_path, dict(GPT2, **{key: value}))
+    with pytest.raises(ValueError, match=match):
+        jaxcirc.load(tmp_path)
+
+
+def test_absurd_layer_count_is_refused_quickly(tmp_path):
+    write_hf(tmp_path, dict(GPT2, n_layer=10**7))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="n_layer=10000000, but the safetensors files .* hold "
+                                         "only 1 layers"):
+        jaxcirc.load(tmp_path)
+    assert time.perf_counter() - start < 5
+
+
+def test_nonfinite_safetensors_weight_is_named(tmp_path):
+    weights = gpt2_weights()
+    weights["transformer.h.0.mlp.c_fc.weight"][2, 5] = np.inf
+    weights["transformer.h.0.mlp.c_fc.weight"][3, 1] = np.nan
+    write_hf(tmp_path, weights=weights)
+    with pytest.raises(NonFiniteWeightError, match=r"'transformer.h.0.mlp.c_fc.weight' in "
+                                                   r".*model.safetensors holds 1 NaN and 1 inf "
+                                                   r"values \(the first at index \(2, 5\)\)"):
+        jaxcirc.load(tmp_path)
+    model = jaxcirc.load(tmp_path, allow_nonfinite=True)
+    assert np.isinf(model.blocks[0].mlp.W_in[2, 5])
+
+
+def test_nonfinite_gguf_tensor_is_named(tmp_path):
+    pytest.importorskip("gguf")
+    from test_gguf import tiny_llama, write_llama_gguf
+
+    source = tiny_llama()
+    source = eqx.tree_at(lambda m: m.blocks[1].mlp.W_out, source,
+                         source.blocks[1].mlp.W_out.at[4, 2].set(jnp.nan))
+    path = write_llama_gguf(tmp_path / "nan.gguf", source)
+    with pytest.raises(NonFiniteWeightError, match="'blk.1.ffn_down.weight' in GGUF file "
+                                                   ".*nan.gguf.* holds 1 NaN.*allow_nonfinite"):
+        jaxcirc.load(path)
+    assert np.isnan(jaxcirc.load(path, allow_nonfinite=True).blocks[1].mlp.W_out[4, 2])
+
+
+LLAMA = dict(model_type="llama", vocab_size=11, hidden_size=8, num_hidden_layers=1,
+             num_attention_heads=2, intermediate_size=16, max_position_embeddings=32,
+             hidden_act="silu")
+
+
+def test_rope_settings_are_honoured_or_refused():
+    linear = {"rope_type": "linear", "factor": 4.0}
+    assert hf_config_to_jaxcirc(dict(LLAMA, rope_scaling=linear)).rotary_scale == 4.0
+    both = dict(LLAMA, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                rope_scaling={"type": "linear", "factor": 4.0})  # rope_scaling wins, as in HF
+    assert hf_config_to_jaxcirc(both).rotary_scale == 4.0
+    plain = dict(LLAMA, rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+    assert (hf_config_to_jaxcirc(plain).rotary_scale, hf_config_to_jaxcirc(plain).rotary_base) \
+        == (1.0, 500.0)
+    for kind in ("dynamic", "yarn", "llama3", "longrope"):
+        with pytest.raises(ValueError, match=f"rope_type='{kind}' is not implemented; "
+                                             r"supported: \['default', 'linear'\]"):
+            hf_config_to_jaxcirc(dict(LLAMA, rope_scaling={"rope_type": kind, "factor": 2.0}))
+    with pytest.raises(ValueError, match="linear RoPE factor=0: expected a positive number"):
+        hf_config_to_jaxcirc(dict(LLAMA, rope_scaling={"type": "linear", "factor": 0}))
+    with pytest.raises(ValueError, match="rope_theta='big': expected a positive number"):
+        hf_config_to_jaxcirc(dict(LLAMA, rope_theta="big"))
+
+
+def test_linear_rope_scaling_matches_transformers(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(**{k: v for k, v in LLAMA.items() if k != "model_type"},
+                                      num_key_value_heads=2)
+    torch.manual_seed(0)
+    reference = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    reference.save_pretrained(tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    hf["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
+    hf["rope_scaling"] = {"type": "linear", "factor": 4.0}  # the issue's config: both keys
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    scaled = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    tokens = np.arange(32) % 11
+    with torch.no_grad():
+        want = scaled(torch.as_tensor(tokens)[None]).logits[0].numpy()
+        unscaled = reference(torch.as_tensor(tokens)[None]).logits[0].numpy()
+    assert np.abs(want - unscaled).max() > 1e-3  # transformers does scale it
+    ours = jaxcirc.load(tmp_path)
+    assert ours.cfg.rotary_scale == 4.0
+    np.testing.assert_allclose(np.asarray(ours(tokens)), want, atol=1e-5)
+
+
+def test_gguf_rope_scaling(tmp_path, monkeypatch):
+    gguf = pytest.importorskip("gguf")
+    import test_gguf
+
+    real = gguf.GGUFWriter.add_rope_freq_base
+    scaling = {}
+
+    def with_scaling(writer, base):
+        real(writer, base)
+        writer.add_string("llama.rope.scaling.type", scaling["type"])
+        writer.add_float32("llama.rope.scaling.factor", 2.0)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "add_rope_freq_base", with_scaling)
+    source = test_gguf.tiny_llama()
+    scaling["type"] = "linear"
+    path = test_gguf.write_llama_gguf(tmp_path / "linear.gguf", source)
+    assert jaxcirc.load(path).cfg.rotary_scale == 2.0
+    scaling["type"] = "yarn"
+    path = test_gguf.write_llama_gguf(tmp_path / "yarn.gguf", source)
+    with pytest.raises(ValueError, match=r"rope scaling 'yarn'; jaxcirc supports \['none', "
+                                         r"'linear'\]"):
+        jaxcirc.load(path)
+
+
+def test_gguf_block_count_beyond_its_tensors_is_refused(tmp_path, monkeypatch):
+    gguf = pytest.importorskip("gguf")
+    import test_gguf
+
+    monkeypatch.setattr(gguf.GGUFWriter, "add_block_count",
+                        lambda writer, n: writer.add_uint32("llama.block_count", 10**7))
+    path = test_gguf.write_llama_gguf(tmp_path / "deep.gguf", test_gguf.tiny_llama())
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="block_count=10000000, but the file holds tensors of 2 "
+                                         "blocks"):
+        jaxcirc.load(path)
+    assert time.perf_counter() - start < 5

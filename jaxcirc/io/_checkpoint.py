@@ -1,33 +1,143 @@
-"""Atomic orbax checkpoints of a `Transformer`.
+"""Atomic, verified orbax checkpoints of a `Transformer`.
 
 A checkpoint is a directory holding `config.json` (`TransformerConfig.to_json`), `arrays/` (an
 orbax PyTree checkpoint of `state_dict(model)`, nested by dotted name) and, written last, the
-completion marker `JAXCIRC_CHECKPOINT`. A save is written into a hidden temporary sibling and
-renamed into place, so `path` holds either the old checkpoint or the new one, never a mixture;
-a directory without the marker is the remains of an interrupted save and refuses to load.
+marker `JAXCIRC_CHECKPOINT`: a JSON object with the format, the SHA-256 of `config.json`, of every
+file under `arrays/` and of every array's bytes (with its shape and dtype).
+
+A save writes a hidden sibling `.NAME.tmp-XXXXXXXX`, fsyncs it, moves a previous checkpoint aside
+to `.NAME.old-XXXXXXXX`, renames the new one into place and deletes the old one. Saves and
+recoveries in one directory take turns under an exclusive `flock` on that directory, which the
+kernel releases when a process dies, so whatever hidden siblings a save finds are the remains of
+a killed save: it deletes them, after moving a previous checkpoint that was set aside back into
+place. `load_checkpoint` does the same recovery when `path` is missing. Only a directory holding
+the marker (or an empty one) is ever replaced.
+
+Loading checks, in order and before reading any array: the marker, no symlinks inside, the
+config's fields and sizes against the stored array shapes (so a config claiming ten million
+layers is refused at once), the config's hash, every file's hash; then each array's hash and
+that it is finite (`allow_nonfinite=True` skips the last).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import signal
+import types
+import typing
 import uuid
+import warnings
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from ..models import Site, Transformer, TransformerConfig, from_state_dict, state_dict
-from ._hf import check_dtype
+from ..models._site import nearest
+from ._hf import check_dtype, check_finite
 
 MARKER = "JAXCIRC_CHECKPOINT"
-FORMAT = 1
+FORMAT = 2
+_READS = (1, 2)  # format 1: no hashes (jaxcirc before content hashes)
+_KILL_ENV = "JAXCIRC_KILL_SAVE_AT"  # test hook: SIGKILL the saving process at a named stage
+
+
+def _stage(name: str) -> None:
+    if os.environ.get(_KILL_ENV) == name:
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
     """Whether `path` looks like a jaxcirc checkpoint, complete (marker) or not (`arrays/`)."""
     path = Path(path)
     return (path / MARKER).is_file() or (path / "arrays").is_dir()
+
+
+def _marked(path: Path) -> bool:
+    """Whether `path` is a directory that `save_checkpoint` wrote (it holds the marker file)."""
+    marker = path / MARKER
+    return path.is_dir() and not path.is_symlink() and marker.is_file() and not marker.is_symlink()
+
+
+def _leftovers(path: Path) -> dict[str, list[Path]]:
+    """Hidden siblings that saves of `path` leave while they run: `tmp` (being written) and
+    `old` (the previous checkpoint, moved aside)."""
+    found: dict[str, list[Path]] = {"tmp": [], "old": []}
+    if not path.parent.is_dir():
+        return found
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(tmp|old)-[0-9a-f]{{8}}$")
+    for sibling in path.parent.iterdir():
+        match = pattern.match(sibling.name)
+        if match:
+            found[match.group(1)].append(sibling)
+    return found
+
+
+def has_interrupted_save(path: str | os.PathLike) -> bool:
+    """Whether an interrupted save of `path` left hidden siblings behind."""
+    return any(_leftovers(Path(path)).values())
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """An exclusive `flock` on `directory`; a no-op where `fcntl` is missing (not POSIX)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms that cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _recency(directory: Path) -> int:
+    marker = directory / MARKER
+    return (marker if marker.is_file() else directory).stat().st_mtime_ns
+
+
+def _recover(path: Path) -> bool:
+    """With the lock held: undo what killed saves of `path` left. A previous checkpoint moved
+    aside goes back to `path` if `path` is missing; every other leftover is deleted. Returns
+    whether `path` was restored."""
+    left = _leftovers(path)
+    restored = False
+    olds = sorted(left["old"], key=_recency)
+    if olds and not path.exists() and not path.is_symlink():
+        try:
+            os.replace(olds[-1], path)
+        except OSError as e:
+            raise OSError(f"an interrupted save of {path} moved the previous checkpoint to "
+                          f"{olds[-1]} and it cannot be moved back ({e}); rename it to {path} "
+                          "yourself") from e
+        _fsync(path.parent)
+        olds.pop()
+        restored = True
+    for leftover in (*left["tmp"], *olds):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return restored
 
 
 def _nest(flat: dict) -> dict:
@@ -58,6 +168,13 @@ def _write_arrays(directory: Path, arrays: dict) -> None:
         checkpointer.save(directory.absolute(), _nest(arrays))
 
 
+def _read_arrays(directory: Path) -> dict:
+    import orbax.checkpoint as ocp
+
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        return _flatten(checkpointer.restore(directory.absolute()))
+
+
 def _fsync_write(path: Path, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
@@ -65,11 +182,49 @@ def _fsync_write(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
+def _sha256(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _array_sha256(value: np.ndarray) -> str:
+    return _sha256(np.ascontiguousarray(value).view(np.uint8).reshape(-1).data)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(root: Path) -> list[Path]:
+    """Every file under `root`, refusing symlinks (a checkpoint never contains one)."""
+    found = []
+    for directory, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            entry = Path(directory) / name
+            if entry.is_symlink():
+                raise ValueError(f"{entry} is a symlink; a jaxcirc checkpoint never contains one, "
+                                 "so it refuses to follow it (copy the real files in instead)")
+            if name in filenames:
+                found.append(entry)
+    return sorted(found)
+
+
+def _fsync_tree(root: Path) -> None:
+    for directory, _, filenames in os.walk(root):
+        for name in filenames:
+            _fsync(Path(directory) / name)
+        _fsync(Path(directory))
+
+
 def save_checkpoint(path: str | os.PathLike, model: Transformer) -> None:
     """Save `model` atomically to the directory `path`, replacing a checkpoint already there.
 
     Refuses a model carrying interventions (remove them with `jaxcirc.clear`), and refuses to
-    replace a directory that is not a jaxcirc checkpoint.
+    replace anything but a jaxcirc checkpoint (a directory holding `JAXCIRC_CHECKPOINT`) or an
+    empty directory. Leftovers of killed saves of `path` are cleaned up first.
     """
     if not isinstance(model, Transformer):
         raise TypeError(f"save_checkpoint expects a Transformer; got {type(model).__name__}")
@@ -78,62 +233,267 @@ def save_checkpoint(path: str | os.PathLike, model: Transformer) -> None:
     if intervened:
         raise ValueError(f"model carries interventions at {intervened[:3]}; save "
                          "`jaxcirc.clear(model)` (the model without them) instead")
-    path = Path(path)
-    if path.exists() and not (path.is_dir() and (is_checkpoint(path) or not any(path.iterdir()))):
-        raise FileExistsError(
-            f"{path} exists and is not a jaxcirc checkpoint; refusing to replace it")
+    path = Path(path).expanduser()
+    if path.name in ("", ".", ".."):
+        path = path.absolute().resolve()
     arrays = state_dict(model)
+    config = model.cfg.to_json()
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path.parent):
+        _recover(path)
+        if path.is_symlink():
+            raise FileExistsError(f"{path} is a symlink; save to the directory it points to "
+                                  f"({os.readlink(path)}) or remove the link")
+        if path.exists() and not (_marked(path) or (path.is_dir() and not any(path.iterdir()))):
+            raise FileExistsError(
+                f"{path} exists and is not a jaxcirc checkpoint (it has no {MARKER} file); "
+                "refusing to replace it: choose a new path, or delete it yourself")
+        _write(path, config, arrays)
+
+
+def _write(path: Path, config: str, arrays: dict) -> None:
     tag = uuid.uuid4().hex[:8]
     tmp = path.parent / f".{path.name}.tmp-{tag}"
+    old = path.parent / f".{path.name}.old-{tag}"
     try:
         tmp.mkdir()
-        _fsync_write(tmp / "config.json", model.cfg.to_json())
+        _fsync_write(tmp / "config.json", config)
+        _stage("config")
         _write_arrays(tmp / "arrays", arrays)
-        _fsync_write(tmp / MARKER, json.dumps({"format": FORMAT}))  # last: the save is complete
+        _fsync_tree(tmp / "arrays")
+        _stage("arrays")
+        marker = {
+            "format": FORMAT,
+            "config_sha256": _sha256(config.encode()),
+            "files": {f.relative_to(tmp / "arrays").as_posix(): _file_sha256(f)
+                      for f in _files(tmp / "arrays")},
+            "arrays": {name: {"shape": list(value.shape), "dtype": str(value.dtype),
+                              "sha256": _array_sha256(value)}
+                       for name, value in arrays.items()},
+        }
+        _fsync_write(tmp / MARKER, json.dumps(marker, indent=1, sort_keys=True))  # complete
+        _fsync(tmp)
+        _stage("marker")
         if path.exists():
-            old = path.parent / f".{path.name}.old-{tag}"
             os.replace(path, old)
+            _fsync(path.parent)
+            _stage("aside")
             try:
                 os.replace(tmp, path)
             except BaseException:
                 os.replace(old, path)  # put the previous checkpoint back
                 raise
+            _fsync(path.parent)
+            _stage("swapped")
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+            _fsync(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> Transformer:
-    """Load a checkpoint written by `save_checkpoint`; `dtype` optionally casts the weights."""
-    path = Path(path)
+def _read_marker(path: Path) -> dict:
+    file = path / MARKER
+    try:
+        marker = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"checkpoint marker {file} is corrupt ({type(e).__name__}: {e}); the "
+                         "checkpoint cannot be trusted: save the model again") from None
+    fmt = marker.get("format") if isinstance(marker, dict) else None
+    if fmt not in _READS:
+        raise ValueError(f"checkpoint marker {file} has format {fmt!r}; this version of jaxcirc "
+                         f"reads formats {list(_READS)}")
+    if fmt == 1:
+        return marker
+    entries = marker.get("arrays")
+    ok = (isinstance(marker.get("config_sha256"), str) and isinstance(marker.get("files"), dict)
+          and isinstance(entries, dict) and all(
+              isinstance(e, dict) and isinstance(e.get("shape"), list)
+              and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                      for n in e["shape"])
+              and isinstance(e.get("dtype"), str) and isinstance(e.get("sha256"), str)
+              for e in entries.values()))
+    if not ok:
+        raise ValueError(f"checkpoint marker {file} is corrupt: expected 'config_sha256', 'files' "
+                         "and 'arrays' (name -> shape, dtype, sha256); save the model again")
+    return marker
+
+
+# ---- config validation, before anything is built ------------------------------------------
+
+_HINTS = typing.get_type_hints(TransformerConfig)
+
+
+def _fits(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is typing.Literal:
+        return isinstance(value, str) and value in args
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value))
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return f"one of {list(args)}"
+    if origin is tuple:
+        return f"a list of {_describe(args[0])}s"
+    return {type(None): "null", bool: "true/false", int: "an int", float: "a finite number",
+            str: "a string"}.get(hint, str(hint))
+
+
+def _config(path: Path, manifest: dict[str, tuple], marker: dict) -> TransformerConfig:
+    """The checkpoint's `TransformerConfig`, checked against the stored arrays' shapes."""
+    import equinox as eqx
+
+    file = path / "config.json"
+    try:
+        text = file.read_text()
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file} is not readable JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} holds a {type(data).__name__}; expected a JSON object")
+    for key, value in data.items():
+        if key not in _HINTS:
+            raise ValueError(f"{file}: unknown field {key!r}{nearest(key, _HINTS)}; known: "
+                             f"{sorted(_HINTS)}")
+        if not _fits(value, _HINTS[key]):
+            raise ValueError(f"{file}: {key}={value!r}: expected {_describe(_HINTS[key])}"
+                             + (nearest(value, typing.get_args(_HINTS[key]))
+                                if typing.get_origin(_HINTS[key]) is typing.Literal else ""))
+    layers = sorted({int(m.group(1)) for name in manifest
+                     if (m := re.match(r"blocks\.(\d+)\.", name))})
+    if data.get("n_layers") != len(layers) or layers != list(range(len(layers))):
+        held = f"blocks.0 to blocks.{layers[-1]}" if layers else "none"
+        raise ValueError(f"{file}: n_layers={data.get('n_layers')!r}, but the stored arrays hold "
+                         f"{len(layers)} layers ({held}); the config does not belong to them")
+    try:
+        cfg = TransformerConfig(**data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{file}: {e}") from None
+    shapes = {name: jax.ShapeDtypeStruct(shape, np.dtype(dtype))
+              for name, (shape, dtype) in manifest.items()}
+    try:
+        eqx.filter_eval_shape(from_state_dict, cfg, shapes)
+    except ValueError as e:
+        raise ValueError(f"{file} does not fit the stored arrays: {e}") from None
+    want = marker.get("config_sha256")
+    if want is not None and _sha256(text.encode()) != want:
+        raise ValueError(f"{file} was changed after the save (its SHA-256 differs from the one in "
+                         f"{MARKER}); restore it, or load the arrays yourself with a new config")
+    return cfg
+
+
+def load_checkpoint(path: str | os.PathLike, dtype: str | None = None, *,
+                    allow_nonfinite: bool = False) -> Transformer:
+    """Load a checkpoint written by `save_checkpoint`, verifying it first.
+
+    **Arguments:**
+
+    - `path`: the checkpoint directory. If it is missing because a save was killed while it
+      swapped checkpoints, the previous checkpoint is moved back into place (with a warning).
+    - `dtype`: optionally cast the weights (`"float32"`, `"bfloat16"`, `"float16"`).
+    - `allow_nonfinite`: load weights holding NaN or inf instead of raising.
+
+    **Raises:** `FileNotFoundError` (nothing there), `ValueError` naming the file, field or array
+    at fault (corrupt marker or config, a config that does not fit the arrays, a hash mismatch, a
+    symlink inside, a non-finite weight).
+    """
+    path = Path(path).expanduser()
+    interrupted = False
+    if not path.exists() and not path.is_symlink() and path.parent.is_dir():
+        with _locked(path.parent):
+            interrupted = has_interrupted_save(path)
+            if not path.exists() and _recover(path):
+                warnings.warn(f"a save of {path} was interrupted; the previous checkpoint was "
+                              "moved back into place", stacklevel=2)
     if not path.is_dir():
-        moved = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
         raise FileNotFoundError(
             f"no checkpoint directory at {path}"
-            + (f"; an interrupted overwrite left the previous checkpoint at {moved[-1]}"
-               if moved else "")
-        )
+            + ("; a first save to it was interrupted before it finished (its partial copy is "
+               "now removed)" if interrupted else "")
+            + "; save the model with jaxcirc.save(path, model)")
+    if not (path / MARKER).is_file() and not any(path.iterdir()):
+        raise FileNotFoundError(f"{path} is an empty directory, not a checkpoint; save the "
+                                "model there with jaxcirc.save(path, model)")
     if not (path / MARKER).is_file():
         raise ValueError(
             f"{path} is an incomplete checkpoint: its completion marker {MARKER} is missing, so "
-            "the save that wrote it did not finish; save the model again"
+            "the save that wrote it did not finish; delete it and save the model again"
         )
-    marker = json.loads((path / MARKER).read_text() or "{}")
-    if marker.get("format") != FORMAT:
-        raise ValueError(f"{path} has checkpoint format {marker.get('format')!r}; this version of "
-                         f"jaxcirc reads format {FORMAT}")
-    cfg = TransformerConfig.from_json((path / "config.json").read_text())
+    marker = _read_marker(path)
+    for entry in (path / "config.json", path / MARKER, path / "arrays"):
+        if entry.is_symlink():
+            raise ValueError(f"{entry} is a symlink; a jaxcirc checkpoint never contains one, so "
+                             "it refuses to follow it (copy the real files in instead)")
+    files = _files(path / "arrays") if (path / "arrays").is_dir() else []
+    if marker["format"] == 1:
+        warnings.warn(f"{path} is a format-1 checkpoint without content hashes; save it again "
+                      "to add them", stacklevel=2)
+        arrays = _restore(path)
+        manifest = {k: (tuple(v.shape), str(v.dtype)) for k, v in arrays.items()}
+        cfg = _config(path, manifest, marker)
+    else:
+        manifest = {k: (tuple(e["shape"]), e["dtype"]) for k, e in marker["arrays"].items()}
+        cfg = _config(path, manifest, marker)
+        _check_files(path, files, marker["files"])
+        arrays = _restore(path)
+        _check_arrays(path, arrays, marker["arrays"])
     if dtype is not None:
         cfg = cfg.replace(dtype=check_dtype(dtype))
-    import orbax.checkpoint as ocp
+    for name, value in arrays.items():
+        check_finite(value, name, f"checkpoint {path}", cfg.dtype, allow_nonfinite)
+    return from_state_dict(cfg, arrays)
 
+
+def _check_files(path: Path, files: list[Path], want: dict) -> None:
+    have = {f.relative_to(path / "arrays").as_posix(): f for f in files}
+    for rel, digest in sorted(want.items()):
+        if rel not in have:
+            raise ValueError(f"checkpoint {path} is missing arrays/{rel}; restore it from a "
+                             "backup or save the model again")
+        if _file_sha256(have[rel]) != digest:
+            raise ValueError(f"checkpoint {path}: arrays/{rel} differs from the file the save "
+                             "wrote (SHA-256 mismatch): the checkpoint is corrupt; restore it "
+                             "from a backup or save the model again")
+
+
+def _restore(path: Path) -> dict:
     try:
-        with ocp.PyTreeCheckpointer() as checkpointer:
-            tree = checkpointer.restore((path / "arrays").absolute())
+        return _read_arrays(path / "arrays")
     except Exception as e:  # orbax/tensorstore raise many error types
         raise ValueError(f"cannot read the arrays of checkpoint {path}: {e}") from e
-    return from_state_dict(cfg, _flatten(tree))
+
+
+def _check_arrays(path: Path, arrays: dict, want: dict) -> None:
+    missing, extra = sorted(set(want) - set(arrays)), sorted(set(arrays) - set(want))
+    if missing or extra:
+        raise ValueError(f"checkpoint {path}: the stored arrays do not match {MARKER}: missing "
+                         f"{missing[:5]}, unexpected {extra[:5]}")
+    for name, entry in want.items():
+        value = np.asarray(arrays[name])
+        if (list(value.shape) != entry["shape"] or str(value.dtype) != entry["dtype"]
+                or _array_sha256(value) != entry["sha256"]):
+            raise ValueError(f"checkpoint {path}: array {name!r} differs from the one saved "
+                             f"(shape {value.shape} {value.dtype}, expected "
+                             f"{tuple(entry['shape'])} {entry['dtype']}, or SHA-256 mismatch): "
+                             "the checkpoint is corrupt; save the model again")
