@@ -84,8 +84,7 @@ def killed_save(tmp_path, path, seed, stage=None):
 # stage -> which model `load` gives afterwards: the previous one, or the new one once the
 # swap has happened (the save was killed while it deleted the previous checkpoint); a kill timed
 # from outside (None) lands inside orbax's write almost always, but either is exact
-STAGES = {None: "either", "config": "old", "arrays": "old", "marker": "old", "aside": "old",
-          "swapped": "new"}
+STAGES = {None: "either", "arrays": "old", "marker": "old", "aside": "old", "swapped": "new"}
 
 
 def test_killed_saves_leave_the_previous_model_or_the_new_one(tmp_path):
