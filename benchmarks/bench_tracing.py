@@ -39,7 +39,8 @@ import _common as c  # noqa: E402
 PROMPT, SUBJECT = "The Eiffel Tower is located in the city of", " Eiffel Tower"
 KINDS = {"resid": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out"}
 SAMPLES, WINDOW, NOISE_SCALE, SEED = 10, 10, 3.0, 0
-ATOL = 1e-4
+ATOL = 1e-4  # and relative to the largest probability (a random model's are ~1 / d_vocab)
+RTOL = 1e-3
 MODELS = ("smollm2", "gpt2")
 TITLES = {"smollm2": "SmolLM2-135M", "gpt2": "GPT-2-small-shaped model"}
 
@@ -139,12 +140,15 @@ def side_jax(args, workdir: Path) -> None:
     answer = jnp.argmax(model(tokens[0])[-1])[None]  # the model's top prediction
     key = jax.random.key(SEED)
 
-    # the noise causal_trace adds (Noise on hook_embed of each (prompt, sample)), for TL
+    # the noise causal_trace adds, for TL: the library's own Noise at the embedding, per sample
     std = NOISE_SCALE * jnp.std(model.embed.W_E)
-    shape = (tokens.shape[1], model.cfg.d_model)
-    noise = jax.vmap(lambda k: std * jax.random.normal(k, shape, jnp.float32))(
-        noise_keys(key, 1, args.samples)[0]
-    )
+    embed = jc.SiteRef("embed")
+    clean_embed = model.run(tokens[0])[1][embed]
+
+    def drawn(k):
+        return jc.intervene(model, {embed: jc.Noise(std, k)}).run(tokens[0])[1][embed] - clean_embed
+
+    noise = jnp.stack([drawn(k) for k in noise_keys(key, 1, args.samples)[0]])
     np.save(workdir / "noise.npy", np.asarray(noise))
     np.save(workdir / "answer.npy", np.asarray(answer))
 
@@ -406,7 +410,8 @@ def setup(args) -> str:
         f"positions). TL: one `run_with_cache` (clean) and one `run_with_hooks` per cell, "
         f"batch = the noise samples, `torch.set_num_threads({c.CORES})`, warmed up by one "
         f"forward; both sides load the same float32 weights, each in its own process. Grids, "
-        f"clean and corrupt probabilities agree within {ATOL}."
+        f"clean and corrupt probabilities agree within {ATOL} and within {RTOL:g} of the "
+        f"largest value (a random model's probabilities are about 1 / d_vocab)."
     )
 
 
@@ -444,7 +449,8 @@ def main() -> None:
             for out in ("grids", "probs"):
                 jx, tl = c.load_output(workdir, "jax", out), c.load_output(workdir, "torch", out)
                 tl = np.where(np.isnan(tl), jx, tl)  # --tl-cells: compare the sampled cells
-                errs[out] = c.check_close(jx, tl, ATOL, f"{name} {out}")
+                tol = min(ATOL, RTOL * float(np.abs(jx).max()))
+                errs[out] = c.check_close(jx, tl, tol, f"{name} {out}")
             probs = c.load_output(workdir, "jax", "probs")
             print(f"clean p = {probs[0]:.4f}, corrupt p = {probs[1]:.4f}")
             text = report(name, cfg, args, info, len(ids), int(mask.sum()), reports, errs)
