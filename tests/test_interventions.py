@@ -172,7 +172,7 @@ def test_errors():
         jc.intervene(MODEL, {jc.SiteRef("z", 2): jc.Zero()})
     with pytest.raises(ValueError, match="unknown site kind 'resid_pr' .did you mean 'resid_pre'"):
         jc.SiteRef("resid_pr", 0)
-    with pytest.raises(ValueError, match="head 4 out of range .* it has 4"):
+    with pytest.raises(ValueError, match="head 4 out of range .* head axis has size 4"):
         jc.intervene(MODEL, {jc.SiteRef("z", 0): jc.Zero(head=4)})(tokens_for(0))
     with pytest.raises(ValueError, match="cannot select by 'head'"):
         jc.intervene(MODEL, {jc.SiteRef("resid_pre", 0): jc.Zero(head=1)})(tokens_for(0))
@@ -214,13 +214,13 @@ def test_indices_become_int32_arrays():
 def test_indices_checked_when_intervening():
     """Under `jit` an index is traced, so concrete head and unit indices are checked by
     `intervene`, against the site's sizes; position indices where the site runs eagerly."""
-    with pytest.raises(ValueError, match="head 4 out of range for site blocks.0.attn.hook_z: it"):
+    with pytest.raises(ValueError, match="head 4 out of range for site blocks.0.attn.hook_z .its"):
         jc.intervene(MODEL, {"blocks.0.attn.hook_z": jc.Zero(head=[0, 4])})
-    with pytest.raises(ValueError, match="unit -65 out of range .* it has 64"):
+    with pytest.raises(ValueError, match="unit -65 out of range .* size 64.*nearest valid: -64"):
         jc.intervene(MODEL, {"blocks.0.mlp.hook_post": jc.Zero(unit=-65)})
     with pytest.raises(ValueError, match="cannot select by 'unit'"):
         jc.intervene(MODEL, {"blocks.0.attn.hook_pattern": jc.Zero(unit=0)})
-    with pytest.raises(ValueError, match="position 6 out of range .* it has 6"):
+    with pytest.raises(ValueError, match="position 6 out of range .* size 6.*nearest valid: 5"):
         forward(jc.intervene(MODEL, {"hook_embed": jc.Zero(position=6)}), tokens_for(0))
     # the sites of a model carrying a patch made for 6 tokens are still listed
     patched = jc.intervene(MODEL, {"blocks.0.hook_resid_pre": jc.Patch(jnp.zeros((6, 32)))})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 
 import equinox as eqx
@@ -83,11 +84,15 @@ def intervene(
     refs, new_sites = [], []
     for key, value in interventions.items():
         ref = resolve(model, key)
-        chain = tuple(value) if isinstance(value, Sequence) else (value,)
+        chain = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (
+            value,
+        )
         for item in chain:
             if not isinstance(item, AbstractIntervention):
+                hint = _hint(item)
                 raise TypeError(
-                    f"intervention for {_name(ref)} must be an intervention; got {item!r}"
+                    f"intervention for {_name(ref)} must be an intervention value; got "
+                    f"{item!r}{hint} (choices: {', '.join(_CLASSES)})"
                 )
         old = get_site(model, _name(ref))
         if old.intervention is not None:
@@ -106,6 +111,20 @@ def intervene(
         new_sites,
         is_leaf=lambda x: x is None,
     )
+
+
+_CLASSES = ("Patch", "Zero", "Mean", "Add", "Scale", "Noise", "Subspace", "Function", "Chain")
+
+
+def _hint(item) -> str:
+    """` (did you mean jaxcirc.Zero()?)` for a string naming an intervention class."""
+    if isinstance(item, str):
+        match = difflib.get_close_matches(item.capitalize(), _CLASSES, n=1, cutoff=0.4)
+        if match:
+            return f" (did you mean jaxcirc.{match[0]}(...)?)"
+    if isinstance(item, type) and issubclass(item, AbstractIntervention):
+        return f" (the class, not a value: instantiate it, {item.__name__}(...))"
+    return ""
 
 
 def _selective(intervention) -> list[AbstractSelectiveIntervention]:

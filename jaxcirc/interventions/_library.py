@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._checks import check_index, is_traced
 from ..models._site import AbstractIntervention, Site
 
 _Index = int | ArrayLike | None
@@ -67,17 +68,11 @@ def _as_array(value) -> Array | None:
 
 
 def _check_range(index, size: int, axis: str, site: Site) -> None:
-    """Raise if a concrete `index` lies outside `-size..size-1`; traced ones are not checked."""
-    try:
-        concrete = np.atleast_1d(np.asarray(index))  # ints and concrete arrays are checked
-    except jax.errors.TracerArrayConversionError:
-        return
-    bad = concrete[(concrete >= size) | (concrete < -size)]
-    if bad.size:
-        raise ValueError(
-            f"{axis} {int(bad[0])} out of range for site {site.name}: it has {size} "
-            f"({axis} 0..{size - 1})"
-        )
+    """Raise if `index` lies outside `-size..size-1`: concrete indices now, traced ones when
+    the program runs (never a clamp, never a no-op)."""
+    check_index(
+        index, size, axis, context=f" for site {site.name} (its {axis} axis has size {size})"
+    )
 
 
 def _one_hot(index, size: int, axis: str, site: Site) -> Array:
@@ -113,16 +108,20 @@ class AbstractSelectiveIntervention(AbstractIntervention):
 
     def check_selection(self, site: Site, sizes: dict[str, int]) -> None:
         """Raise now for an axis `site` lacks, or a concrete index outside `sizes[axis]`
-        (axes missing from `sizes` are checked when the site runs)."""
+        (traced indices, and axes missing from `sizes`, are checked when the site runs)."""
         for axis, index in (("position", self.position), ("head", self.head), ("unit", self.unit)):
             if index is None:
                 continue
             if axis not in site.axes:
                 raise ValueError(
-                    f"site {site.name} has axes {site.axes}; it cannot select by {axis!r}"
+                    f"site {site.name} has axes {site.axes}; it cannot select by {axis!r} "
+                    f"(choices: {[a for a in ('position', 'head', 'unit') if a in site.axes]})"
                 )
-            if axis in sizes:
+            if axis in sizes and not is_traced(index):
                 _check_range(index, sizes[axis], axis, site)
+
+    def check_sizes(self, site: Site, sizes: dict[str, int]) -> None:
+        self.check_selection(site, sizes)
 
     def weight(self, x: Array, site: Site) -> Array | None:
         """The weight `w` broadcastable to `x`, or `None` for the whole site."""
@@ -139,12 +138,15 @@ class AbstractSelectiveIntervention(AbstractIntervention):
         if self.mask is not None:
             mask = jnp.asarray(self.mask)
             try:
-                jnp.broadcast_shapes(mask.shape, x.shape)
+                fits = jnp.broadcast_shapes(mask.shape, x.shape) == x.shape
             except ValueError:
+                fits = False
+            if not fits:
                 raise ValueError(
                     f"mask of shape {mask.shape} does not broadcast to site {site.name}'s "
-                    f"activation of shape {x.shape} (axes {site.axes})"
-                ) from None
+                    f"activation of shape {x.shape} (axes {site.axes}; one example: the mask "
+                    f"may not add axes, e.g. a batch; use jax.vmap)"
+                )
             w = mask if w is None else w * mask
         return w
 
@@ -276,3 +278,7 @@ class Chain(AbstractIntervention):
         for intervention in self.interventions:
             x = intervention(x, site)
         return x
+
+    def check_sizes(self, site: Site, sizes: dict[str, int]) -> None:
+        for intervention in self.interventions:
+            intervention.check_sizes(site, sizes)

@@ -99,6 +99,10 @@ class AbstractIntervention(eqx.Module):
     def __call__(self, x: Array, site: Site) -> Array:
         """Return the new activation for one example's activation `x` at `site`."""
 
+    def check_sizes(self, site: Site, sizes: dict[str, int]) -> None:
+        """Raise now for a concrete selection outside `sizes` (`{"position": seq, ...}`, the
+        axis sizes of `site`'s activation); the default checks nothing."""
+
 
 class Site(eqx.Module):
     """An identity point named `name` with the axes `axes`, optionally intervened on.

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .._checks import runtime_check, where
+from .._finite import check_finite, describe_index, first_nonfinite, nonfinite_leaf
 from ._attention import KVPrefix
 from ._block import STREAM_SITES, Block, Norm
 from ._config import TransformerConfig
@@ -85,36 +87,71 @@ class Transformer(eqx.Module):
     ln_final: Norm
     unembed: Unembed
 
-    def check_tokens(self, tokens) -> Int[Array, " seq"]:
-        """Validate one example's tokens; raise a `ValueError` naming what is wrong."""
-        if not jnp.issubdtype(jnp.asarray(tokens).dtype, jnp.integer):
-            raise TypeError(f"tokens must be integers; got dtype {jnp.asarray(tokens).dtype}")
-        if tokens.ndim != 1:
+    def check_tokens(
+        self, tokens, *, name: str = "tokens", ndim: int | None = None
+    ) -> Int[Array, "*batch seq"]:
+        """Validate token ids `[..., seq]` (one example or a batch of any shape) and return
+        them as a JAX integer array.
+
+        `TypeError` for non-integers; `ValueError` for a bad shape (`ndim`, when given, is
+        required), an empty or over-long sequence, or an id outside `[0, d_vocab)`, naming
+        the first such id, its row and position and the nearest valid id. Ids are checked
+        before any cast, so one that int32 cannot hold (NumPy `int64` `2**32 + 5`) is refused,
+        not wrapped. Traced tokens are checked when the program runs, with the same message
+        (`jaxcirc._checks.runtime_check`: under `jit` and `vmap` too).
+        """
+        traced = isinstance(tokens, jax.core.Tracer)
+        array = tokens if traced else np.asarray(tokens)  # numpy: concrete even under jit
+        if array.dtype == object or array.dtype == bool or not (
+            jnp.issubdtype(array.dtype, jnp.integer)
+        ):
+            if array.dtype == object and array.size and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in array.flat
+            ):
+                array = np.asarray([int(v) for v in array.flat], object).reshape(array.shape)
+            else:
+                raise TypeError(f"{name} must be integers; got dtype {array.dtype}")
+        shape = tuple(array.shape)
+        if ndim == 1 and len(shape) != 1:
             raise ValueError(
-                f"tokens must have shape [seq] (one example; use jax.vmap for a batch); "
-                f"got shape {tokens.shape}"
+                f"{name} must have shape [seq] (one example; use jax.vmap for a batch); "
+                f"got shape {shape}"
             )
-        if tokens.shape[0] == 0:
-            raise ValueError("tokens is empty: a model needs at least one token")
-        if self.pos_embed is not None and tokens.shape[0] > self.cfg.n_ctx:
-            raise ValueError(f"{tokens.shape[0]} tokens exceed the context n_ctx={self.cfg.n_ctx}")
-        if not isinstance(tokens, jax.core.Tracer):
-            bad = np.flatnonzero(
-                (np.asarray(tokens) < 0) | (np.asarray(tokens) >= self.cfg.d_vocab)
+        if ndim is not None and len(shape) != ndim:
+            axes = ", ".join(["batch"] * (ndim - 1) + ["seq"])
+            raise ValueError(f"{name} must have shape [{axes}]; got shape {shape}")
+        if len(shape) == 0:
+            raise ValueError(f"{name} must have shape [seq] or [batch, seq]; got a scalar")
+        if shape[-1] == 0:
+            raise ValueError(f"{name} is empty (shape {shape}): a model needs at least one token")
+        if 0 in shape:
+            raise ValueError(f"{name} has no rows (shape {shape})")
+        if self.pos_embed is not None and shape[-1] > self.cfg.n_ctx:
+            raise ValueError(
+                f"{name}: {shape[-1]} tokens exceed the context n_ctx={self.cfg.n_ctx}"
             )
-            if bad.size:
-                raise ValueError(
-                    f"token id {int(tokens[bad[0]])} at position {int(bad[0])} is outside "
-                    f"[0, d_vocab={self.cfg.d_vocab})"
-                )
-            return jnp.asarray(tokens)
-        return eqx.error_if(
+        if traced:
+            self._check_ids_at_runtime(tokens, name)
+            return tokens
+        bad = (array < 0) | (array >= self.cfg.d_vocab)
+        if np.any(bad):
+            index = tuple(int(i) for i in np.argwhere(np.asarray(bad, bool))[0])
+            raise ValueError(_bad_token(name, int(array[index]), index, self.cfg.d_vocab))
+        return jnp.asarray(np.asarray(array, np.int64) if array.dtype == object else array)
+
+    def _check_ids_at_runtime(self, tokens, name: str = "tokens") -> None:
+        vocab = self.cfg.d_vocab
+        runtime_check(
+            (tokens < 0) | (tokens >= vocab),
+            lambda index, v: _bad_token(name, int(v), index, vocab),
             tokens,
-            (tokens < 0) | (tokens >= self.cfg.d_vocab),
-            f"token ids must lie in [0, d_vocab={self.cfg.d_vocab})",
         )
 
     def embed_tokens(self, tokens: Int[Array, " seq"]) -> tuple[Float[Array, "seq d_model"], dict]:
+        """The embedding of one example's tokens (and its sites' activations); traced tokens
+        are checked when the program runs (an id outside the vocabulary raises, naming it)."""
+        if isinstance(tokens, jax.core.Tracer):
+            self._check_ids_at_runtime(tokens)
         acts: dict = {}
         x = record(acts, self.hook_embed, self.embed(tokens))
         if self.pos_embed is not None:
@@ -129,9 +166,19 @@ class Transformer(eqx.Module):
         """Logits and every site's activation; unread activations are never materialised.
 
         Tokens are checked eagerly (a clear error names a bad id); the forward pass is
-        compiled once per shape and model structure.
+        compiled once per shape and model structure. Called eagerly, non-finite logits raise
+        a `NonFiniteError` naming the first non-finite weight or activation.
         """
-        return _run(self, self.check_tokens(jnp.asarray(tokens)))
+        tokens = self.check_tokens(tokens, ndim=1)
+        if not isinstance(tokens, jax.core.Tracer):  # concrete selections: a clear error now
+            seq = tokens.shape[0]
+            for site in self.intervened_sites():
+                site.intervention.check_sizes(site, {"position": seq, "key_position": seq})
+        logits, acts = _run(self, tokens)
+        if not isinstance(logits, jax.core.Tracer):
+            check_finite(logits, "logits", axes=("position", "vocab"),
+                         diagnose=lambda: self.nonfinite_report(tokens, acts))  # fmt: skip
+        return logits, acts
 
     def __call__(self, tokens: Int[Array, " seq"]) -> Float[Array, "seq d_vocab"]:
         return self.run(tokens)[0]
@@ -203,6 +250,11 @@ class Transformer(eqx.Module):
         x = self.ln_final(x)[0]
         return self.unembed(x if positions is None else x[positions])
 
+    def intervened_sites(self) -> list[Site]:
+        """The sites of this model that carry an intervention."""
+        leaves = jax.tree_util.tree_leaves(self, is_leaf=lambda x: isinstance(x, Site))
+        return [x for x in leaves if isinstance(x, Site) and x.intervention is not None]
+
     def stream_interventions(self) -> tuple[str, ...]:
         """Names of the residual-stream sites (`resid_pre`, `attn_out`, `resid_mid`,
         `mlp_out`, `resid_post`) that carry an intervention: the split form of a block
@@ -213,6 +265,44 @@ class Transformer(eqx.Module):
             for field in STREAM_SITES
             if (site := getattr(block, field, None)) is not None and site.intervention is not None
         )
+
+
+    def nonfinite_report(self, tokens, acts: Activations | None = None) -> str | None:
+        """Where non-finite values start in runs on `tokens` (`[..., seq]`): the first
+        non-finite weight, else the first site (in computation order) whose activation holds
+        NaN or inf, with its row, position and unit; `None` when all are finite. Slow (runs
+        the model on every row): for error messages."""
+        weight = nonfinite_leaf(self)
+        if weight is not None:
+            return f"the model has a non-finite {weight}"
+        if acts is None:
+            rows = jnp.reshape(jnp.asarray(tokens), (-1, jnp.shape(tokens)[-1]))
+            acts = jax.vmap(lambda t: _run(self, t)[1])(rows)
+        for name in sorted(acts.values, key=_computation_order):
+            x = acts.values[name]
+            index = first_nonfinite(x)
+            if index is not None:
+                at = describe_index(index, SiteRef.parse(name).axes)
+                return (
+                    f"the first non-finite activation is {name} at {at} "
+                    f"({np.asarray(x)[index].item()})"
+                )
+        return None
+
+
+def _computation_order(name: str) -> tuple[int, int]:
+    ref = SiteRef.parse(name)
+    kinds = list(SITE_KINDS)
+    layer = ref.layer if ref.layer is not None else (-1 if ref.kind != "ln_final" else 1 << 30)
+    return layer, kinds.index(ref.kind)
+
+
+def _bad_token(name: str, value: int, index: tuple[int, ...], d_vocab: int) -> str:
+    nearest = min(max(value, 0), d_vocab - 1)
+    return (
+        f"{name}: token id {value} at {where(index, ('position',))} is outside "
+        f"[0, d_vocab={d_vocab}) (nearest valid id: {nearest})"
+    )
 
 
 def forward(model: Transformer, tokens: Int[Array, " seq"]) -> tuple[Array, Activations]:
