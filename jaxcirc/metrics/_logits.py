@@ -32,6 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from .._checks import check_index, is_traced, runtime_check
+from .._finite import check_finite, describe_index, first_nonfinite
+
 Position = int | Int[ArrayLike, " batch"]
 
 
@@ -46,40 +49,106 @@ def at_position(
             + (" (a single example? add a batch axis: logits[None])" if logits.ndim == 2 else "")
         )
     batch, seq, _ = logits.shape
-    position = jnp.asarray(position)
-    if not jnp.issubdtype(position.dtype, jnp.integer):
-        raise ValueError(f"position must be an int or int array; got dtype {position.dtype}")
+    position = _position(position, batch, seq)
     if position.ndim == 0:
-        return logits[:, position]
-    if position.shape != (batch,):
-        raise ValueError(
-            f"position must be an int or an int array of shape [batch] = [{batch}]; "
-            f"got shape {list(position.shape)}"
-        )
+        return jax.lax.dynamic_index_in_dim(logits, position % seq, axis=1, keepdims=False)
     position = jnp.where(position < 0, position + seq, position)
     return jnp.take_along_axis(logits, position[:, None, None], axis=1)[:, 0]
 
 
-def _ids(ids, batch: int, name: str) -> tuple[Int[Array, "batch k"], Array]:
-    """Token ids as `[batch, k]` with the mask of real (non-negative) ids."""
-    ids = jnp.asarray(ids)
-    if not jnp.issubdtype(ids.dtype, jnp.integer):
+def _position(position, batch: int, seq: int) -> Int[Array, "*batch"]:
+    """`position` (an int or `[batch]` ints) checked against `seq` positions: concrete values
+    now, traced ones when the program runs (never clamped)."""
+    traced = is_traced(position)
+    position = position if traced else np.asarray(position)
+    if position.dtype == bool or not jnp.issubdtype(position.dtype, jnp.integer):
+        raise ValueError(f"position must be an int or int array; got dtype {position.dtype}")
+    if position.ndim not in (0, 1) or (position.ndim == 1 and position.shape != (batch,)):
+        raise ValueError(
+            f"position must be an int or an int array of shape [batch] = [{batch}]; "
+            f"got shape {list(position.shape)}"
+        )
+    check_index(position, seq, "position", context=f" for logits of {seq} positions")
+    return position if traced else jnp.asarray(position, jnp.int32)
+
+
+def _ids(ids, batch: int, name: str, d_vocab: int) -> tuple[Int[Array, "batch k"], Array]:
+    """Token ids as `[batch, k]` with the mask of real (non-negative) ids, checked against
+    `d_vocab`: concrete ids now, traced ones when the program runs. A negative id is padding
+    of a set `[batch, k]` only, and every set needs one real id."""
+    traced = is_traced(ids)
+    ids = ids if traced else np.asarray(ids)
+    if ids.dtype == bool or not jnp.issubdtype(ids.dtype, jnp.integer):
         raise ValueError(f"{name} must be integer token ids; got dtype {ids.dtype}")
-    if ids.ndim == 0:
-        ids = jnp.broadcast_to(ids, (batch,))
-    if ids.ndim == 1:
-        ids = ids[:, None]
-    if ids.ndim != 2 or ids.shape[0] != batch:
+    sets = ids.ndim == 2
+    if ids.ndim not in (0, 1, 2) or (ids.ndim and ids.shape[0] != batch):
         raise ValueError(
             f"{name} must have shape [batch], [batch, k] or [] with batch = {batch}; "
             f"got shape {list(ids.shape)}"
         )
+    low = -(2**31) if sets else 0
+    _check_ids(ids, name, low, d_vocab, traced)
+    ids = jnp.asarray(ids, jnp.int32) if not traced else ids
+    if ids.ndim == 0:
+        ids = jnp.broadcast_to(ids, (batch,))
+    if ids.ndim == 1:
+        ids = ids[:, None]
     return ids, ids >= 0
 
 
+def _bad_id(name: str, value: int, index, d_vocab: int, ndim: int) -> str:
+    nearest = min(max(value, 0), d_vocab - 1)
+    padding = "; negative ids pad a set [batch, k] only" if value < 0 and ndim < 2 else ""
+    at = f" at {describe_index(index, ('example', 'entry')[:ndim])}" if index else ""
+    return (
+        f"{name} id {value}{at} is outside [0, d_vocab={d_vocab}) "
+        f"(nearest valid id: {nearest}{padding})"
+    )
+
+
+def _check_ids(ids, name: str, low: int, d_vocab: int, traced: bool) -> None:
+    sets = low < 0
+    bad = (ids < low) | (ids >= d_vocab)
+    empty = (ids < 0).all(-1) if sets else None
+    if not traced:
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0]) if ids.ndim else ()
+            raise ValueError(_bad_id(name, int(ids[index]), index, d_vocab, ids.ndim))
+        if sets and empty.any():
+            row = int(np.flatnonzero(empty)[0])
+            raise ValueError(
+                f"{name} set of example {row} has no id (all {ids.shape[1]} entries negative, "
+                f"i.e. padding); give each example at least one id in [0, {d_vocab})"
+            )
+        return
+    ndim = ids.ndim
+    runtime_check(bad, lambda i, v: _bad_id(name, int(v), i, d_vocab, ndim), ids)
+    if sets:
+        runtime_check(
+            empty,
+            lambda i: f"{name} set of example {i[-1]} has no id (every entry is padding)",
+        )
+
+
 def _gather(values: Float[Array, "batch d_vocab"], ids, name: str):
-    ids, mask = _ids(ids, values.shape[0], name)
+    ids, mask = _ids(ids, values.shape[0], name, values.shape[-1])
     return jnp.take_along_axis(values, jnp.where(mask, ids, 0), axis=1), mask
+
+
+def _checked(value: Array, logits, name: str, position) -> Array:
+    """`value`, or a `NonFiniteError` naming the first non-finite logit it read (eager
+    calls only: a traced metric is checked by the method that runs it)."""
+    if is_traced(value):
+        return value
+
+    def diagnose():
+        read = at_position(logits, position)
+        index = first_nonfinite(read)
+        if index is None:
+            return None
+        return f"the logits at {describe_index(index, ('example', 'vocab'))} are {read[index]}"
+
+    return check_finite(value, name, diagnose=diagnose)
 
 
 def logit_diff(
@@ -98,7 +167,8 @@ def logit_diff(
     a, a_mask = _gather(x, answer, "answer")
     d, d_mask = _gather(x, distractor, "distractor")
     side = lambda v, m: (v * m).sum(-1) / m.sum(-1)
-    return (side(a, a_mask) - side(d, d_mask)).mean()
+    value = (side(a, a_mask) - side(d, d_mask)).mean()
+    return _checked(value, logits, "logit_diff", position)
 
 
 def prob_diff(
@@ -116,7 +186,8 @@ def prob_diff(
     p = jax.nn.softmax(at_position(logits, position).astype(jnp.float32), axis=-1)
     a, a_mask = _gather(p, answer, "answer")
     d, d_mask = _gather(p, distractor, "distractor")
-    return ((a * a_mask).sum(-1) - (d * d_mask).sum(-1)).mean()
+    value = ((a * a_mask).sum(-1) - (d * d_mask).sum(-1)).mean()
+    return _checked(value, logits, "prob_diff", position)
 
 
 def cross_entropy(
@@ -128,7 +199,8 @@ def cross_entropy(
     """Mean over the batch of `-log p(answer)` at `position` (of the set's total probability)."""
     logp = jax.nn.log_softmax(at_position(logits, position).astype(jnp.float32), axis=-1)
     a, mask = _gather(logp, answer, "answer")
-    return -jax.nn.logsumexp(jnp.where(mask, a, -jnp.inf), axis=-1).mean()
+    value = -jax.nn.logsumexp(jnp.where(mask, a, -jnp.inf), axis=-1).mean()
+    return _checked(value, logits, "cross_entropy", position)
 
 
 def kl_to_clean(
@@ -152,7 +224,8 @@ def kl_to_clean(
             f"{list(logp.shape)} (logits {list(jnp.shape(logits))})"
         )
     logq = jax.nn.log_softmax(clean_logits.astype(jnp.float32), axis=-1)
-    return (jnp.exp(logq) * (logq - logp)).sum(-1).mean()
+    value = (jnp.exp(logq) * (logq - logp)).sum(-1).mean()
+    return _checked(value, logits, "kl_to_clean", position)
 
 
 def normalized(
@@ -216,12 +289,7 @@ class Bound(eqx.Module):
         is not one of the one-position metrics (it may read every position)."""
         if _one_position(self.fn) is None:
             return None
-        position = jnp.asarray(self.kwargs.get("position", -1))
-        if position.ndim not in (0, 1) or (position.ndim == 1 and position.shape != (batch,)):
-            raise ValueError(
-                f"position must be an int or an int array of shape [batch] = [{batch}]; "
-                f"got shape {list(position.shape)}"
-            )
+        position = _position(self.kwargs.get("position", -1), batch, seq)
         position = jnp.where(position < 0, position + seq, position)
         return jnp.broadcast_to(position, (batch,))[:, None].astype(jnp.int32)
 
