@@ -96,7 +96,11 @@ def check_finite(
         key_axes = axes.get(key) if isinstance(axes, Mapping) else axes
         where = names(index) if names is not None else describe_index(index, key_axes)
         label = what if key is None else f"{what} {key!r}"
-        message = f"non-finite {label}: {where} is {_value(x, index)}"
+        message = (
+            f"non-finite {label}: {where} is {_value(x, index)}"
+            if index
+            else f"{label} is {_value(x, index)}"
+        )
         break
     detail = diagnose() if diagnose is not None else None
     raise NonFiniteError(message + (f"; {detail}" if detail else ""))
