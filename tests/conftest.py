@@ -1,10 +1,20 @@
-"""Shared fixtures: tiny random models of every family, with non-trivial norms and biases."""
+"""Shared fixtures: tiny random models of every family, with non-trivial norms and biases.
+
+The suite compiles thousands of small programs and runs each a few times, so XLA's
+optimisation passes cost more than they save: they are off unless `JAXCIRC_TEST_OPTIMIZED=1`
+(the results are the same within every test's tolerance; benchmarks always optimise).
+"""
+
+import os
 
 import equinox as eqx
 import jax
 import pytest
 
 import jaxcirc as jc
+
+if os.environ.get("JAXCIRC_TEST_OPTIMIZED") != "1":
+    jax.config.update("jax_disable_most_optimizations", True)
 
 FAMILIES = {
     "gpt2": jc.models.gpt2,

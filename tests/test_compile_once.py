@@ -46,16 +46,6 @@ def second_call_compiles(fn) -> list[str]:
     return compiled
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quick_compiles():
-    """Compile without most XLA optimisations: what is counted is the same, the compiles of
-    the first calls take a third of the time."""
-    before = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
-
-
 def test_the_counter_counts():
     @jax.jit
     def fresh(x):
