@@ -133,7 +133,7 @@ def test_iia_and_das_compile_once():
     # a subspace alignment on 4 pairs: the program das scores its 4 train and 4 test pairs with
     half = lambda x: {k: v[:4] for k, v in x.items()}
     basis = jnp.eye(model.cfg.d_model)[:1]
-    iia = lambda: methods.iia(
+    iia = lambda **kw: methods.iia(
         model,
         HIGH,
         {"A": {**LOC, "basis": basis}},
@@ -142,20 +142,11 @@ def test_iia_and_das_compile_once():
         base_inputs=half(INPUTS[0]),
         source_inputs=half(INPUTS[1]),
         answer_tokens=SUM["answer_tokens"],
+        **kw,
     )
     assert second_call_compiles(iia) == []
     with count_compiles() as compiled:  # the readout position is data too: -1 and 0 share it
-        methods.iia(
-            model,
-            HIGH,
-            {"A": {**LOC, "basis": basis}},
-            TOKENS[0][:4],
-            TOKENS[1][:4],
-            base_inputs=half(INPUTS[0]),
-            source_inputs=half(INPUTS[1]),
-            answer_tokens=SUM["answer_tokens"],
-            readout_position=0,
-        )
+        iia(readout_position=0)
     assert compiled == []
     das = lambda: methods.das(
         model,
