@@ -100,9 +100,7 @@ def index_range_error(
     lo = -size if negative else 0
     nearest = min(max(int(value), lo), size - 1)
     valid = f"0..{size - 1}" + (f" or {-size}..-1 from the end" if negative else "")
-    return (
-        f"{what} {int(value)} out of range{context}: valid {valid} (nearest valid: {nearest})"
-    )
+    return f"{what} {int(value)} out of range{context}: valid {valid} (nearest valid: {nearest})"
 
 
 def check_index(index, size: int, what: str, *, negative: bool = True, context: str = ""):
@@ -179,11 +177,15 @@ def check_float(
     ok = math.isfinite(value) and (value > low if low_open else value >= low)
     ok = ok and (value < high if high_open else value <= high)
     if not ok:
-        interval = (
-            f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-            if math.isfinite(high) or math.isfinite(low) else "finite"
-        )  # fmt: skip
-        raise ValueError(f"{name} must be a finite number in {interval}; got {value!r}")
+        if math.isfinite(low) and math.isfinite(high):
+            bound = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif math.isfinite(low):
+            bound = f"{'>' if low_open else '>='} {low:g}"
+        elif math.isfinite(high):
+            bound = f"{'<' if high_open else '<='} {high:g}"
+        else:
+            bound = "(not NaN or infinite)"
+        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
     return value
 
 
@@ -195,7 +197,7 @@ def check_choices(values, choices, name: str, *, one: str) -> tuple[str, ...]:
         hint = f"({values!r},)" if values in choices else f"one of {list(choices)}"
         raise TypeError(
             f"{name} must be a sequence of {one}s such as {hint}; got the string {values!r}"
-            f"{nearest_word(values, choices)}"
+            f"{'' if values in choices else nearest_word(values, choices)}"
         )
     values = tuple(values)
     for v in values:

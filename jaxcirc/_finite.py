@@ -9,6 +9,8 @@ model run that produced it.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 
 import jax
@@ -83,7 +85,8 @@ def check_finite(
     weight, a site of the model run).
     """
     items = dict(values) if isinstance(values, Mapping) else {None: values}
-    arrays = {k: v for k, v in items.items() if v is not None and _inexact(jnp.asarray(v))}
+    arrays = {k: jnp.asarray(v) for k, v in items.items() if v is not None}
+    arrays = {k: v for k, v in arrays.items() if _inexact(v)}
     masked = {k: jnp.where(jnp.asarray(valid), v, 0) if valid is not None else v
               for k, v in arrays.items()}  # fmt: skip
     if all_finite(list(masked.values())):
@@ -95,7 +98,7 @@ def check_finite(
             continue
         key_axes = axes.get(key) if isinstance(axes, Mapping) else axes
         where = names(index) if names is not None else describe_index(index, key_axes)
-        label = what if key is None else f"{what} {key!r}"
+        label = what if key is None else f"{what} {key}"
         message = (
             f"non-finite {label}: {where} is {_value(x, index)}"
             if index
@@ -116,8 +119,8 @@ def _path(path) -> str:
 
 
 def nonfinite_leaf(tree) -> str | None:
-    """`"weight blocks.0.attn.W_Q [2, 1, 5] is nan"` for the first floating-point array of
-    `tree` holding a non-finite value, or `None` when all are finite."""
+    """`"blocks.0.attn.W_Q [2, 1, 5] is nan"` for the first floating-point array of `tree`
+    holding a non-finite value, or `None` when all are finite."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     leaves = [(p, x) for p, x in leaves if _inexact(x) and not isinstance(x, jax.core.Tracer)]
     if all_finite([x for _, x in leaves]):
@@ -125,7 +128,7 @@ def nonfinite_leaf(tree) -> str | None:
     for path, x in leaves:
         index = first_nonfinite(x)
         if index is not None:
-            return f"weight {_path(path)} {list(index)} is {_value(x, index)}"
+            return f"{_path(path) or 'the array'} {list(index)} is {_value(x, index)}"
     return None
 
 
@@ -134,4 +137,72 @@ def check_finite_weights(model, what: str = "the model") -> None:
     NaN or infinity."""
     found = nonfinite_leaf(model)
     if found is not None:
-        raise NonFiniteError(f"{what} has a non-finite {found}")
+        raise NonFiniteError(f"{what} has a non-finite weight: {found}")
+
+
+def diagnose_run(model, *token_arrays) -> str | None:
+    """Where non-finite values start when `model` runs on the given token batches (a Task
+    stands for its clean and corrupt tokens): its first non-finite weight or activation."""
+    report = getattr(model, "nonfinite_report", None)
+    found = nonfinite_leaf(model)
+    if found is not None:
+        return f"the model has a non-finite weight: {found}"
+    if report is None:
+        return None
+    batches = []
+    for tokens in token_arrays:
+        if hasattr(tokens, "clean") and hasattr(tokens, "corrupt"):
+            batches += [tokens.clean, tokens.corrupt]
+        elif tokens is not None:
+            batches.append(tokens)
+    for tokens in batches:
+        try:
+            found = report(tokens)
+        except Exception:  # noqa: BLE001 - a diagnosis must not hide the error it explains
+            found = None
+        if found is not None:
+            return found
+    return None
+
+
+def check_result(result, what: str, *, axes=None, fields=None, diagnose=None):
+    """`check_finite` of a method's result: `Scores` (by edge, `require_finite`), an array, or
+    a module of arrays (each named by its path; only `fields` if given). Returns `result`."""
+    if hasattr(result, "require_finite"):
+        return result.require_finite(what, diagnose=diagnose)
+    if isinstance(result, (jax.Array, np.ndarray)):
+        return check_finite(result, what, axes=axes, diagnose=diagnose)
+    leaves = jax.tree_util.tree_flatten_with_path(result)[0]
+    arrays = {_path(p): x for p, x in leaves if _inexact(x)}
+    if fields is not None:
+        arrays = {k: v for k, v in arrays.items() if k.split(".")[0] in fields}
+    check_finite(arrays, what, axes=axes, diagnose=diagnose)
+    return result
+
+
+def finite_result(what, *, axes=None, tokens=("clean", "corrupt"), fields=None):
+    """Decorate a method's public function `fn(model, ...)`: its result is checked once for
+    non-finite values after it returns (`check_result`); on failure the error names the first
+    bad cell and where the model's run on the `tokens` arguments turns non-finite. `what` and
+    `axes` may be functions of the bound arguments (a dict, defaults included)."""
+
+    def wrap(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = bound.arguments
+            model = arguments.get("model")
+            runs = [arguments.get(name) for name in tokens]
+            return check_result(
+                result, what(arguments) if callable(what) else what,
+                axes=axes(arguments) if callable(axes) else axes, fields=fields,
+                diagnose=lambda: diagnose_run(model, *runs),
+            )  # fmt: skip
+
+        return checked
+
+    return wrap

@@ -97,5 +97,5 @@ def test_dead_heads_are_pruned_untested(data):
 
 
 def test_bad_threshold(data):
-    with pytest.raises(ValueError, match="threshold must be a number >= 0"):
+    with pytest.raises(ValueError, match="threshold must be a finite number >= 0; got -1"):
         acdc(tiny("gpt2"), *data, threshold=-1)

@@ -72,5 +72,5 @@ def test_bad_input(data):
     model = tiny("gpt2", n_layers=1)
     with pytest.raises(ValueError, match="unknown level 'edges'"):
         learned_mask(model, *data, level="edges")
-    with pytest.raises(ValueError, match="penalty >= 0"):
+    with pytest.raises(ValueError, match="penalty must be a finite number >= 0; got -1"):
         learned_mask(model, *data, penalty=-1.0)

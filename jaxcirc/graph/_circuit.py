@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
+from .._finite import check_finite
 from ._graph import Graph
 
 
@@ -52,6 +53,17 @@ class Scores(eqx.Module):
         """Scores `|effects|`, keeping the signed effects."""
         effects = jnp.asarray(effects)
         return cls(jnp.abs(effects), g, effects)
+
+    def require_finite(self, what: str, diagnose=None) -> Scores:
+        """These scores, or a `NonFiniteError` naming the first edge (node) whose score is
+        NaN or inf (`diagnose()` may say where it starts; see `jaxcirc._finite`)."""
+        arrays = {"scores": self.values}
+        if self.signed is not None:
+            arrays["signed scores"] = self.signed
+        check_finite(
+            arrays, what, names=self.graph.unit_name, valid=self.valid, diagnose=diagnose
+        )
+        return self
 
     @property
     def level(self) -> str:

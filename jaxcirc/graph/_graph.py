@@ -124,6 +124,13 @@ class Graph:
             )
         return i, j
 
+    def unit_name(self, index) -> str:
+        """`"edge L0H1 -> L1H2.q"` for a cell `(source, target)` of an `[n_sources,
+        n_targets]` array, `"node L0H1"` for a cell `(source,)` of an `[n_sources]` one."""
+        if len(index) == 1:
+            return f"node {self.sources[index[0]]}"
+        return f"edge {self.sources[index[0]]} -> {self.targets[index[1]]}"
+
     def edge_array(self, edges) -> np.ndarray:
         """`[n_sources, n_targets]` booleans, true on `edges` (pairs of nodes or names)."""
         out = np.zeros(self.valid.shape, bool)

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .._checks import nearest_word
+from .._finite import check_finite, first_nonfinite
 from ._circuit import Circuit
 from ._graph import Graph, graph
 
@@ -187,12 +189,15 @@ def graph_states(model, g: Graph, x0: Float[Array, "seq d_model"]):
 def source_outputs(model, tokens: Int[Array, "batch seq"], g: Graph | None = None):
     """Every source's output on each example of `tokens`: `[batch, n_sources, seq, d_model]`."""
     g = g or graph(model)
-    return _source_outputs(model, g, jnp.asarray(tokens))
+    return _source_outputs(model, g, model.check_tokens(tokens, ndim=2))
 
 
 @eqx.filter_jit
 def _source_outputs(model, g, tokens):
     return jax.vmap(lambda t: graph_states(model, g, model.embed_tokens(t)[0])[0])(tokens)
+
+
+ABLATIONS = ("corrupt", "mean", "zero")
 
 
 def ablation_values(
@@ -201,13 +206,17 @@ def ablation_values(
     """The ablated source outputs: `"corrupt"` (the corrupted run's, per example), `"mean"`
     (their mean over the corrupted batch) or `"zero"`."""
     g = g or graph(model)
-    clean = jnp.asarray(clean)
+    clean = model.check_tokens(clean, name="clean", ndim=2)
     if how == "zero":
         d = model.cfg.d_model
         return jnp.zeros((clean.shape[0], g.n_sources, clean.shape[1], d), jnp.float32)
     if how not in ("corrupt", "mean"):
-        raise ValueError(f"unknown ablation {how!r}; choices: 'corrupt', 'mean', 'zero'")
-    corrupt = jnp.asarray(corrupt)
+        raise ValueError(
+            f"unknown ablation {how!r}{nearest_word(how, ABLATIONS)}; choices: {list(ABLATIONS)}"
+        )
+    if corrupt is None:
+        raise TypeError(f"ablation {how!r} needs corrupt tokens [batch, seq]; got None")
+    corrupt = model.check_tokens(corrupt, name="corrupt", ndim=2)
     if corrupt.shape[1:] != clean.shape[1:]:
         raise ValueError(
             f"corrupt tokens have shape {corrupt.shape}; expected [batch, {clean.shape[1]}] "
@@ -231,7 +240,32 @@ def masked_logits(
     `NodeMask`) interpolated towards `ablated` (from `ablation_values`). One compiled program
     per shape."""
     g = g or graph(model)
-    return _masked_logits(model, g, jnp.asarray(tokens), _weights(mask, g), ablated)
+    tokens = model.check_tokens(tokens, ndim=2)
+    ablated = jnp.asarray(ablated)
+    want = (tokens.shape[0], g.n_sources, tokens.shape[1], model.cfg.d_model)
+    if ablated.shape != want:
+        raise ValueError(
+            f"ablated has shape {list(ablated.shape)}; expected [batch, n_sources, seq, "
+            f"d_model] = {list(want)} (from ablation_values(model, tokens, corrupt, how))"
+        )
+    logits = _masked_logits(model, g, tokens, _weights(mask, g), ablated)
+    return check_finite(
+        logits, "masked logits", axes=("row", "position", "vocab"),
+        diagnose=lambda: model.nonfinite_report(tokens) or nonfinite_ablated(ablated, g),
+    )  # fmt: skip
+
+
+def nonfinite_ablated(ablated, g: Graph) -> str | None:
+    """`"the ablated output of source L0H1 (row 0, position 2) is nan"`, or `None`."""
+    index = first_nonfinite(ablated)
+    if index is None:
+        return None
+    row, source, position = index[:3]
+    value = np.asarray(ablated)[index].item()
+    return (
+        f"the ablated output of source {g.sources[source]} (row {row}, position {position}) "
+        f"is {value}"
+    )
 
 
 @eqx.filter_jit

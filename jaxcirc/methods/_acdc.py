@@ -18,8 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_choices, check_float
+from .._finite import check_finite
 from ..graph import Circuit, Scores, ablation_values, graph
-from ..graph._masked import _masked_logits
+from ..graph._masked import ABLATIONS, _masked_logits, nonfinite_ablated
+from ..metrics._check import check_metric
 from ..metrics._divergence import kl_divergence
 from ._discover import DiscoveryMethod
 from ._task_args import task_arguments
@@ -43,8 +46,13 @@ class ACDC(DiscoveryMethod):
     progress: bool = False
 
     def __check_init__(self):
-        if not float(self.threshold) >= 0:
-            raise ValueError(f"threshold must be a number >= 0; got {self.threshold}")
+        check_float(self.threshold, "ACDC threshold", 0.0)
+        check_choices((self.ablation,), ABLATIONS, "ablation", one="ablation")
+        if not callable(self.divergence):
+            raise TypeError(
+                f"divergence must be a function (logits, clean_logits) -> scalar such as "
+                f"jaxcirc.metrics.kl_divergence; got {self.divergence!r}"
+            )
 
     def __call__(self, model, clean, corrupt=None) -> Circuit:
         clean, corrupt, _ = task_arguments(clean, corrupt, None, needs_metric=False)
@@ -64,16 +72,22 @@ def _evaluate(model, g, clean, weights, ablated, divergence, clean_logits):
 def _acdc(model, clean, corrupt, method: ACDC) -> Circuit:
     threshold, divergence = float(method.threshold), method.divergence
     g = graph(model)
-    clean = jnp.asarray(clean)
+    clean = model.check_tokens(clean, name="clean", ndim=2)
+    logits_shape = (*clean.shape, model.cfg.d_vocab)
+    check_metric(lambda x: divergence(x, x), logits_shape, what="divergence")
     ablated = ablation_values(model, clean, corrupt, method.ablation, g)
     clean_logits = jax.vmap(model)(clean)
 
     def evaluate(weights):
         return _evaluate(model, g, clean, weights, ablated, divergence, clean_logits)
 
+    def diagnose():
+        return model.nonfinite_report(clean) or nonfinite_ablated(ablated, g)
+
     weights = np.asarray(g.valid, np.float32)
     scores = np.zeros(g.valid.shape, np.float32)
     current = float(evaluate(jnp.asarray(weights)))
+    check_finite(current, "ACDC divergence of the full model from itself", diagnose=diagnose)
     tested = 0
     targets = sorted(range(g.n_targets), key=lambda j: -g.target_order[j])
     bar = None
@@ -90,6 +104,11 @@ def _acdc(model, clean, corrupt, method: ACDC) -> Circuit:
                 continue
             weights[i, j] = 0.0
             trial = float(evaluate(jnp.asarray(weights)))
+            if not np.isfinite(trial):
+                check_finite(
+                    trial, f"ACDC divergence with {g.unit_name((i, j))} removed",
+                    diagnose=diagnose,
+                )  # fmt: skip
             tested += 1
             scores[i, j] = trial - current
             if trial - current < threshold:

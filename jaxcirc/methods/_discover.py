@@ -13,6 +13,8 @@ import abc
 
 import equinox as eqx
 
+from .._checks import check_int
+from .._finite import finite_result
 from ..graph import Circuit, Scores
 from ._task_args import task_arguments
 
@@ -31,6 +33,18 @@ class ScoringMethod(DiscoveryMethod):
     a non-zero score when `n_edges` is None)."""
 
     n_edges: int | None = eqx.field(default=None, kw_only=True)
+
+    def __init_subclass__(cls, **kwargs):
+        """Every subclass's `scores` is checked once for non-finite values (an error names the
+        first edge and where the model's run turns non-finite)."""
+        super().__init_subclass__(**kwargs)
+        if "scores" in cls.__dict__:
+            name = lambda arguments: type(arguments["self"]).__name__
+            cls.scores = finite_result(name)(cls.__dict__["scores"])
+
+    def __check_init__(self):
+        if self.n_edges is not None:
+            check_int(self.n_edges, "n_edges", 0)
 
     @abc.abstractmethod
     def scores(self, model, clean, corrupt, metric) -> Scores:

@@ -19,8 +19,11 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array
 
+from .._checks import check_choices, check_float, check_int
+from .._finite import check_finite
 from ..graph import Circuit, Scores, ablation_values, graph
-from ..graph._masked import _masked_logits
+from ..graph._masked import ABLATIONS, _masked_logits, nonfinite_ablated
+from ..metrics._check import check_metric
 from ..metrics._divergence import kl_divergence
 from ._discover import DiscoveryMethod
 from ._task_args import task_arguments
@@ -54,19 +57,26 @@ class LearnedMask(DiscoveryMethod):
     divergence: Callable = kl_divergence
 
     def __check_init__(self):
-        if self.level not in LEVELS:
-            raise ValueError(f"unknown level {self.level!r}; choices: {LEVELS}")
-        if int(self.steps) < 1 or not float(self.penalty) >= 0 or not self.temperature > 0:
-            raise ValueError(
-                f"need steps >= 1, penalty >= 0 and temperature > 0; got {self.steps}, "
-                f"{self.penalty}, {self.temperature}"
+        check_choices((self.level,), LEVELS, "level", one="level")
+        check_choices((self.ablation,), ABLATIONS, "ablation", one="ablation")
+        check_int(self.steps, "LearnedMask steps", 1)
+        check_float(self.penalty, "LearnedMask penalty", 0.0)
+        check_float(self.temperature, "LearnedMask temperature", 0.0, low_open=True)
+        check_float(self.learning_rate, "LearnedMask learning_rate", 0.0, low_open=True)
+        check_float(self.init, "LearnedMask init")
+        if not callable(self.divergence):
+            raise TypeError(
+                f"divergence must be a function (logits, clean_logits) -> scalar such as "
+                f"jaxcirc.metrics.kl_divergence; got {self.divergence!r}"
             )
 
     def __call__(self, model, clean, corrupt=None) -> Circuit:
         if hasattr(clean, "clean"):  # a Task
             clean, corrupt, _ = task_arguments(clean, corrupt, None, needs_metric=False)
         g = graph(model)
-        clean = jnp.asarray(clean)
+        clean = model.check_tokens(clean, name="clean", ndim=2)
+        shape = (*clean.shape, model.cfg.d_vocab)
+        check_metric(lambda x: self.divergence(x, x), shape, what="divergence")
         ablated = ablation_values(
             model, clean, clean if corrupt is None else corrupt, self.ablation, g
         )
@@ -78,6 +88,11 @@ class LearnedMask(DiscoveryMethod):
         theta, losses, div = _train(
             model, g, clean, ablated, clean_logits, theta, self.divergence, *hyper,
             int(self.steps),
+        )  # fmt: skip
+        check_finite(
+            {"loss": losses, "divergence": div, "logits θ": theta}, "LearnedMask",
+            axes={"loss": ("step",)}, names=None,
+            diagnose=lambda: model.nonfinite_report(clean) or nonfinite_ablated(ablated, g),
         )  # fmt: skip
         info = {"losses": losses, "divergence": div}
         return Circuit(theta >= 0, g, Scores(theta, g), info)

@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .._finite import check_finite
 from ..graph import Circuit, EdgeMask, NodeMask, Scores, ablation_values, graph
-from ..graph._masked import _masked_logits, _weights
+from ..graph._masked import _masked_logits, _weights, nonfinite_ablated
+from ._check import check_metric
 
 
 def _edges(mask) -> EdgeMask:
@@ -79,10 +81,23 @@ def faithfulness(
     compiled `vmap` (the faithfulness-against-size curve)."""
     g = graph(model)
     single = not isinstance(circuits, (list, tuple))
+    if not single and not circuits:
+        raise ValueError("circuits is an empty list: give one circuit or a non-empty list")
     stack = jnp.stack([_weights(c, g) for c in ([circuits] if single else circuits)])
-    clean = jnp.asarray(clean)
+    clean = model.check_tokens(clean, name="clean", ndim=2)
+    check_metric(metric, (*clean.shape, model.cfg.d_vocab))
     ablated = ablation_values(model, clean, corrupt, ablation, g)
-    values = _faithfulness(model, g, clean, ablated, metric, stack)
+    values, full, empty = _faithfulness(model, g, clean, ablated, metric, stack)
+    full, empty = float(full), float(empty)
+    diagnose = lambda: model.nonfinite_report(clean) or nonfinite_ablated(ablated, g)
+    check_finite({"m(model)": full, "m(no edges)": empty}, "faithfulness", diagnose=diagnose)
+    if full == empty:
+        raise ValueError(
+            f"faithfulness is undefined: the metric is {full} both with every edge and with "
+            f"every edge ablated ({ablation!r}), so there is no behaviour to recover; use "
+            "another metric or ablation"
+        )
+    check_finite(values, "faithfulness", axes=("circuit",), diagnose=diagnose)
     return values[0] if single else values
 
 
@@ -95,7 +110,7 @@ def _faithfulness(model, g, clean, ablated, metric, stack):
     scale = full - empty
     safe = jnp.where(scale == 0, 1.0, scale)
     values = jax.vmap(m)(stack)
-    return jnp.where(scale == 0, jnp.nan, (values - empty) / safe)
+    return jnp.where(scale == 0, jnp.nan, (values - empty) / safe), full, empty
 
 
 def completeness(model, clean, corrupt, metric, circuit, *, ablation: str = "corrupt"):

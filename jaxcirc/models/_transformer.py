@@ -274,7 +274,8 @@ class Transformer(eqx.Module):
         the model on every row): for error messages."""
         weight = nonfinite_leaf(self)
         if weight is not None:
-            return f"the model has a non-finite {weight}"
+            what = "intervention value" if ".intervention." in weight else "weight"
+            return f"the model has a non-finite {what}: {weight}"
         if acts is None:
             rows = jnp.reshape(jnp.asarray(tokens), (-1, jnp.shape(tokens)[-1]))
             acts = jax.vmap(lambda t: _run(self, t)[1])(rows)
