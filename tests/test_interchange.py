@@ -151,7 +151,7 @@ def test_bad_inputs_raise_clear_errors():
         iia(model, HIGH, {"BB": SiteRef("resid_pre", 0)}, bt, st, **kw)
     with pytest.raises(ValueError, match="rows but there are 3 model inputs"):
         iia(model, HIGH, {"A": SiteRef("resid_pre", 0)}, bt[:3], st[:3], **kw)
-    with pytest.raises(ValueError, match="unit 16 .* out of range"):
+    with pytest.raises(ValueError, match="unit 16 out of range for variable .A.*nearest valid: 15"):
         iia(model, HIGH, {"A": {"site": SiteRef("resid_pre", 0), "unit": 16}}, bt, st, **kw)
     with pytest.raises(ValueError, match="lacks input variables \\['b'\\]"):
         iia(

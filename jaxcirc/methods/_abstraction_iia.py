@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
+from .._checks import check_index
+from .._finite import check_finite, nonfinite_leaf
 from ..models._replacement import Replacement, check_inputs
 from ._units import Downstream, Model, downstream, unit_activations, unit_shape
 
@@ -60,6 +62,15 @@ class AbstractionIIA(eqx.Module):
         rows += [f"  p={p:<5g} IIA={v:.4f}" for p, v in zip(self.p, self.iia)]
         rows.append(f"  agreement={self.accuracy:.4f}  KL={self.kl:.4g}")
         return "\n".join(rows)
+
+
+def _nonfinite_source(model, replacement) -> str | None:
+    """Which weight of the model or value of the replacement is not finite, if any."""
+    for what, tree in (("the model", model), ("the replacement", replacement)):
+        found = nonfinite_leaf(tree)
+        if found is not None:
+            return f"{what} has a non-finite value: {found}"
+    return None
 
 
 def _readout(logits: Array, position: int | None) -> Array:
@@ -172,14 +183,15 @@ def abstraction_iia(
             f"source); got {n}"
         )
     if labels is not None:
-        y = jnp.asarray(labels)
-        if y.shape != (n,):
-            raise ValueError(f"labels must have shape [n={n}]; got {y.shape}")
+        y = np.asarray(labels)
+        if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(
+                f"labels must have shape [n={n}] of int classes; got {y.dtype} {y.shape}"
+            )
     readout = None  # a classifier: one output per example
     if acts.ndim == 4:  # [n, seq, n_units, d_unit]
         seq = acts.shape[1]
-        if not -seq <= position < seq:
-            raise ValueError(f"position {position} out of range for sequences of length {seq}")
+        check_index(position, seq, "position", context=f" for sequences of {seq} tokens")
         readout = int(position)
     full = downstream(model, replacement.site)
 
@@ -194,6 +206,15 @@ def abstraction_iia(
     iia = 1.0 - np.asarray(z[:n_trials]).mean(0)
 
     logits_full, logits_abs = _run_observational(full, replacement, acts, inputs, readout)
+    check_finite(
+        {"logits of the full model": logits_full, "logits of the abstraction": logits_abs},
+        "abstraction_iia", axes=("example", "class"),
+        diagnose=lambda: _nonfinite_source(model, replacement),
+    )  # fmt: skip
+    if labels is not None:
+        n_classes = logits_full.shape[-1]
+        check_index(y, n_classes, "label", negative=False, context=f" for {n_classes} classes")
+        y = jnp.asarray(y)
     agree = float((logits_full.argmax(-1) == logits_abs.argmax(-1)).mean())
     logp_full = jax.nn.log_softmax(logits_full, -1)
     logp_abs = jax.nn.log_softmax(logits_abs, -1)

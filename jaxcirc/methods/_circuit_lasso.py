@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_choices, check_float, check_index, check_int
 from ..graph import Circuit, Scores, graph
 from ._discover import DiscoveryMethod
 
@@ -142,6 +143,15 @@ def _check_alpha(alpha):
     if not np.isfinite(a) or a < 0:
         raise ValueError(f"alpha must be a finite number >= 0; got {alpha!r}")
     return a
+
+
+def _check_path_settings(n_alphas, eps, val_fraction) -> None:
+    """The regularisation path's settings: a clear error naming a bad one."""
+    check_int(n_alphas, "n_alphas (points on the regularisation path)", 1)
+    check_float(eps, "eps (the path's smallest alpha as a fraction of the largest)", 0.0, 1.0,
+                low_open=True, high_open=True)  # fmt: skip
+    check_float(val_fraction, "val_fraction (the share of examples held out)", 0.0, 1.0,
+                low_open=True, high_open=True)  # fmt: skip
 
 
 def _standardise(blocks, names, scale, what, dropped):
@@ -302,8 +312,7 @@ def block_lasso(
         raise ValueError(f"unknown select {select!r}; choices: {SELECTIONS}")
     if select == "count" and (n_edges is None or int(n_edges) < 0):
         raise ValueError(f"select='count' needs n_edges >= 0; got {n_edges!r}")
-    if int(n_alphas) < 1 or not 0 < float(eps) < 1:
-        raise ValueError(f"need n_alphas >= 1 and 0 < eps < 1; got {n_alphas}, {eps}")
+    _check_path_settings(n_alphas, eps, val_fraction)
     groups = _groups_of(n, groups)
     if alpha is None and select == "heldout":
         n_groups = len(np.unique(groups))
@@ -721,26 +730,26 @@ def circuit_lasso(
     node each site belongs to: head sites to `L{l}H{h}` and its q/k/v inputs, `mlp_*` to
     `MLP{l}`, `embed` and `ln_final`), λ as in `block_lasso`.
     """
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r}; choices: {GRANULARITIES}")
+    check_choices((granularity,), GRANULARITIES, "granularity", one="granularity")
     if hasattr(clean, "clean") and hasattr(clean, "corrupt"):
         if corrupt is not None:
             raise TypeError("give a Task alone, or clean and corrupt tokens, not both")
         clean, corrupt = clean.clean, clean.corrupt
     _check_alpha(alpha)
-    clean = jnp.asarray(clean)
-    if clean.ndim != 2 or 0 in clean.shape:
-        raise ValueError(f"clean must be non-empty [batch, seq] tokens; got shape {clean.shape}")
+    for name, value in (("rank", rank), ("target_rank", target_rank)):
+        if value is not None:
+            check_int(value, f"circuit_lasso {name} (principal components per block)", 1)
+    check_int(max_columns, "circuit_lasso max_columns", 1)
+    _check_path_settings(n_alphas, eps, val_fraction)
+    clean = model.check_tokens(clean, name="clean", ndim=2)
     tokens = clean
     if corrupt is not None:
-        corrupt = jnp.asarray(corrupt)
-        if corrupt.ndim != 2 or corrupt.shape[1] != clean.shape[1]:
+        corrupt = model.check_tokens(corrupt, name="corrupt", ndim=2)
+        if corrupt.shape[1] != clean.shape[1]:
             raise ValueError(
                 f"corrupt tokens have shape {corrupt.shape}; expected [batch, {clean.shape[1]}]"
             )
         tokens = jnp.concatenate([clean, corrupt])
-    for row in tokens:
-        model.check_tokens(row)
     bar = _bar(progress)
     g = graph(model)
     start = time.perf_counter()
@@ -837,6 +846,7 @@ def feature_ranking(
     if loss not in ("squared", "logistic", "softmax"):
         raise ValueError(f"unknown loss {loss!r}; choices: 'squared', 'logistic', 'softmax'")
     alpha = _check_alpha(alpha)
+    _check_path_settings(n_alphas, eps, val_fraction)
     Z = np.asarray(features, np.float64)
     if Z.ndim != 2:
         raise ValueError(f"features must be [n_samples, n_features]; got shape {Z.shape}")
@@ -944,9 +954,8 @@ def target_lasso(
     Other keywords go to `feature_ranking`."""
     from ..models._site import SiteRef, nearest
 
-    tokens = jnp.asarray(tokens)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [batch, seq]; got shape {tokens.shape}")
+    tokens = model.check_tokens(tokens, ndim=2)
+    check_index(position, tokens.shape[1], "position", context=f" for {tokens.shape[1]} tokens")
     name = site.name if isinstance(site, SiteRef) else str(site)
     order = _site_order(model, tokens)
     if name not in order:

@@ -18,6 +18,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from .._checks import check_float, check_int
+from .._finite import check_finite
 from ..models._site import SiteRef
 from ..models._transformer import Transformer, forward
 from ._causal_model import CausalModel
@@ -29,6 +31,7 @@ from ._interchange import (
     _location,
     _prepare,
     _readout,
+    check_answers,
     iia,
 )
 
@@ -110,6 +113,12 @@ def das(
     `answer_tokens`, of the high-level counterfactual output. Pairs are split into train and
     held-out test sets; IIA is reported on both. The training step is one `eqx.filter_jit`.
     """
+    steps = check_int(steps, "das steps", 1)
+    batch_size = check_int(batch_size, "das batch_size", 1)
+    learning_rate = check_float(learning_rate, "das learning_rate", 0.0, low_open=True)
+    test_fraction = check_float(
+        test_fraction, "das test_fraction", 0.0, 1.0, low_open=True, high_open=True
+    )
     n = np.shape(base_tokens)[0]
     n_test = int(round(n * test_fraction))
     if not 1 <= n_test < n:
@@ -130,9 +139,8 @@ def das(
     )
     loc = aligned.locations[variable][0]
     d = eqx.filter_eval_shape(lambda t: forward(model, t)[1][loc.site], base[0]).shape[-1]
-    if not 1 <= k <= d:
-        raise ValueError(f"k={k}: expected 1..{d} (the size of {loc.site.name}'s last axis)")
-    answers = jnp.asarray(answer_tokens)
+    k = check_int(k, f"das k (the subspace dimension of {loc.site.name}'s last axis)", 1, d)
+    answers = check_answers(model, answer_tokens)
     labels = _counterfactual(high_level, variables, base_in, src_in).astype(jnp.int32)
     key_split, key_init, key_train = jax.random.split(key, 3)
     order = jax.random.permutation(key_split, n)
@@ -150,6 +158,12 @@ def das(
             params, opt_state, step_key, lr, model, loc, variable, data, batch, int(k), readout
         )  # fmt: skip
         losses.append(loss)
+    losses = jnp.stack(losses)
+    check_finite(
+        {"loss": losses, "rotation parameters": params}, "DAS training",
+        axes={"loss": ("step",), "rotation parameters": ("row", "column")},
+        diagnose=lambda: model.nonfinite_report(base),
+    )  # fmt: skip
     rot = rotation(params)
     alignment = _with_basis(variable, loc, rot[:k])
 
@@ -173,5 +187,5 @@ def das(
         alignment,
         score(train),
         score(test),
-        np.asarray(jnp.stack(losses)),
+        np.asarray(losses),
     )

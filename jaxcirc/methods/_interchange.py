@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from .._checks import check_index
+from .._finite import check_finite
 from ..interventions import AbstractSelectiveIntervention, Patch, Subspace, intervene, resolve
 from ..models._site import Site, SiteRef
 from ..models._transformer import Transformer, forward
@@ -115,12 +117,11 @@ def _check_alignment(model, high_level, alignment, variables, seq_len) -> Alignm
                         f"cannot be aligned by {axis!r}"
                     )
                 size = shape[ref.axes.index(axis)]
-                bad = np.asarray(index)[(np.asarray(index) >= size) | (np.asarray(index) < -size)]
-                if bad.size:
-                    raise ValueError(
-                        f"{axis} {int(bad.flat[0])} of variable {v!r} out of range "
-                        f"for site {ref.name}: expected 0..{size - 1}"
-                    )
+                check_index(
+                    index, size, axis,
+                    context=f" for variable {v!r} at site {ref.name} (its {axis} axis has "
+                    f"size {size})",
+                )  # fmt: skip
             if loc.basis is not None and (loc.basis.ndim != 2 or loc.basis.shape[1] != shape[-1]):
                 raise ValueError(
                     f"basis of variable {v!r} has shape {loc.basis.shape}; "
@@ -177,20 +178,26 @@ class IIAResult:
         return self.accuracy
 
 
-def _check_tokens(model, tokens, what) -> Array:
-    tokens = jnp.asarray(tokens)
-    if not jnp.issubdtype(tokens.dtype, jnp.integer) or tokens.ndim != 2:
+def check_answers(model, answer_tokens) -> Array:
+    """`answer_tokens` (one token id per high-level output value, `[n_outputs]`) checked
+    against the vocabulary."""
+    ids = np.asarray(answer_tokens)
+    if ids.dtype == bool or not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"answer_tokens must be integer token ids; got dtype {ids.dtype}")
+    if ids.ndim != 1 or ids.size == 0:
         raise ValueError(
-            f"{what} must be integer token ids of shape [n_pairs, seq]; "
-            f"got {tokens.dtype} of shape {tokens.shape}"
+            f"answer_tokens must be one token id per output value, [n_outputs]; got shape "
+            f"{list(ids.shape)}"
         )
-    bad = np.argwhere((np.asarray(tokens) < 0) | (np.asarray(tokens) >= model.cfg.d_vocab))
+    vocab = model.cfg.d_vocab
+    bad = np.flatnonzero((ids < 0) | (ids >= vocab))
     if bad.size:
+        i = int(bad[0])
         raise ValueError(
-            f"{what}[{bad[0, 0]}, {bad[0, 1]}] = {int(tokens[tuple(bad[0])])} is "
-            f"outside [0, d_vocab={model.cfg.d_vocab})"
+            f"answer_tokens[{i}] = {int(ids[i])} is outside [0, d_vocab={vocab}) (nearest "
+            f"valid id: {min(max(int(ids[i]), 0), vocab - 1)})"
         )
-    return tokens
+    return jnp.asarray(ids, jnp.int32)
 
 
 def _check_inputs(high_level, inputs, n, what) -> dict[str, Array]:
@@ -223,7 +230,7 @@ def _prepare(
     variables = tuple([variables] if isinstance(variables, str) else variables)
     if not variables:
         raise ValueError("no variables to interchange: give variables=[...]")
-    base_tokens = _check_tokens(model, base_tokens, "base_tokens")
+    base_tokens = model.check_tokens(base_tokens, name="base_tokens", ndim=2)
     n = base_tokens.shape[0]
     base_inputs = _check_inputs(high_level, base_inputs, n, "base_inputs")
     multi = isinstance(source_tokens, Mapping)
@@ -239,7 +246,7 @@ def _prepare(
         if v not in src_tok or v not in src_in:
             high_level.check_variable(v)
             raise ValueError(f"no source for variable {v!r}: source keys {sorted(src_tok)}")
-        tokens[v] = _check_tokens(model, src_tok[v], f"source_tokens[{v!r}]")
+        tokens[v] = model.check_tokens(src_tok[v], name=f"source_tokens[{v!r}]", ndim=2)
         if tokens[v].shape != base_tokens.shape:
             raise ValueError(
                 f"source_tokens for {v!r} have shape {tokens[v].shape}; expected "
@@ -261,17 +268,14 @@ def _counterfactual(high_level, variables, base_inputs, source_inputs):
 
 def _readout(position, seq: int) -> Array:
     """The readout position as an `int32` array (a new position is data, not a new program),
-    checked against the sequence length; a traced one passes through."""
+    checked against the sequence length (a traced one when the program runs)."""
+    context = f" for {seq} token positions"
     if isinstance(position, jax.core.Tracer):
-        return position
+        return check_index(position, seq, "readout_position", context=context)
     p = np.asarray(position)
     if p.ndim != 0 or not np.issubdtype(p.dtype, np.integer):
         raise TypeError(f"readout_position must be an int; got {position!r}")
-    if not -seq <= int(p) < seq:
-        raise ValueError(
-            f"readout_position {int(p)} is outside the {seq} token positions "
-            f"(0..{seq - 1}, or -{seq}..-1 from the end)"
-        )
+    check_index(p, seq, "readout_position", context=context)
     return jax.device_put(p.astype(np.int32))
 
 
@@ -333,9 +337,15 @@ def iia(
         source_inputs,
         variables,
     )
-    logits = _batched_logits(model, alignment, variables, base, sources, readout_position)
     if answer_tokens is not None:
-        predicted = jnp.argmax(logits[:, jnp.asarray(answer_tokens)], axis=-1)
+        answer_tokens = check_answers(model, answer_tokens)
+    logits = _batched_logits(model, alignment, variables, base, sources, readout_position)
+    check_finite(
+        logits, "IIA logits at the readout position", axes=("pair", "vocab"),
+        diagnose=lambda: model.nonfinite_report(base),
+    )  # fmt: skip
+    if answer_tokens is not None:
+        predicted = jnp.argmax(logits[:, answer_tokens], axis=-1)
     else:
         predicted = jax.vmap(label_fn)(logits)
     expected = _counterfactual(high_level, variables, base_in, src_in)

@@ -330,13 +330,7 @@ def _(model: Transformer, site: str | SiteRef) -> UnitSite:
 
 @check_inputs.register
 def _(model: Transformer, inputs: ArrayLike) -> Array:
-    tokens = jnp.asarray(inputs)
-    if tokens.ndim != 2:
-        raise ValueError(f"transformer inputs must be tokens [n, seq]; got shape {tokens.shape}")
-    if not isinstance(tokens, jax.core.Tracer):
-        for row in tokens:  # eager: names a bad id and its position
-            model.check_tokens(row)
-    return tokens
+    return model.check_tokens(inputs, name="inputs", ndim=2)  # ids named, before any cast
 
 
 @run_from.register

@@ -190,6 +190,11 @@ def _prepare(X, Y, alpha, groups, loss, penalty, fit_intercept, dtype_from=None)
         raise ValueError(
             f"X and Y must have the same number of samples: X has shape {X.shape}, Y {Y.shape}"
         )
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(
+            f"X has shape {X.shape}: a Lasso needs at least one sample (row) and one feature "
+            "(column)"
+        )
     _check_finite("X", X)
     squeeze = Y.ndim == 1
     if loss == "softmax":
