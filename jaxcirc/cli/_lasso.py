@@ -56,6 +56,7 @@ def run(args) -> int:
     import numpy as np
 
     from .._atomic import atomic_write
+    from .._finite import check_finite_weights
     from ..methods._circuit_lasso import circuit_lasso
     from ..metrics._circuit import auroc, shd, top_n
     from ..viz._circuit import plot_circuit
@@ -83,6 +84,7 @@ def run(args) -> int:
         clean, corrupt = info.sample(args.n, seed=args.seed)
         truth = tuple(circ.edges)
         source = {"case": args.case, "constant_edges": [list(e) for e in circ.constant_edges]}
+    check_finite_weights(model, f"model {args.model or args.case}")
     res = circuit_lasso(
         model, jnp.asarray(clean), jnp.asarray(corrupt), alpha=args.alpha, select=args.select,
         n_edges=args.n_edges, n_alphas=args.n_alphas, seed=args.seed,

@@ -86,6 +86,7 @@ def _check(args, parser: argparse.ArgumentParser) -> None:
 
 def _load_model(args, parser):
     from .. import zoo
+    from .._finite import check_finite_weights
     from ..interventions import sites
     from ..models._site import nearest
 
@@ -99,6 +100,7 @@ def _load_model(args, parser):
             parser.error(f"argument --model: loading models needs jaxcirc.io, which this install "
                          f"lacks ({e}); run without --model for the embedded induction model")
         name = str(args.model)
+    check_finite_weights(model, f"model {name}")  # names the tensor; exit 1 via main
     present = sorted({ref.kind for ref in sites(model)} & set(SITES))
     if args.site not in present:
         parser.error(f"argument --site: this {model.cfg.family} model has no site {args.site!r}"
@@ -122,6 +124,7 @@ def run(args) -> int:
 
     from .. import __version__, zoo
     from .._atomic import atomic_write
+    from .._finite import check_finite
     from ..patching import sweep
     from ..viz._heatmap import patching_heatmap, patching_labels
 
@@ -140,6 +143,8 @@ def run(args) -> int:
         score = eqx.filter_jit(lambda model, tokens, metric: metric(jax.vmap(model)(tokens)))
         clean_value = float(score(model, task.clean, task.metric))
         corrupt_value = float(score(model, task.corrupt, task.metric))
+        check_finite({"clean": clean_value, "corrupt": corrupt_value}, "metric of the run",
+                     diagnose=lambda: model.nonfinite_report(task.clean))  # fmt: skip
         stages.update()
 
         stages.set_postfix_str(f"sweeping {args.site} per {args.per}")
@@ -147,6 +152,8 @@ def run(args) -> int:
         values = np.asarray(sweep(model, task.clean, task.corrupt, task.metric, args.site, args.per,
                                   chunk_size=args.chunk_size, progress=show))
         timing["sweep_s"] = time.perf_counter() - t
+        check_finite(values, f"patching sweep of {args.site} per {args.per}",
+                     axes=("layer", *args.per.split("_")))  # fmt: skip
         stages.update()
 
         stages.set_postfix_str("drawing heatmap")

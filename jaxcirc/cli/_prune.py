@@ -114,6 +114,7 @@ class _Setup:
         import numpy as np
 
         from .. import zoo
+        from .._finite import check_finite_weights
         from ..zoo._digits import MLPClassifier
 
         name = args.model
@@ -156,6 +157,7 @@ class _Setup:
             self.eval = jnp.asarray(rng.integers(0, d_vocab, (args.n_eval, args.seq)), jnp.int32)
             self.cal_labels = self.eval_labels = None
             self.position, self.task = -1, None
+        check_finite_weights(self.model, f"model {name}")
         self.is_mlp = isinstance(self.model, MLPClassifier)
         if n < 2 or n > self.cal.shape[0]:
             args.parser.error(f"argument --n: need 2..{self.cal.shape[0]}; got {n}")

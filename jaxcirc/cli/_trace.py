@@ -132,6 +132,7 @@ def run(args) -> int:
 
     from .. import __version__, load
     from .._atomic import atomic_write
+    from .._finite import check_finite_weights
     from ..io import load_tokenizer
     from ..methods._tracing import causal_trace, subject_mask
     from ..viz import plot_trace
@@ -142,6 +143,7 @@ def run(args) -> int:
     timing = {}
     path = _model_path(args, parser)
     model = load(path)
+    check_finite_weights(model, f"model {path}")
     tokenizer = load_tokenizer(args.tokenizer or path)
     timing["load_s"] = time.perf_counter() - start
 
