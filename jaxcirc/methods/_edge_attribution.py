@@ -32,6 +32,7 @@ from jaxtyping import Array, Float, Int
 
 from ..graph import Scores, ablation_values, graph
 from ..graph._masked import run_graph
+from ..metrics._check import check_metric
 from ._discover import ScoringMethod
 from ._task_args import task_arguments
 
@@ -42,13 +43,8 @@ VARIANTS = ("inputs", "activations")
 def _prepare(model, clean, corrupt, metric, ablation):
     clean, corrupt, metric = task_arguments(clean, corrupt, metric)
     g = graph(model)
-    clean = jnp.asarray(clean)
-    if clean.ndim != 2 or 0 in clean.shape:
-        raise ValueError(f"clean must be non-empty [batch, seq] tokens; got shape {clean.shape}")
-    for row in clean:
-        model.check_tokens(row)
-    if not callable(metric):
-        raise TypeError(f"metric must map logits [batch, seq, d_vocab] to a scalar; got {metric!r}")
+    clean = model.check_tokens(clean, name="clean", ndim=2)
+    check_metric(metric, (*clean.shape, model.cfg.d_vocab), differentiable=True)
     ablated = ablation_values(model, clean, corrupt, ablation, g)
     return g, clean, ablated, metric
 

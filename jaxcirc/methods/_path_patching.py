@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from .._finite import finite_result
 from .._progress import progress_bar, tick
 from ..graph import Graph, Scores, graph
 from ..graph._masked import check_wiring, graph_states, run_graph
@@ -139,7 +140,8 @@ def _select(spec, names: tuple[str, ...], default: tuple[str, ...], what: str) -
 
 
 def _check_tokens(model, clean, corrupt):
-    clean, corrupt = jnp.asarray(clean), jnp.asarray(corrupt)
+    clean = model.check_tokens(clean, name="clean")
+    corrupt = model.check_tokens(corrupt, name="corrupt")
     if clean.shape != corrupt.shape:
         raise ValueError(
             f"clean {clean.shape} and corrupt {corrupt.shape} must have the same shape [batch, seq]"
@@ -150,9 +152,6 @@ def _check_tokens(model, clean, corrupt):
         raise ValueError(
             f"clean and corrupt must be non-empty [batch, seq] token arrays; got {clean.shape}"
         )
-    for tokens in (clean, corrupt):
-        for row in tokens:
-            model.check_tokens(row)
     return clean, corrupt
 
 
@@ -163,6 +162,7 @@ def _valid_pairs(g: Graph, senders: list[int], receivers: list[int]) -> np.ndarr
     return order_s[:, None] < order_t[None, :]
 
 
+@finite_result("path patching", fields=("clean", "corrupt"))
 def path_patch(
     model,
     clean: Int[Array, "batch seq"],

@@ -23,9 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from .._checks import check_choices
+from .._finite import finite_result
 from .._progress import progress_bar, tick
 from ..interventions import Noise, Patch, intervene
-from ..models._site import SiteRef, nearest
+from ..models._site import SiteRef
 from ..models._transformer import Transformer
 
 # kind -> the site restored (ROME: the hidden state output of a layer, the MLP, the attention)
@@ -114,13 +116,11 @@ def _check_lengths(lengths, mask: np.ndarray):
 
 
 def _check(model, tokens, subject_mask, answer, kinds, window, n_samples):
-    tokens = jnp.asarray(tokens)
+    tokens = model.check_tokens(tokens)
     if tokens.ndim == 1:
         tokens = tokens[None]
     if tokens.ndim != 2 or 0 in tokens.shape:
         raise ValueError(f"tokens must be a non-empty [batch, seq] array; got shape {tokens.shape}")
-    for row in tokens:
-        model.check_tokens(row)
     mask = np.asarray(subject_mask)
     if mask.ndim == 1 and tokens.shape[0] == 1:
         mask = mask[None]
@@ -152,9 +152,7 @@ def _check(model, tokens, subject_mask, answer, kinds, window, n_samples):
             f"answer id {int(answer[bad[0]])} of prompt {int(bad[0])} is outside "
             f"[0, d_vocab={model.cfg.d_vocab})"
         )
-    for kind in kinds:
-        if kind not in KINDS:
-            raise ValueError(f"unknown kind {kind!r}{nearest(kind, KINDS)}; choices: {list(KINDS)}")
+    check_choices(kinds, KINDS, "kinds", one="kind")
     if int(window) < 1 or int(n_samples) < 1:
         raise ValueError(f"window and n_samples must be >= 1; got {window} and {n_samples}")
     return tokens, jnp.asarray(mask), answer
@@ -174,6 +172,7 @@ def subject_mask(seq: int, positions) -> Bool[Array, " seq"]:
     return jnp.zeros(seq, bool).at[positions].set(True)
 
 
+@finite_result("causal_trace", axes=("layer", "position"), tokens=("tokens",))
 def causal_trace(
     model: Transformer,
     tokens: Int[Array, "batch seq"],

@@ -39,9 +39,12 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .. import metrics as metrics_module
+from .._checks import check_index
+from .._finite import finite_result
 from .._progress import progress_bar, tick
 from ..interventions import Patch, intervene, resolve
 from ..interventions._library import AbstractSelectiveIntervention, Chain, Function
+from ..metrics._check import check_metric
 from ..models._attention import KVPrefix
 from ..models._replacement import get_site
 from ..models._site import SITE_KINDS, AbstractIntervention, Site, SiteRef, nearest
@@ -69,7 +72,8 @@ def _check(model, clean, corrupt, site, per):
             f"got per={per!r}{nearest(per, PER[site])}"
         )
     resolve(model, SiteRef(site, 0))
-    clean, corrupt = jnp.asarray(clean), jnp.asarray(corrupt)
+    clean = model.check_tokens(clean, name="clean")
+    corrupt = model.check_tokens(corrupt, name="corrupt")
     if clean.shape != corrupt.shape:
         raise ValueError(
             f"clean {clean.shape} and corrupt {corrupt.shape} must have the same shape [batch, seq]"
@@ -78,12 +82,10 @@ def _check(model, clean, corrupt, site, per):
         raise ValueError(
             f"clean and corrupt must be non-empty [batch, seq] token arrays; got {clean.shape}"
         )
-    for tokens in (clean, corrupt):
-        for row in tokens:
-            model.check_tokens(row)
     return clean, corrupt
 
 
+@finite_result("patching sweep", axes=lambda a: ("layer", *PER[a["site"]][a["per"]]))
 def sweep(
     model: Transformer,
     clean: Int[Array, "batch seq"],
@@ -129,6 +131,8 @@ def sweep(
     batch, seq = clean.shape
     positions, read = _read_plan(metric, logit_positions, batch, seq)
     n_read = seq if positions is None else positions.shape[1]
+    vocab = model.cfg.d_vocab
+    check_metric(metric.on_positions if read == "declared" else metric, (batch, n_read, vocab))
     plan = _plan(model, site, per, batch, seq, n_read, buckets, chunk_size)
     total = plan.steps * plan.n_chunks
     with progress_bar(progress, total=total, desc=f"patching {site} per {per}", unit="block"):
@@ -148,9 +152,7 @@ def _positions(positions, batch: int, seq: int, what: str) -> Int[Array, "batch 
         )
     if p.ndim == 2 and p.shape[0] != batch:
         raise ValueError(f"{what} has shape {p.shape}; per example it must be [batch={batch}, n]")
-    bad = p[(p >= seq) | (p < -seq)]
-    if bad.size:
-        raise ValueError(f"{what} {int(bad[0])} out of range for {seq} positions")
+    check_index(p, seq, what, context=f" for {seq} positions")
     p = np.where(p < 0, p + seq, p)
     return jnp.asarray(np.broadcast_to(p, (batch, p.shape[-1])), jnp.int32)
 
