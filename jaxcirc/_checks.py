@@ -11,6 +11,7 @@ check and no host call.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import math
@@ -39,6 +40,19 @@ def is_traced(x) -> bool:
 # --------------------------------------------------------------------------------- run time
 
 
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """`fn(index, *values_at_index, *args)`: a runtime check's message, equal (and hashed) by
+    value, so a check built again for the same message is the same program (a new closure
+    per call would compile a new one, even eagerly under `vmap`)."""
+
+    fn: Callable[..., str]
+    args: tuple = ()
+
+    def __call__(self, index, *values) -> str:
+        return self.fn(index, *values, *self.args)
+
+
 def _raise(describe: Callable, bad, *values) -> None:
     bad = np.asarray(bad)
     if bad.any():
@@ -46,25 +60,31 @@ def _raise(describe: Callable, bad, *values) -> None:
         raise ValueError(describe(index, *(np.asarray(v)[index] for v in values)))
 
 
-def runtime_check(bad, describe: Callable[..., str], *values) -> None:
+def runtime_check(bad, describe: Message, *values) -> None:
     """Raise, when the program runs, if any element of the boolean `bad` is true.
 
-    `describe(index, *values_at_index)` formats the message from the first bad element's
-    index (leading axes added by `vmap` come first) and the `values` (arrays broadcast to
-    `bad`'s shape) there. Works eagerly, under `jit`, `vmap`, `scan` and `grad`.
+    `describe(index, *values_at_index)` (a `Message`) formats the message from the first bad
+    element's index (leading axes added by `vmap` come first) and the `values` (arrays
+    broadcast to `bad`'s shape) there. Works eagerly, under `jit`, `vmap`, `scan` and `grad`.
     """
     bad = jnp.asarray(bad)
     values = tuple(jnp.broadcast_to(jnp.asarray(v), bad.shape) for v in values)
     _checker(describe)(bad, *values)
 
 
-def _checker(describe):
+@functools.lru_cache(maxsize=None)
+def _checker(describe: Message):
+    callback = functools.partial(_raise, describe)
+
+    def fire(bad, *values):
+        jax.debug.callback(callback, bad, *values)
+
+    def skip(bad, *values):
+        return None
+
     @custom_vmap
     def check(bad, *values):
-        def fire():
-            jax.debug.callback(functools.partial(_raise, describe), bad, *values)
-
-        jax.lax.cond(bad.any(), fire, lambda: None)
+        jax.lax.cond(bad.any(), fire, skip, bad, *values)
         return bad
 
     @check.def_vmap
@@ -103,6 +123,10 @@ def index_range_error(
     return f"{what} {int(value)} out of range{context}: valid {valid} (nearest valid: {nearest})"
 
 
+def _index_message(index, value, size, what, negative, context) -> str:
+    return index_range_error(int(value), size, what, negative, context)
+
+
 def check_index(index, size: int, what: str, *, negative: bool = True, context: str = ""):
     """Check an int index array against an axis of `size`: concrete values now (a
     `ValueError`), traced ones when the program runs (`runtime_check`). Returns `index`."""
@@ -114,11 +138,8 @@ def check_index(index, size: int, what: str, *, negative: bool = True, context: 
             value = concrete[tuple(np.argwhere(bad)[0])] if concrete.ndim else concrete
             raise ValueError(index_range_error(int(value), size, what, negative, context))
         return index
-    runtime_check(
-        (index < lo) | (index >= size),
-        lambda i, v: index_range_error(int(v), size, what, negative, context),
-        index,
-    )
+    message = Message(_index_message, (size, what, negative, context))
+    runtime_check((index < lo) | (index >= size), message, index)
     return index
 
 

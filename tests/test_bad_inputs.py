@@ -362,3 +362,20 @@ def test_cli_patch_refuses_a_nan_model(monkeypatch, tmp_path, capsys):
     assert code != 0
     assert "blocks.1.attn.W_O [0, 2, 5] is nan" in err, err
     assert not list(tmp_path.glob("*.json"))  # no JSON of nulls
+
+
+def test_runtime_checks_compile_once():
+    """A traced check is one `cond` built once per message: a second identical eager `vmap`
+    (where the check runs op by op) compiles nothing new."""
+    from test_compile_once import count_compiles
+
+    batched = [
+        lambda: jax.vmap(MODEL)(CLEAN),
+        lambda: jax.vmap(run_zeroed())(jnp.array([0, 1])),
+        lambda: jax.vmap(lambda x, a: M.logit_diff(x[None], a[None], 7))(logits(), jnp.arange(3)),
+    ]
+    for fn in batched:
+        jax.block_until_ready(fn())
+        with count_compiles() as compiled:
+            jax.block_until_ready(fn())
+        assert compiled == []

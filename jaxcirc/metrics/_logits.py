@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._checks import check_index, is_traced, runtime_check
+from .._checks import Message, check_index, is_traced, runtime_check
 from .._finite import check_finite, describe_index, first_nonfinite
 
 Position = int | Int[ArrayLike, " batch"]
@@ -121,13 +121,17 @@ def _check_ids(ids, name: str, low: int, d_vocab: int, traced: bool) -> None:
                 f"i.e. padding); give each example at least one id in [0, {d_vocab})"
             )
         return
-    ndim = ids.ndim
-    runtime_check(bad, lambda i, v: _bad_id(name, int(v), i, d_vocab, ndim), ids)
+    runtime_check(bad, Message(_runtime_bad_id, (name, d_vocab, ids.ndim)), ids)
     if sets:
-        runtime_check(
-            empty,
-            lambda i: f"{name} set of example {i[-1]} has no id (every entry is padding)",
-        )
+        runtime_check(empty, Message(_runtime_empty_set, (name,)))
+
+
+def _runtime_bad_id(index, value, name: str, d_vocab: int, ndim: int) -> str:
+    return _bad_id(name, int(value), index, d_vocab, ndim)
+
+
+def _runtime_empty_set(index, name: str) -> str:
+    return f"{name} set of example {index[-1]} has no id (every entry is padding)"
 
 
 def _gather(values: Float[Array, "batch d_vocab"], ids, name: str):

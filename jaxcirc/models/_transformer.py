@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from .._checks import runtime_check, where
+from .._checks import Message, runtime_check, where
 from .._finite import check_finite, describe_index, first_nonfinite, nonfinite_leaf
 from ._attention import KVPrefix
 from ._block import STREAM_SITES, Block, Norm
@@ -141,11 +141,8 @@ class Transformer(eqx.Module):
 
     def _check_ids_at_runtime(self, tokens, name: str = "tokens") -> None:
         vocab = self.cfg.d_vocab
-        runtime_check(
-            (tokens < 0) | (tokens >= vocab),
-            lambda index, v: _bad_token(name, int(v), index, vocab),
-            tokens,
-        )
+        message = Message(_runtime_bad_token, (name, vocab))
+        runtime_check((tokens < 0) | (tokens >= vocab), message, tokens)
 
     def embed_tokens(self, tokens: Int[Array, " seq"]) -> tuple[Float[Array, "seq d_model"], dict]:
         """The embedding of one example's tokens (and its sites' activations); traced tokens
@@ -296,6 +293,10 @@ def _computation_order(name: str) -> tuple[int, int]:
     kinds = list(SITE_KINDS)
     layer = ref.layer if ref.layer is not None else (-1 if ref.kind != "ln_final" else 1 << 30)
     return layer, kinds.index(ref.kind)
+
+
+def _runtime_bad_token(index, value, name: str, d_vocab: int) -> str:
+    return _bad_token(name, int(value), index, d_vocab)
 
 
 def _bad_token(name: str, value: int, index: tuple[int, ...], d_vocab: int) -> str:
