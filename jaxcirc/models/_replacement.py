@@ -330,6 +330,10 @@ def _(model: Transformer, site: str | SiteRef) -> UnitSite:
 
 @check_inputs.register
 def _(model: Transformer, inputs: ArrayLike) -> Array:
+    if jnp.ndim(inputs) != 2:
+        raise ValueError(
+            f"transformer inputs must be tokens [n, seq]; got shape {jnp.shape(inputs)}"
+        )
     return model.check_tokens(inputs, name="inputs", ndim=2)  # ids named, before any cast
 
 
