@@ -74,9 +74,10 @@ def main() -> None:
         f"`jaxcirc bench ground-truth` defaults (13 tracr cases × 8 methods = {len(old)} rows, "
         f"32 pairs, seed 0, zero ablation) on the working tree, against "
         f"`benchmarks/data/scorecard_02c736b.json` written at commit 02c736b (before the shared "
-        f"forward engine, `Circuit` and method values); the new run took {seconds:.0f} s "
-        f"{'(read from ' + args.new + ')' if args.new else ''}. Largest difference over the rows:",
-        c.table(["field", "max |before − after|", "tolerance"], rows),
+        f"forward engine, `Circuit` and method values); the new run took {seconds:.0f} s"
+        f"{' (read from ' + args.new + ')' if args.new else ''}. Largest difference over the "
+        f"rows:",
+        c.table(["field", "largest difference", "tolerance"], rows),
         f"**Every row {verdict}.**" if not problems else f"**MISSED: {verdict}** (printed above).",
     ])  # fmt: skip
     print(body)
