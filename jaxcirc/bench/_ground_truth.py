@@ -31,6 +31,7 @@ import numpy as np
 
 from .._atomic import atomic_write
 from ..graph import Circuit, EdgeMask, Scores, graph
+from ..metrics import bind
 from ..metrics._circuit import auroc, faithfulness, shd
 
 
@@ -54,42 +55,47 @@ class Problem:
         return 1.0 - self.metric(logits)
 
 
+def _numerical(logits, y_corrupt, direction, scale):
+    return ((logits[..., 1:, 0] - y_corrupt) * direction).mean() / scale
+
+
+def _numerical_divergence(logits, clean):
+    return ((logits[..., 1:, 0] - clean[..., 1:, 0]) ** 2).mean()
+
+
+def _gap(logits, a, b, differ, count):
+    lp = jax.nn.log_softmax(logits[..., 1:, :].astype(jnp.float32), -1)
+    gap = jnp.take_along_axis(lp, a[..., None], -1) - jnp.take_along_axis(lp, b[..., None], -1)
+    return (gap[..., 0] * differ).sum() / count
+
+
+def _categorical(logits, a, b, differ, count, bottom, scale):
+    return (_gap(logits, a, b, differ, count) - bottom) / scale
+
+
+def _categorical_divergence(logits, clean):
+    p = jax.nn.log_softmax(clean[..., 1:, :].astype(jnp.float32), -1)
+    q = jax.nn.log_softmax(logits[..., 1:, :].astype(jnp.float32), -1)
+    return (jnp.exp(p) * (p - q)).sum(-1).mean()
+
+
 def _positions_metric(clean_logits, ablated_logits, output: str):
-    """The normalised task metric and the divergence described in the module docstring."""
+    """The normalised task metric and the divergence described in the module docstring (module
+    functions with their arrays bound, so every case shares the compiled programs)."""
     if output == "numerical":
         y_clean, y_corrupt = clean_logits[..., 1:, 0], ablated_logits[..., 1:, 0]
         direction = y_clean - y_corrupt
         scale = jnp.maximum((direction**2).mean(), 1e-12)
-
-        def metric(logits):
-            return ((logits[..., 1:, 0] - y_corrupt) * direction).mean() / scale
-
-        def divergence(logits, clean):
-            return ((logits[..., 1:, 0] - clean[..., 1:, 0]) ** 2).mean()
-
-        return metric, divergence
+        metric = bind(_numerical, y_corrupt=y_corrupt, direction=direction, scale=scale)
+        return metric, _numerical_divergence
     a = jnp.argmax(clean_logits[..., 1:, :], -1)
     b = jnp.argmax(ablated_logits[..., 1:, :], -1)
     differ = (a != b).astype(jnp.float32)
     count = jnp.maximum(differ.sum(), 1.0)
-
-    def raw(logits):
-        lp = jax.nn.log_softmax(logits[..., 1:, :].astype(jnp.float32), -1)
-        gap = jnp.take_along_axis(lp, a[..., None], -1) - jnp.take_along_axis(lp, b[..., None], -1)
-        return (gap[..., 0] * differ).sum() / count
-
-    top, bottom = raw(clean_logits), raw(ablated_logits)
+    top, bottom = (_gap(x, a, b, differ, count) for x in (clean_logits, ablated_logits))
     scale = jnp.where(top == bottom, 1.0, top - bottom)
-
-    def metric(logits):
-        return (raw(logits) - bottom) / scale
-
-    def divergence(logits, clean):
-        p = jax.nn.log_softmax(clean[..., 1:, :].astype(jnp.float32), -1)
-        q = jax.nn.log_softmax(logits[..., 1:, :].astype(jnp.float32), -1)
-        return (jnp.exp(p) * (p - q)).sum(-1).mean()
-
-    return metric, divergence
+    metric = bind(_categorical, a=a, b=b, differ=differ, count=count, bottom=bottom, scale=scale)
+    return metric, _categorical_divergence
 
 
 def problem(name: str, n: int = 32, seed: int = 0, ablation: str = "zero") -> Problem:
