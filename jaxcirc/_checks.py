@@ -72,7 +72,7 @@ def runtime_check(bad, describe: Message, *values) -> None:
     _checker(describe)(bad, *values)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _checker(describe: Message):
     callback = functools.partial(_raise, describe)
 
@@ -170,8 +170,13 @@ def as_int32(value, what: str) -> np.ndarray:
 # --------------------------------------------------------------------------------- settings
 
 
-def check_int(value, name: str, minimum: int = 1, maximum: int | None = None) -> int:
-    """`value` as an int in `minimum..maximum`, or a `ValueError` naming the nearest valid."""
+def check_int(
+    value, name: str, minimum: int = 1, maximum: int | None = None, *, allow_none: bool = False
+) -> int | None:
+    """`value` as an int in `minimum..maximum`, or a `ValueError` naming the nearest valid
+    (`None` passes when `allow_none`)."""
+    if value is None and allow_none:
+        return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         if isinstance(value, numbers.Real) and float(value).is_integer():
             value = int(value)

@@ -280,6 +280,11 @@ SETTINGS = {
                                ValueError, r"returned shape \[2\]"),
     "faithfulness metric": (lambda: M.faithfulness(MODEL, CLEAN, CORRUPT, per_example, ones()),
                             ValueError, r"returned shape \[2\]"),
+    "edge_patching chunk_size": (
+        lambda: methods.edge_patching(MODEL, CLEAN, CORRUPT, metric, chunk_size=-3), ValueError,
+        r"EdgePatching chunk_size must be >= 1; got -3 \(nearest valid: 1\)"),
+    "trace chunk_size": (lambda: trace(chunk_size=-3), ValueError,
+                         r"causal_trace chunk_size must be >= 1; got -3"),
     "sweep chunk_size": (lambda: jc.patching.sweep(MODEL, CLEAN, CORRUPT, metric, chunk_size=-3),
                          ValueError, r"chunk_size must be a positive int; got -3"),
     "mask leading axis": (lambda: jc.intervene(MODEL, {"blocks.0.hook_resid_pre": jc.Zero(

@@ -45,6 +45,10 @@ class ScoringMethod(DiscoveryMethod):
     def __check_init__(self):
         if self.n_edges is not None:
             check_int(self.n_edges, "n_edges", 0)
+        for name in ("chunk_size", "steps"):  # the shared hyperparameters that count things
+            value = getattr(self, name, None)
+            if value is not None:
+                check_int(value, f"{type(self).__name__} {name}", 1)
 
     @abc.abstractmethod
     def scores(self, model, clean, corrupt, metric) -> Scores:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from .._checks import check_choices
+from .._checks import check_choices, check_int
 from .._finite import finite_result
 from .._progress import progress_bar, tick
 from ..interventions import Noise, Patch, intervene
@@ -212,6 +212,7 @@ def causal_trace(
     - `chunk_size`: positions evaluated at once; `progress`: a progress bar over layers.
     """
     tokens, mask, answer = _check(model, tokens, subject_mask, answer, kinds, window, n_samples)
+    check_int(chunk_size, "causal_trace chunk_size", 1, allow_none=True)
     lengths = _check_lengths(lengths, np.asarray(mask))
     if not model.cfg.causal and (lengths < tokens.shape[1]).any():
         raise ValueError(
