@@ -34,11 +34,15 @@ class ScoringMethod(DiscoveryMethod):
 
     n_edges: int | None = eqx.field(default=None, kw_only=True)
 
+    nan_marks_unmeasured = False
+    """A class whose scores are NaN on the edges it does not measure sets this (its results
+    are checked by its own function)."""
+
     def __init_subclass__(cls, **kwargs):
         """Every subclass's `scores` is checked once for non-finite values (an error names the
         first edge and where the model's run turns non-finite)."""
         super().__init_subclass__(**kwargs)
-        if "scores" in cls.__dict__:
+        if "scores" in cls.__dict__ and not cls.nan_marks_unmeasured:
             name = lambda arguments: type(arguments["self"]).__name__
             cls.scores = finite_result(name)(cls.__dict__["scores"])
 

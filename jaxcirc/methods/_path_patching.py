@@ -320,6 +320,8 @@ class PathPatching(ScoringMethod):
     receiver) pair is the score of that edge of `graph(model)`; pairs not measured (outside
     `senders` × `receivers`, or without a path) are NaN."""
 
+    nan_marks_unmeasured = True
+
     senders: str | tuple[str, ...] | None = None
     receivers: str | tuple[str, ...] | None = None
     direction: str = "noise"
