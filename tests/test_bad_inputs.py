@@ -384,3 +384,15 @@ def test_runtime_checks_compile_once():
         with count_compiles() as compiled:
             jax.block_until_ready(fn())
         assert compiled == []
+
+
+def test_an_empty_set_is_refused_only_where_it_is_undefined():
+    """A set of ids with no id: `logit_diff` (a mean over the set) refuses it, `prob_diff` (a
+    sum: probability 0) takes it."""
+    sets = jnp.array([[4, -1], [-1, -1], [6, 7]])
+    x = logits()
+    p = jax.nn.softmax(x[:, -1], -1)
+    want = jnp.mean(p[:, 3] - jnp.array([p[0, 4], 0.0, p[2, 6] + p[2, 7]]))
+    np.testing.assert_allclose(M.prob_diff(x, 3, sets), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="distractor set of example 1 has no id"):
+        M.logit_diff(x, 3, sets)

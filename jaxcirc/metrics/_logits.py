@@ -72,7 +72,9 @@ def _position(position, batch: int, seq: int) -> Int[Array, "*batch"]:
     return position if traced else jnp.asarray(position, jnp.int32)
 
 
-def _ids(ids, batch: int, name: str, d_vocab: int) -> tuple[Int[Array, "batch k"], Array]:
+def _ids(
+    ids, batch: int, name: str, d_vocab: int, allow_empty: bool = False
+) -> tuple[Int[Array, "batch k"], Array]:
     """Token ids as `[batch, k]` with the mask of real (non-negative) ids, checked against
     `d_vocab`: concrete ids now, traced ones when the program runs. A negative id is padding
     of a set `[batch, k]` only, and every set needs one real id."""
@@ -87,7 +89,7 @@ def _ids(ids, batch: int, name: str, d_vocab: int) -> tuple[Int[Array, "batch k"
             f"got shape {list(ids.shape)}"
         )
     low = -(2**31) if sets else 0
-    _check_ids(ids, name, low, d_vocab, traced)
+    _check_ids(ids, name, low, d_vocab, traced, allow_empty)
     ids = jnp.asarray(ids, jnp.int32) if not traced else ids
     if ids.ndim == 0:
         ids = jnp.broadcast_to(ids, (batch,))
@@ -106,15 +108,16 @@ def _bad_id(name: str, value: int, index, d_vocab: int, ndim: int) -> str:
     )
 
 
-def _check_ids(ids, name: str, low: int, d_vocab: int, traced: bool) -> None:
+def _check_ids(ids, name: str, low: int, d_vocab: int, traced: bool, allow_empty: bool) -> None:
     sets = low < 0
+    need_one = sets and not allow_empty  # an empty set: NaN for a mean, fine for a sum
     bad = (ids < low) | (ids >= d_vocab)
     empty = (ids < 0).all(-1) if sets else None
     if not traced:
         if bad.any():
             index = tuple(int(i) for i in np.argwhere(bad)[0]) if ids.ndim else ()
             raise ValueError(_bad_id(name, int(ids[index]), index, d_vocab, ids.ndim))
-        if sets and empty.any():
+        if need_one and empty.any():
             row = int(np.flatnonzero(empty)[0])
             raise ValueError(
                 f"{name} set of example {row} has no id (all {ids.shape[1]} entries negative, "
@@ -122,7 +125,7 @@ def _check_ids(ids, name: str, low: int, d_vocab: int, traced: bool) -> None:
             )
         return
     runtime_check(bad, Message(_runtime_bad_id, (name, d_vocab, ids.ndim)), ids)
-    if sets:
+    if need_one:
         runtime_check(empty, Message(_runtime_empty_set, (name,)))
 
 
@@ -134,8 +137,8 @@ def _runtime_empty_set(index, name: str) -> str:
     return f"{name} set of example {index[-1]} has no id (every entry is padding)"
 
 
-def _gather(values: Float[Array, "batch d_vocab"], ids, name: str):
-    ids, mask = _ids(ids, values.shape[0], name, values.shape[-1])
+def _gather(values: Float[Array, "batch d_vocab"], ids, name: str, allow_empty: bool = False):
+    ids, mask = _ids(ids, values.shape[0], name, values.shape[-1], allow_empty)
     return jnp.take_along_axis(values, jnp.where(mask, ids, 0), axis=1), mask
 
 
@@ -188,8 +191,8 @@ def prob_diff(
     Hanna et al. 2023's greater-than metric `sum p(y > YY) - sum p(y <= YY)`.
     """
     p = jax.nn.softmax(at_position(logits, position).astype(jnp.float32), axis=-1)
-    a, a_mask = _gather(p, answer, "answer")
-    d, d_mask = _gather(p, distractor, "distractor")
+    a, a_mask = _gather(p, answer, "answer", allow_empty=True)
+    d, d_mask = _gather(p, distractor, "distractor", allow_empty=True)
     value = ((a * a_mask).sum(-1) - (d * d_mask).sum(-1)).mean()
     return _checked(value, logits, "prob_diff", position)
 
