@@ -8,6 +8,7 @@ from . import _xla_workaround as _xla_workaround  # first: XLA reads its flags a
 from . import interventions as interventions
 from . import models as models
 from . import patching as patching
+from ._finite import NonFiniteError as NonFiniteError
 from .interventions import Add as Add
 from .interventions import Chain as Chain
 from .interventions import Function as Function
