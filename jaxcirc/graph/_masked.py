@@ -240,6 +240,7 @@ def masked_logits(
     `NodeMask`) interpolated towards `ablated` (from `ablation_values`). One compiled program
     per shape."""
     g = g or graph(model)
+    check_wiring(model)  # the model first: its interventions may not fit the split form
     tokens = model.check_tokens(tokens, ndim=2)
     ablated = jnp.asarray(ablated)
     want = (tokens.shape[0], g.n_sources, tokens.shape[1], model.cfg.d_model)
