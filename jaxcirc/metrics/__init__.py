@@ -15,6 +15,7 @@ from ._logits import Normalized as Normalized
 from ._logits import at_position as at_position
 from ._logits import bind as bind
 from ._logits import cross_entropy as cross_entropy
+from ._logits import is_example_mean as is_example_mean
 from ._logits import kl_to_clean as kl_to_clean
 from ._logits import logit_diff as logit_diff
 from ._logits import normalize as normalize

@@ -19,6 +19,15 @@ logits, positions[:, :, None], 1)`, `[batch, n, d_vocab]`, and returns exactly
 not say). `bind` of `logit_diff`, `prob_diff`, `cross_entropy` or `kl_to_clean` declares its
 `position` (default `-1`, i.e. `seq - 1`; per-example positions such as a padded batch's
 `lengths - 1`); `normalize` forwards to the metric it wraps.
+
+**Per example.** A metric that is a mean over examples may say so, so an engine can split a
+large batch of prompts into chunks and average them: `metric.per_example(logits, rows)` gives
+`[n]` values whose mean is `metric(logits)`, where `rows` (`[n]` int, default all) are the
+examples of the metric's batch that `logits [n, seq, d_vocab]` belong to (so per-example
+arguments such as answers are read at `rows`); a metric that declares positions also gives
+`metric.per_example_on_positions(logits_read, rows)`. `is_example_mean(metric)` asks any
+metric. `bind` of the one-position metrics, `normalize` of such a metric and the task metrics
+declare it.
 """
 
 from __future__ import annotations
@@ -322,6 +331,53 @@ class Bound(eqx.Module):
                 kwargs[name] = at_position(value, position)
         return self.fn(logits_read, **kwargs)
 
+    @property
+    def example_mean(self) -> bool:
+        """Whether the metric is a mean over examples: true of the one-position metrics."""
+        return _one_position(self.fn) is not None
+
+    def per_example(
+        self, logits: Float[Array, "n seq d_vocab"], rows: Int[Array, " n"] | None = None
+    ) -> Float[Array, " n"]:
+        """The value of each example (of the examples `rows`), whose mean is the metric."""
+        return self._each(logits, rows, lambda m, x: m(x))
+
+    def per_example_on_positions(
+        self, logits_read: Float[Array, "n 1 d_vocab"], rows: Int[Array, " n"] | None = None
+    ) -> Float[Array, " n"]:
+        """`per_example` from the logits at `positions` only, as `on_positions`."""
+        return self._each(logits_read, rows, lambda m, x: m.on_positions(x))
+
+    def _each(self, logits, rows, call):
+        if not self.example_mean:
+            raise ValueError(
+                f"{getattr(self.fn, '__name__', self.fn)!r} is not known to be a mean over "
+                "examples; it has no per-example form (is_example_mean gives False for it)"
+            )
+        logits = jnp.asarray(logits)
+        mine = {k: v for k, v in self.kwargs.items() if _per_example_arg(k, v)}
+        if rows is not None:
+            mine = {k: jnp.take(jnp.asarray(v), rows, axis=0) for k, v in mine.items()}
+        for k, v in mine.items():
+            if jnp.shape(v)[0] != logits.shape[0]:
+                raise ValueError(
+                    f"{k} has {jnp.shape(v)[0]} examples; the logits have {logits.shape[0]}"
+                    + ("" if rows is None else " (the rows given)")
+                )
+        shared = {k: v for k, v in self.kwargs.items() if k not in mine}
+
+        def one(x, args):
+            one_row = {k: jnp.asarray(v)[None] for k, v in args.items()}
+            return call(Bound(self.fn, {**shared, **one_row}), x[None])
+
+        return jax.vmap(one)(logits, mine)
+
+
+def _per_example_arg(name: str, value) -> bool:
+    """Whether a one-position metric's argument holds one entry per example (batch first)."""
+    least = {"answer": 1, "distractor": 1, "position": 1, "clean_logits": 2}.get(name)
+    return least is not None and jnp.ndim(value) >= least
+
 
 def bind(fn: Callable, **kwargs) -> Bound:
     """Fix every argument of a metric but the logits: `bind(logit_diff, answer=a, distractor=d)`.
@@ -364,6 +420,25 @@ class Normalized(eqx.Module):
         value = self.metric.on_positions(logits_read)
         return normalized(value, self.clean_value, self.corrupt_value)
 
+    @property
+    def example_mean(self) -> bool:
+        """Whether the wrapped metric is a mean over examples (normalising is affine)."""
+        return is_example_mean(self.metric)
+
+    def per_example(
+        self, logits: Float[Array, "n seq d_vocab"], rows: Int[Array, " n"] | None = None
+    ) -> Float[Array, " n"]:
+        """The wrapped metric's `per_example`, normalised."""
+        value = self.metric.per_example(logits, rows)
+        return normalized(value, self.clean_value, self.corrupt_value)
+
+    def per_example_on_positions(
+        self, logits_read: Float[Array, "n k d_vocab"], rows: Int[Array, " n"] | None = None
+    ) -> Float[Array, " n"]:
+        """The wrapped metric's `per_example_on_positions`, normalised."""
+        value = self.metric.per_example_on_positions(logits_read, rows)
+        return normalized(value, self.clean_value, self.corrupt_value)
+
 
 def normalize(metric: Callable, clean_value, corrupt_value) -> Normalized:
     """Wrap `metric` so it reads 1 on the clean run and 0 on the corrupt run.
@@ -385,3 +460,12 @@ def read_positions(metric: Callable, batch: int, seq: int) -> Int[Array, "batch 
     """
     positions = getattr(metric, "positions", None)
     return positions(batch, seq) if callable(positions) else None
+
+
+def is_example_mean(metric: Callable, *, on_positions: bool = False) -> bool:
+    """Whether `metric` declares itself a mean over examples: it has `per_example` (and, with
+    `on_positions`, `per_example_on_positions`) and does not say `example_mean = False`."""
+    method = "per_example_on_positions" if on_positions else "per_example"
+    if not callable(getattr(metric, method, None)):
+        return False
+    return bool(getattr(metric, "example_mean", True))

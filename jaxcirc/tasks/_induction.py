@@ -33,6 +33,13 @@ class InductionMetric(eqx.Module):
         correct = jnp.take_along_axis(logp, self.targets[..., None], axis=-1)[..., 0]
         return (correct * self.weights).sum(-1).mean() / self.weights.sum()
 
+    def per_example(self, logits, rows=None) -> Float[Array, " n"]:
+        """Each example's term of the mean (`rows`: which examples the logits are)."""
+        targets = self.targets if rows is None else jnp.take(self.targets, rows, axis=0)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        correct = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        return (correct * self.weights).sum(-1) / self.weights.sum()
+
 
 class InductionTask(eqx.Module):
     """Clean prompts `[A, A]`, corrupt prompts `[A', A]` and the metric that reads them.
