@@ -18,6 +18,11 @@ magnitude is the score. `metric` maps batched logits `[batch, seq, d_vocab]` to 
   `α = 1/m, …, 1`, so `steps=1` is EAP.
 - `atp`: node attribution patching (Nanda 2023; Kramár et al. 2024, "AtP*"): a source's
   score is the sum of its edges' EAP scores, returned as a `NodeMask`.
+
+Every score is linear in the metric, so prompts that do not fit `memory_budget` together run
+in chunks when the metric is a mean over examples (`jaxcirc.metrics.is_example_mean`): one
+compiled program per chunk, the metric replaced by the sum of its per-example values over the
+chunk, the chunks' scores summed and divided by the batch size (`jaxcirc.patching._budget`).
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ..graph import Scores, ablation_values, graph
+from ..graph import Graph, Scores, ablation_values, graph, source_outputs
 from ..graph._masked import run_graph
 from ..metrics._check import check_metric
+from ..patching import _budget
+from ..patching._stable import stable
 from ._discover import ScoringMethod
 from ._task_args import task_arguments
 
@@ -45,8 +52,55 @@ def _prepare(model, clean, corrupt, metric, ablation):
     g = graph(model)
     clean = model.check_tokens(clean, name="clean", ndim=2)
     check_metric(metric, (*clean.shape, model.cfg.d_vocab), differentiable=True)
-    ablated = ablation_values(model, clean, corrupt, ablation, g)
-    return g, clean, ablated, metric
+    metric = stable(metric)  # a fresh closure of the same code and values: the same program
+    corrupt = None if corrupt is None else jnp.asarray(corrupt)
+    # the ablation's checks, without computing it
+    jax.eval_shape(lambda: ablation_values(model, clean, corrupt, ablation, g))
+    return g, clean, corrupt, metric
+
+
+def _prompt_bytes(model, g: Graph, seq: int, runs: int, grad: bool) -> int:
+    """Bytes one prompt keeps live: its ablated and clean source outputs, and `runs` masked
+    forward passes (with what a backward pass keeps, and the input gradients, for `grad`)."""
+    cfg = model.cfg
+    sources = g.n_sources * seq * cfg.d_model
+    run = sources + seq * (cfg.n_layers * (2 * cfg.n_heads * seq + 2 * cfg.d_mlp) + 2 * cfg.d_vocab)
+    if grad:
+        run = 2 * run + 2 * g.n_targets * seq * cfg.d_model
+    return 4 * (2 * sources + runs * run)
+
+
+def _over_prompts(model, g, clean, corrupt, how, size, fn):
+    """`fn(clean rows, their ablated outputs, rows, valid)` summed over chunks of `size`
+    prompts and divided by the batch size."""
+    mean = None
+    if how == "mean":  # the mean over every corrupted prompt, in chunks
+        n = corrupt.shape[0]
+        sums = lambda r, v: _masked_outputs(model, g, jnp.take(corrupt, r, axis=0), v)
+        mean = _budget.mean_over_prompts(sums, n, min(size, n))
+
+    def run(rows, valid):
+        tokens = jnp.take(clean, rows, axis=0)
+        if how == "corrupt":
+            ablated = source_outputs(model, jnp.take(corrupt, rows, axis=0), g)
+        elif how == "mean":
+            ablated = jnp.broadcast_to(mean, (rows.shape[0], *mean.shape))
+        else:
+            ablated = ablation_values(model, tokens, None, how, g)
+        return fn(tokens, ablated, rows, valid)
+
+    return _budget.mean_over_prompts(run, clean.shape[0], size)
+
+
+@eqx.filter_jit
+def _masked_outputs(model, g, tokens, valid):
+    outs = source_outputs(model, tokens, g)
+    return jnp.where(valid[:, None, None, None], outs, 0).sum(0)
+
+
+def _reader(metric, rows, valid):
+    """`metric`, or the sum of its per-example values over the valid `rows` of a chunk."""
+    return metric if rows is None else _budget.example_reader(metric, rows, valid)
 
 
 def _embed(model, tokens):
@@ -68,15 +122,16 @@ def edge_patching(
     *,
     ablation: str = "corrupt",
     chunk_size: int = 64,
+    memory_budget: int | None = None,
 ) -> Scores:
     """Exact edge patching: `metric` with one edge ablated minus `metric` of the clean run.
 
     The slow reference the attribution methods approximate. One compiled program: edges are
-    array indices, `chunk_size` of them vmapped at a time under `lax.map`.
+    array indices, `chunk_size` of them vmapped at a time under `lax.map`; prompts chunked to
+    fit `memory_budget` bytes (default 1 GiB) when the metric has a per-example form.
     """
-    return EdgePatching(ablation=ablation, chunk_size=chunk_size).scores(
-        model, clean, corrupt, metric
-    )
+    method = EdgePatching(ablation=ablation, chunk_size=chunk_size, memory_budget=memory_budget)
+    return method.scores(model, clean, corrupt, metric)
 
 
 class EdgePatching(ScoringMethod):
@@ -84,25 +139,39 @@ class EdgePatching(ScoringMethod):
 
     ablation: str = "corrupt"
     chunk_size: int = 64
+    memory_budget: int | None = None
 
     def scores(self, model, clean, corrupt=None, metric=None) -> Scores:
-        g, clean, ablated, metric = _prepare(model, clean, corrupt, metric, self.ablation)
-        rows, cols = (jnp.asarray(i) for i in np.nonzero(g.valid))
-        flat = _edge_patching(model, g, clean, ablated, metric, rows, cols, int(self.chunk_size))
+        g, clean, corrupt, metric = _prepare(model, clean, corrupt, metric, self.ablation)
+        edges = tuple(jnp.asarray(i) for i in np.nonzero(g.valid))
+        chunk = int(self.chunk_size)
+        batch, seq = clean.shape
+        per_prompt = _prompt_bytes(model, g, seq, min(chunk, len(edges[0])), grad=False)
+        limit = _budget.budget(self.memory_budget)
+        size = _budget.prompts_per_chunk(batch, per_prompt, limit, metric, what="edge_patching")
+        if size == batch:
+            ablated = ablation_values(model, clean, corrupt, self.ablation, g)
+            flat = _edge_patching(model, g, clean, ablated, metric, *edges, chunk)
+        else:
+            fn = lambda t, a, r, v: _edge_patching(model, g, t, a, metric, *edges, chunk, r, v)
+            flat = _over_prompts(model, g, clean, corrupt, self.ablation, size, fn)
         return Scores.from_effects(jnp.zeros(g.valid.shape).at[np.nonzero(g.valid)].set(flat), g)
 
 
 @eqx.filter_jit
-def _edge_patching(model, g, clean, ablated, metric, rows, cols, chunk):
+def _edge_patching(model, g, clean, ablated, metric, src, dst, chunk, rows=None, valid=None):
+    """Each edge's metric difference; given `rows` and `valid`, that of the sum of the
+    metric's per-example values over the chunk's valid rows."""
+    read = _reader(metric, rows, valid)
     x0 = _embed(model, clean)
     ones = jnp.ones(g.valid.shape)
-    base = metric(_run(model, g, x0, ones, ablated)[0])
+    base = read(_run(model, g, x0, ones, ablated)[0])
 
     def one(edge):
         i, j = edge
-        return metric(_run(model, g, x0, ones.at[i, j].set(0.0), ablated)[0]) - base
+        return read(_run(model, g, x0, ones.at[i, j].set(0.0), ablated)[0]) - base
 
-    return jax.lax.map(one, (rows, cols), batch_size=chunk)
+    return jax.lax.map(one, (src, dst), batch_size=chunk)
 
 
 def _input_gradients(model, g, x0, weights, ablated, metric):
@@ -114,9 +183,8 @@ def _input_gradients(model, g, x0, weights, ablated, metric):
     return jax.grad(loss)(jnp.zeros((x0.shape[0], g.n_targets) + x0.shape[1:], x0.dtype))
 
 
-def _scores(g, delta, grads) -> Scores:
-    values = jnp.einsum("bsld,btld->st", delta, grads) * jnp.asarray(g.valid, delta.dtype)
-    return Scores.from_effects(values, g)
+def _scores(g, delta, grads) -> Float[Array, "n_sources n_targets"]:
+    return jnp.einsum("bsld,btld->st", delta, grads) * jnp.asarray(g.valid, delta.dtype)
 
 
 def eap(
@@ -126,9 +194,10 @@ def eap(
     metric: Metric | None = None,
     *,
     ablation: str = "corrupt",
+    memory_budget: int | None = None,
 ) -> Scores:
     """Edge attribution patching (Syed et al. 2023): every edge from one forward and backward."""
-    return EAP(ablation=ablation).scores(model, clean, corrupt, metric)
+    return EAP(ablation=ablation, memory_budget=memory_budget).scores(model, clean, corrupt, metric)
 
 
 class EAPIG(ScoringMethod):
@@ -137,6 +206,7 @@ class EAPIG(ScoringMethod):
     steps: int = 5
     variant: str = "inputs"
     ablation: str = "corrupt"
+    memory_budget: int | None = None
 
     def __check_init__(self):
         if self.variant not in VARIANTS:
@@ -145,8 +215,20 @@ class EAPIG(ScoringMethod):
             raise ValueError(f"steps must be >= 1; got {self.steps}")
 
     def scores(self, model, clean, corrupt=None, metric=None) -> Scores:
-        g, clean, ablated, metric = _prepare(model, clean, corrupt, metric, self.ablation)
-        return _eap_ig(model, g, clean, ablated, metric, int(self.steps), self.variant)
+        g, clean, corrupt, metric = _prepare(model, clean, corrupt, metric, self.ablation)
+        batch, seq = clean.shape
+        limit = _budget.budget(self.memory_budget)
+        size = _budget.prompts_per_chunk(
+            batch, _prompt_bytes(model, g, seq, 1, grad=True), limit, metric, what="eap"
+        )
+        args = (int(self.steps), self.variant)
+        if size == batch:
+            ablated = ablation_values(model, clean, corrupt, self.ablation, g)
+            values = _eap_ig(model, g, clean, ablated, metric, *args)
+        else:
+            fn = lambda t, a, r, v: _eap_ig(model, g, t, a, metric, *args, r, v)
+            values = _over_prompts(model, g, clean, corrupt, self.ablation, size, fn)
+        return Scores.from_effects(values, g)
 
 
 class EAP(EAPIG):
@@ -165,6 +247,7 @@ def eap_ig(
     steps: int = 5,
     variant: str = "inputs",
     ablation: str = "corrupt",
+    memory_budget: int | None = None,
 ) -> Scores:
     """EAP-IG (Hanna et al. 2024): EAP with the gradient averaged along `steps` points.
 
@@ -174,12 +257,15 @@ def eap_ig(
     the computation order at a time
     (`steps` × places gradients). The steps run as one compiled `lax.map`.
     """
-    method = EAPIG(steps=steps, variant=variant, ablation=ablation)
+    method = EAPIG(steps=steps, variant=variant, ablation=ablation, memory_budget=memory_budget)
     return method.scores(model, clean, corrupt, metric)
 
 
 @eqx.filter_jit
-def _eap_ig(model, g, clean, ablated, metric, steps, variant):
+def _eap_ig(model, g, clean, ablated, metric, steps, variant, rows=None, valid=None):
+    """The signed edge values; given `rows` and `valid`, those of the sum of the metric's
+    per-example values over the chunk's valid rows."""
+    metric = _reader(metric, rows, valid)
     x_clean = _embed(model, clean)
     alphas = jnp.arange(1, steps + 1, dtype=x_clean.dtype) / steps
     if variant == "activations":
@@ -234,9 +320,10 @@ def atp(
     metric: Metric | None = None,
     *,
     ablation: str = "corrupt",
+    memory_budget: int | None = None,
 ) -> Scores:
     """Node attribution patching: `(a_s - z_s) · ∂m/∂z_s` for every source node `s`."""
-    return AtP(ablation=ablation).scores(model, clean, corrupt, metric)
+    return AtP(ablation=ablation, memory_budget=memory_budget).scores(model, clean, corrupt, metric)
 
 
 class AtP(ScoringMethod):
@@ -244,7 +331,9 @@ class AtP(ScoringMethod):
     source's signed score the sum of its edges' EAP scores."""
 
     ablation: str = "corrupt"
+    memory_budget: int | None = None
 
     def scores(self, model, clean, corrupt=None, metric=None) -> Scores:
-        edges = EAP(ablation=self.ablation).scores(model, clean, corrupt, metric)
+        method = EAP(ablation=self.ablation, memory_budget=self.memory_budget)
+        edges = method.scores(model, clean, corrupt, metric)
         return Scores.from_effects(edges.signed.sum(1), edges.graph)

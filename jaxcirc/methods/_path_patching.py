@@ -22,7 +22,8 @@ This is the masked forward pass of `jaxcirc.graph` with one edge cut and the cor
 as ablation, so path patching and edge patching are one computation on one engine. Pairs are
 array data: one `lax.map` over chunks of pairs that share the receiver's layer, a vmap inside;
 each pair resumes the graph's forward pass from the cached base run at its receiver's layer,
-so a full map traces and compiles once.
+so a full map traces and compiles once. Prompts that do not fit `memory_budget` together run
+in chunks when the metric is a mean over examples (`jaxcirc.patching._budget`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from .._progress import progress_bar, tick
 from ..graph import Graph, Scores, graph
 from ..graph._masked import check_wiring, graph_states, run_graph
 from ..models._site import nearest
+from ..patching import _budget
+from ..patching._stable import stable
 from ._discover import ScoringMethod
 from ._task_args import task_arguments
 
@@ -173,6 +176,7 @@ def path_patch(
     receivers: str | Sequence[str] | None = None,
     direction: str = "noise",
     chunk_size: int | None = None,
+    memory_budget: int | None = None,
     progress: bool = False,
 ) -> PathPatchResult:
     """Path patching (Wang et al. 2023; Goldowsky-Dill et al. 2023): `metric` with each
@@ -184,14 +188,17 @@ def path_patch(
       blocks, grouped-query attention); interventions inside heads and MLPs are honoured,
       ones on the summed residual stream are refused.
     - `clean`, `corrupt`: token batches of the same shape `[batch, seq]`.
-    - `metric`: maps logits `[batch, seq, d_vocab]` to a scalar; held static (pass the same
-      function object, or an `eqx.Module` of arrays, to reuse the compiled program).
+    - `metric`: maps logits `[batch, seq, d_vocab]` to a scalar; held static (the same
+      function, an `eqx.Module` of arrays, or a fresh closure of the same code capturing the
+      same values reuses the compiled program).
     - `senders`: names or glob patterns (`"L0H*"`); default every head and MLP (`"embed"`, the
       embedding output, on request).
     - `receivers`: names or patterns (`"L1H*.k"`, `"MLP*"`, `"logits"`); default all inputs.
     - `direction`: `"noise"` (default; the paper's): senders take their corrupted output in
       the clean run; `"denoise"`: senders take their clean output in the corrupted run.
-    - `chunk_size`: pairs evaluated at once (vmapped); default keeps about 1 GiB live.
+    - `chunk_size`: pairs evaluated at once (vmapped); default fills `memory_budget`.
+    - `memory_budget`: bytes of activations to keep live (default 1 GiB): pairs are chunked,
+      and, for a metric with a per-example form (`jaxcirc.metrics.is_example_mean`), prompts.
     - `progress`: a progress bar over chunks of pairs.
 
     **Returns:** a `PathPatchResult` (`values[sender, receiver]`, baselines, labels).
@@ -201,6 +208,7 @@ def path_patch(
     clean, corrupt = _check_tokens(model, clean, corrupt)
     if not callable(metric):
         raise TypeError(f"metric must map logits [batch, seq, d_vocab] to a scalar; got {metric!r}")
+    metric = stable(metric)
     if direction not in DIRECTIONS:
         raise ValueError(
             f"unknown direction {direction!r}{nearest(direction, DIRECTIONS)}; "
@@ -208,6 +216,7 @@ def path_patch(
         )
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+    limit = _budget.budget(memory_budget)
     heads_mlps = tuple(s for s in g.sources if s != "embed")
     s_idx = _select(senders, g.sources, heads_mlps, "sender")
     r_idx = _select(receivers, g.targets, g.targets, "receiver")
@@ -223,7 +232,13 @@ def path_patch(
     counts = np.bincount(
         [layer_of[j] for _, j in zip(*np.nonzero(valid))], minlength=g.n_layers + 1
     )
-    chunk = int(chunk_size) if chunk_size else _default_chunk(model, clean, g)
+    batch, seq = clean.shape
+    cached, per_pair = _prompt_bytes(model, seq, g)
+    size = _budget.prompts_per_chunk(
+        batch, cached + int(chunk_size or 1) * per_pair, limit, metric, what="path_patch"
+    )
+    pairs_fit = (limit - (cached * size if size < batch else 0)) // (per_pair * size)
+    chunk = int(chunk_size) if chunk_size else max(1, pairs_fit)
     chunk = max(1, min(chunk, int(counts.max())))
     layers, pair_s, pair_t, cells = [], [], [], []
     for layer in range(g.n_layers + 1):
@@ -239,19 +254,28 @@ def path_patch(
     n_chunks = len(layers)
 
     base, other = (clean, corrupt) if direction == "noise" else (corrupt, clean)
-    with progress_bar(progress, total=n_chunks, desc="path patching", unit="chunk"):
-        base_logits, base_states = _runs(model, g, base)
-        other_logits, (other_outs, _) = _runs(model, g, other)
-        m_base, m_other = metric(base_logits), metric(other_logits)
-        if jnp.shape(m_base) != ():
-            raise ValueError(f"metric must return a scalar; got shape {jnp.shape(m_base)}")
-        flat = _path_patch(
-            model, g, base, base_states, other_outs, metric,
-            jnp.asarray(np.asarray(layers, np.int32)),
-            jnp.asarray(np.asarray(pair_s, np.int32).reshape(n_chunks, chunk)),
-            jnp.asarray(np.asarray(pair_t, np.int32).reshape(n_chunks, chunk)),
-            bool(progress),
-        )  # fmt: skip
+    pairs = (
+        jnp.asarray(np.asarray(layers, np.int32)),
+        jnp.asarray(np.asarray(pair_s, np.int32).reshape(n_chunks, chunk)),
+        jnp.asarray(np.asarray(pair_t, np.int32).reshape(n_chunks, chunk)),
+        bool(progress),
+    )
+    total = n_chunks * -(-batch // size)
+    with progress_bar(progress, total=total, desc="path patching", unit="chunk"):
+        if size == batch:
+            base_logits, base_states = _runs(model, g, base)
+            other_logits, (other_outs, _) = _runs(model, g, other)
+            m_base, m_other = metric(base_logits), metric(other_logits)
+            if jnp.shape(m_base) != ():
+                raise ValueError(f"metric must return a scalar; got shape {jnp.shape(m_base)}")
+            flat = _path_patch(model, g, base, base_states, other_outs, metric, *pairs)
+        else:  # chunks of prompts: each the sums of the metric's per-example values
+
+            def run(rows, valid):
+                tokens = _budget.take((base, other), rows)
+                return _path_patch_rows(model, g, *tokens, metric, *pairs, rows, valid)
+
+            m_base, m_other, flat = _budget.mean_over_prompts(run, batch, size)
         flat = np.asarray(jax.block_until_ready(flat)).reshape(-1)
     values = np.full(valid.shape, np.nan, np.float32)
     keep = [k for k, c in enumerate(cells) if c is not None]
@@ -268,13 +292,14 @@ def path_patch(
     )
 
 
-def _default_chunk(model, tokens, g: Graph) -> int:
+def _prompt_bytes(model, seq: int, g: Graph) -> tuple[int, int]:
+    """Bytes one prompt keeps live: `(its two cached runs, one pair's patched run)`."""
     cfg = model.cfg
-    batch, seq = tokens.shape
-    live = batch * seq * (
+    cached = seq * (2 * g.n_sources * cfg.d_model + cfg.d_vocab) + (g.n_layers + 1) * cfg.d_model
+    live = seq * (
         3 * g.n_sources * cfg.d_model + 2 * cfg.d_mlp + 2 * cfg.n_heads * seq + cfg.d_vocab
     )
-    return max(1, (1 << 30) // (4 * live))
+    return 4 * cached, 4 * live
 
 
 @eqx.filter_jit
@@ -290,7 +315,22 @@ def _runs(model, g, tokens):
 
 
 @eqx.filter_jit
+def _path_patch_rows(model, g, base, other, metric, layers, pair_s, pair_t, progress, rows, valid):
+    """A chunk of prompts (`rows` of the batch, `valid` of them counted): the sums over the
+    valid rows of the metric's per-example values on the base run, the other run, each pair."""
+    reader = _budget.example_reader(metric, rows, valid)
+    base_logits, states = _runs(model, g, base)
+    other_logits, (ablated, _) = _runs(model, g, other)
+    flat = _pairs(model, g, base, states, ablated, reader, layers, pair_s, pair_t, progress)
+    return reader(base_logits), reader(other_logits), flat
+
+
+@eqx.filter_jit
 def _path_patch(model, g, tokens, states, ablated, metric, layers, pair_s, pair_t, progress):
+    return _pairs(model, g, tokens, states, ablated, metric, layers, pair_s, pair_t, progress)
+
+
+def _pairs(model, g, tokens, states, ablated, metric, layers, pair_s, pair_t, progress):
     """`metric` of each pair of a chunk: the base run with edge `s -> t` cut to `ablated`
     (the other run's source outputs), resumed at the receiver's layer from `states`."""
     ones = jnp.ones((g.n_sources, g.n_targets))
@@ -326,12 +366,14 @@ class PathPatching(ScoringMethod):
     receivers: str | tuple[str, ...] | None = None
     direction: str = "noise"
     chunk_size: int | None = None
+    memory_budget: int | None = None
 
     def scores(self, model, clean, corrupt=None, metric=None) -> Scores:
         clean, corrupt, metric = task_arguments(clean, corrupt, metric)
         res = path_patch(
             model, clean, corrupt, metric, senders=self.senders, receivers=self.receivers,
             direction=self.direction, chunk_size=self.chunk_size,
+            memory_budget=self.memory_budget,
         )  # fmt: skip
         g = graph(model)
         effects = np.full(g.valid.shape, np.nan, np.float32)

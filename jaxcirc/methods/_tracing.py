@@ -13,6 +13,8 @@ position in chunks. The corrupted residual stream is cached, so a restoration st
 layer `l` skips the `l` blocks before it (a restored `resid_post` of layer `l` starts at layer
 `l + 1`). In a causal model nothing before the first subject position differs between the
 clean and the corrupted run, so those cells are the corrupted probability and are not run.
+Every value is a mean over prompts, so prompts that do not fit `memory_budget` together run in
+chunks of one compiled program (`jaxcirc.patching._budget`), their sums averaged.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .._progress import progress_bar, tick
 from ..interventions import Noise, Patch, intervene
 from ..models._site import SiteRef
 from ..models._transformer import Transformer
+from ..patching import _budget
 
 # kind -> the site restored (ROME: the hidden state output of a layer, the MLP, the attention)
 KINDS = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
@@ -187,6 +190,7 @@ def causal_trace(
     kinds: tuple[str, ...] = ("resid", "mlp", "attn"),
     window: int = 10,
     chunk_size: int | None = None,
+    memory_budget: int | None = None,
     progress: bool = False,
     token_labels=None,
 ) -> TraceResult:
@@ -210,9 +214,12 @@ def causal_trace(
     - `kinds`: of `"resid"` (`resid_post`, window 1), `"mlp"` (`mlp_out`), `"attn"`
       (`attn_out`); `window`: consecutive layers restored for mlp and attn (ROME: 10).
     - `chunk_size`: positions evaluated at once; `progress`: a progress bar over layers.
+    - `memory_budget`: bytes of activations to keep live (default 1 GiB): positions are
+      chunked, and prompts when their cached runs do not fit.
     """
     tokens, mask, answer = _check(model, tokens, subject_mask, answer, kinds, window, n_samples)
     check_int(chunk_size, "causal_trace chunk_size", 1, allow_none=True)
+    limit = _budget.budget(memory_budget)
     lengths = _check_lengths(lengths, np.asarray(mask))
     if not model.cfg.causal and (lengths < tokens.shape[1]).any():
         raise ValueError(
@@ -226,11 +233,18 @@ def causal_trace(
     # positions past every prompt's end are not read
     start = int(np.asarray(mask).any(0).argmax()) if model.cfg.causal else 0
     stop = int(lengths.max()) if model.cfg.causal else tokens.shape[1]
-    with progress_bar(progress, total=n_layers * len(kinds), desc="causal tracing", unit="layer"):
-        clean, corrupt, grids = _trace(
-            model, tokens, mask, answer, jnp.asarray(lengths), jnp.asarray(std, jnp.float32),
-            keys, tuple(kinds), jnp.int32(window), chunk_size, bool(progress), start, stop,
-        )  # fmt: skip
+    batch, seq = tokens.shape
+    size = _budget.prompts_per_chunk(batch, _prompt_bytes(model, seq, int(n_samples), kinds), limit)
+    rows = (tokens, mask, answer, jnp.asarray(lengths), keys)
+    static = (tuple(kinds), jnp.int32(window), chunk_size, bool(progress), start, stop, limit)
+    std = jnp.asarray(std, jnp.float32)
+    total = n_layers * len(kinds) * -(-batch // size)
+    with progress_bar(progress, total=total, desc="causal tracing", unit="layer"):
+        if size == batch:
+            clean, corrupt, grids = _trace(model, *rows, std, *static)
+        else:  # chunks of prompts, each the sums over its prompts
+            chunk = lambda r, valid: _trace(model, *_budget.take(rows, r), std, *static, valid)
+            clean, corrupt, grids = _budget.mean_over_prompts(chunk, batch, size)
         grids = jax.block_until_ready(grids)
     windows = {k: 1 if k == "resid" else int(window) for k in kinds}
     labels = tuple(str(t) for t in token_labels) if token_labels is not None else None
@@ -243,18 +257,39 @@ def _prob(model, x, answer, length):
     return jax.nn.softmax(logits.astype(jnp.float32))[answer]
 
 
-def _default_chunk(model, n_examples: int, seq: int) -> int:
+def _position_bytes(model, n_examples: int, seq: int) -> int:
+    """Bytes `n_examples` restored runs at one position keep live."""
     cfg = model.cfg
     live = n_examples * (seq * (8 * cfg.d_model + 2 * cfg.d_mlp + 2 * cfg.n_heads * seq))
-    return max(1, min(seq, (1 << 30) // (4 * live + 4 * n_examples * cfg.d_vocab)))
+    return 4 * live + 4 * n_examples * cfg.d_vocab
+
+
+def _default_chunk(model, n_examples: int, seq: int, budget: int) -> int:
+    return max(1, min(seq, budget // _position_bytes(model, n_examples, seq)))
+
+
+def _prompt_bytes(model, seq: int, n_samples: int, kinds) -> int:
+    """Bytes one prompt keeps live: its cached corrupted and clean runs, and one position's
+    restored runs of its noise samples."""
+    cfg = model.cfg
+    cached = 4 * cfg.n_layers * seq * cfg.d_model * (2 * n_samples + len(kinds))
+    return cached + _position_bytes(model, n_samples, seq)
 
 
 @eqx.filter_jit
 def _trace(
-    model, tokens, mask, answer, lengths, std, keys, kinds, window, chunk_size, progress, start,
-    stop,
+    model, tokens, mask, answer, lengths, keys, std, kinds, window, chunk_size, progress, start,
+    stop, budget, valid=None,
 ):  # fmt: skip
+    """The means over prompts (and samples); given `valid` (which prompts count), the sums
+    over the valid prompts of each prompt's mean over samples."""
     n_layers, seq = model.cfg.n_layers, tokens.shape[1]
+    if valid is None:
+        total = jnp.mean
+    else:  # [prompt] or [prompt, sample] -> the sum over valid prompts of the sample means
+        total = lambda x: jnp.where(valid.reshape(-1, *[1] * (x.ndim - 1)), x, 0).mean(
+            axis=tuple(range(1, x.ndim))
+        ).sum()  # fmt: skip
 
     def corrupted(t, subject, key):
         noisy = intervene(model, {SiteRef("embed"): Noise(std, key, mask=subject[:, None])})
@@ -272,7 +307,7 @@ def _trace(
         post[:, :, -1], answer, lengths
     )  # [batch, n_samples]
     n_examples = keys.shape[0] * keys.shape[1]
-    chunk = chunk_size or _default_chunk(model, n_examples, seq)
+    chunk = chunk_size or _default_chunk(model, n_examples, seq, budget)
     positions = jnp.arange(start, stop)
 
     def restored_resid(layer, position, clean_site, resid_post, a, n):
@@ -305,15 +340,15 @@ def _trace(
             per_prompt = jax.vmap(per_sample, (None, None, 0, 0, 0, 0))
             probs = per_prompt(layer, position, clean_site, states, answer, lengths)
             # a position past a prompt's end is not part of it: its corrupted probability
-            return jnp.where((position < lengths)[:, None], probs, corrupt_prob).mean()
+            return total(jnp.where((position < lengths)[:, None], probs, corrupt_prob))
 
         def one_layer(layer, one_cell=one_cell):
             row = jax.lax.map(lambda p: one_cell(layer, p), positions, batch_size=chunk)
-            fill = lambda size: jnp.full(size, corrupt_prob.mean(), row.dtype)
+            fill = lambda size: jnp.full(size, total(corrupt_prob), row.dtype)
             row = jnp.concatenate([fill(start), row, fill(seq - stop)])
             if progress:
                 jax.debug.callback(tick, layer)
             return row
 
         grids[kind] = jax.lax.map(one_layer, jnp.arange(n_layers))
-    return clean_prob.mean(), corrupt_prob.mean(), grids
+    return total(clean_prob), total(corrupt_prob), grids

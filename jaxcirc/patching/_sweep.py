@@ -22,6 +22,12 @@ intervention inside, same shapes), runs are paired into lanes of equal length (`
 steps: each step is one batched product per weight, and the program holds one block per
 bucket. Otherwise the blocks are unrolled, block `i` taking the runs patched at layers `<= i`
 as one batch. Units are chunked under `lax.map`; the whole sweep traces once.
+
+**Prompts.** When the prompts' cached runs and the smallest chunk of units would not fit
+`memory_budget`, and the metric is a mean over examples (`jaxcirc.metrics.is_example_mean`),
+the prompts are split into equal chunks (`_budget`): one compiled program per chunk, its
+metric the sum of the chunk's per-example values, averaged over the batch. A metric without
+a per-example form keeps the whole batch (with a warning).
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ from ..models._attention import KVPrefix
 from ..models._replacement import get_site
 from ..models._site import SITE_KINDS, AbstractIntervention, Site, SiteRef, nearest
 from ..models._transformer import Transformer
+from . import _budget
+from ._stable import stable
 
 # site kind -> the `per` choices it supports, each naming the axes enumerated
 PER = {
@@ -60,7 +68,6 @@ PER = {
     # TransformerLens orders pattern results [layer, head, dest_pos]; so do we
     "pattern": {"head": ("head",), "head_position": ("head", "position")},
 }
-_BUDGET = 1 << 30  # bytes of activations a chunk of units may keep live
 
 
 def _check(model, clean, corrupt, site, per):
@@ -97,6 +104,7 @@ def sweep(
     chunk_size: int | None = None,
     logit_positions: Int[Array, " n"] | Int[Array, "batch n"] | None = None,
     buckets: int | None = None,
+    memory_budget: int | None = None,
     progress: bool = False,
 ) -> Float[Array, "n_layers ..."]:
     """Patch each unit's clean activation into the corrupted run; return `metric` per unit.
@@ -107,7 +115,9 @@ def sweep(
       an intervention that may mix positions, a `Function`, keeps every position computed).
     - `clean`, `corrupt`: token batches of the same shape `[batch, seq]`.
     - `metric`: maps the patched logits `[batch, seq, d_vocab]` to a scalar. It is held static:
-      pass the same function object to reuse the compiled sweep. A metric that declares the
+      the compiled sweep is reused for the same metric, an `eqx.Module` of other arrays (see
+      `jaxcirc.metrics.bind`), or a fresh closure of the same code capturing the same values
+      (else a warning says why it compiles again). A metric that declares the
       positions it reads (`jaxcirc.metrics.read_positions`) gets only those unembedded, through
       its `on_positions(logits [batch, n, d_vocab])`.
     - `site`: `resid_pre`, `resid_mid`, `resid_post`, `attn_out`, `mlp_out` (per `"position"`),
@@ -120,6 +130,8 @@ def sweep(
       (each bucket's runs recompute the positions from its first on; the compiled program
       holds one block per bucket, or per bucket and layer for a model with interventions
       inside its blocks); default `min(seq, 4)`. `1` recomputes every position.
+    - `memory_budget`: bytes of activations to keep live (default 1 GiB): units are chunked,
+      and, for a metric with a per-example form, prompts too (see the module docstring).
     - `progress`: show a progress bar over blocks.
 
     **Returns:** `[n_layers, seq]` for `"position"`, `[n_layers, n_heads]` for `"head"`,
@@ -128,16 +140,36 @@ def sweep(
     TransformerLens's `get_act_patch_*` functions.
     """
     clean, corrupt = _check(model, clean, corrupt, site, per)
+    metric = stable(metric)  # a fresh lambda of the same code and values: the same program
     batch, seq = clean.shape
+    limit = _budget.budget(memory_budget)
+    _check_chunk_size(chunk_size)
     positions, read = _read_plan(metric, logit_positions, batch, seq)
     n_read = seq if positions is None else positions.shape[1]
     vocab = model.cfg.d_vocab
     check_metric(metric.on_positions if read == "declared" else metric, (batch, n_read, vocab))
-    plan = _plan(model, site, per, batch, seq, n_read, buckets, chunk_size)
-    total = plan.steps * plan.n_chunks
+    fixed, units = _prompt_bytes(model, site, per, seq, n_read, read, buckets, chunk_size)
+    size = _budget.prompts_per_chunk(
+        batch, fixed + units, limit, metric, on_positions=read == "declared", what="sweep"
+    )
+    if size == batch:  # every prompt at once
+        plan = _plan(model, site, per, batch, seq, n_read, buckets, chunk_size, limit)
+        total = plan.steps * plan.n_chunks
+        with progress_bar(progress, total=total, desc=f"patching {site} per {per}", unit="block"):
+            out = _sweep(model, clean, corrupt, metric, positions, site, read, plan, progress)
+            return jax.block_until_ready(out)
+    # chunks of prompts: the units share what the chunk's cached runs leave of the budget
+    plan = _plan(model, site, per, size, seq, n_read, buckets, chunk_size, limit - fixed * size)
+    total = plan.steps * plan.n_chunks * -(-batch // size)
+
+    def chunk(rows, valid):
+        tokens = _budget.take((clean, corrupt, positions), rows)
+        return _sweep(
+            model, *tokens[:2], metric, tokens[2], site, read, plan, progress, rows, valid
+        )
+
     with progress_bar(progress, total=total, desc=f"patching {site} per {per}", unit="block"):
-        out = _sweep(model, clean, corrupt, metric, positions, site, read, plan, progress)
-        return jax.block_until_ready(out)
+        return jax.block_until_ready(_budget.mean_over_prompts(chunk, batch, size))
 
 
 # ------------------------------------------------------------------------- what the metric reads
@@ -203,6 +235,7 @@ class _Plan:
     stacked: bool  # one block body scanned for every layer (`_scanned`), else unrolled
     steps: int  # progress ticks per chunk: lane steps, or every bucket's blocks
     prefixed: tuple[str, ...]  # sites whose interventions see the cached prefix
+    budget: int  # bytes the chunks of units may keep live
 
 
 def _positionwise(intervention: AbstractIntervention) -> bool:
@@ -294,8 +327,27 @@ def _unit_bytes(model: Transformer, batch: int, seq: int, window: int, n_read: i
     return 4 * batch * (cfg.n_layers * window * per_row + n_read * cfg.d_vocab)
 
 
-def _plan(model, site, per, batch, seq, n_read, buckets, chunk_size) -> _Plan:
-    """Buckets, chunks and the engine, from shapes alone (static for the compiled sweep)."""
+def _prompt_bytes(model, site, per, seq, n_read, read, buckets, chunk_size) -> tuple[int, int]:
+    """Bytes one prompt keeps live: `(its cached runs, its share of the smallest chunk of
+    units)` (one unit per bucket, or `chunk_size`, through every layer, and its logits)."""
+    cfg = model.cfg
+    _, _, _, groups = _groups(model, site, per, seq, buckets)
+    site_row = cfg.n_heads * seq if site == "pattern" else cfg.d_model
+    cached = cfg.n_layers * seq * (3 * cfg.d_model + site_row)  # stream in, k, v, clean site
+    run = seq * (8 * cfg.d_model + 3 * cfg.d_mlp + 2 * cfg.n_heads * seq)  # one block's
+    kept = seq * cfg.d_vocab if read == "full" else n_read * cfg.d_model  # what positions read
+    units = sum(
+        min(chunk_size or 1, len(u)) * _unit_bytes(model, 1, seq, seq - s, n_read)
+        for s, u in groups
+    )
+    if read != "full":  # `_read_rows`: every unit's read rows, one unit's logits per layer
+        every = sum(len(u) for _, u in groups)
+        units += 4 * n_read * cfg.n_layers * (every * cfg.d_model + cfg.d_vocab)
+    return 4 * (cached + run + kept), units
+
+
+def _groups(model, site, per, seq, buckets):
+    """`(axis names, grid, flat unit index per axis, [(bucket start, its units)])`."""
     names = PER[site][per]
     sizes = {"position": seq, "head": _site_heads(model, site)}
     grid = tuple(sizes[a] for a in names)
@@ -304,8 +356,6 @@ def _plan(model, site, per, batch, seq, n_read, buckets, chunk_size) -> _Plan:
         buckets = min(seq, 4)
     if not isinstance(buckets, int) or buckets < 1:
         raise ValueError(f"buckets must be a positive int; got {buckets!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
     if not _windowable(model, site, per):
         buckets = 1
     starts = sorted({round(b * seq / buckets) for b in range(min(buckets, seq))})
@@ -315,24 +365,39 @@ def _plan(model, site, per, batch, seq, n_read, buckets, chunk_size) -> _Plan:
         if "position" in flat:
             units = units[(flat["position"] >= start) & (flat["position"] < stop)]
         groups.append((start, units))
+    return names, grid, flat, groups
+
+
+def _check_chunk_size(chunk_size) -> None:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+
+
+def _plan(
+    model, site, per, batch, seq, n_read, buckets, chunk_size, budget=_budget.MEMORY_BUDGET
+) -> _Plan:
+    """Buckets, chunks and the engine, from shapes alone (static for the compiled sweep)."""
+    _check_chunk_size(chunk_size)
+    names, grid, flat, groups = _groups(model, site, per, seq, buckets)
+    budget = max(1, budget)
     # every bucket advances one chunk at a time: split the units into chunks that fit together
     if chunk_size:
         n_chunks = max(-(-len(u) // chunk_size) for _, u in groups)
     else:
         live = sum(len(u) * _unit_bytes(model, batch, seq, seq - s, n_read) for s, u in groups)
-        n_chunks = min(max(len(u) for _, u in groups), -(-live // _BUDGET))
+        n_chunks = min(max(len(u) for _, u in groups), -(-live // budget))
     out = []
     for start, units in groups:
         chunk = -(-len(units) // n_chunks)
         logits = 4 * chunk * batch * seq * model.cfg.d_vocab
-        read_layers = max(1, min(model.cfg.n_layers, _BUDGET // logits))
+        read_layers = max(1, min(model.cfg.n_layers, budget // logits))
         out.append(_Bucket(start, tuple(int(u) for u in units), chunk, read_layers))
     prefixed = tuple(s.name for s in _intervened(model)) if len(out) > 1 else ()
     axes = tuple(tuple(int(i) for i in flat[a]) for a in names)
     stacked = _stackable(model)
     n_layers = model.cfg.n_layers
     steps = _schedule(n_layers)[0][0].shape[0] if stacked else n_layers * len(out)
-    return _Plan(names, grid, axes, tuple(out), n_chunks, stacked, steps, prefixed)
+    return _Plan(names, grid, axes, tuple(out), n_chunks, stacked, steps, prefixed, budget)
 
 
 # ------------------------------------------------------------------------- the compiled sweep
@@ -366,7 +431,11 @@ def _with_prefixes(model: Transformer, prefixes: dict[str, Array]) -> Transforme
 
 
 @eqx.filter_jit
-def _sweep(model, clean, corrupt, metric, positions, site, read, plan, progress):
+def _sweep(
+    model, clean, corrupt, metric, positions, site, read, plan, progress, rows=None, valid=None
+):
+    """The sweep of a batch; given `rows` (the examples these are) and `valid`, the sum of the
+    metric's per-example values over the valid rows in place of the metric."""
     n_layers = model.cfg.n_layers
     clean_sites = jax.vmap(lambda t: model.run(t)[1].stack(site))(clean)  # [batch, layer, ...]
     logits, acts = jax.vmap(model.run)(corrupt)
@@ -381,7 +450,10 @@ def _sweep(model, clean, corrupt, metric, positions, site, read, plan, progress)
         "positions": positions,
     }
     exs = tuple(_examples(model, site, b.start, data) for b in plan.buckets)
-    reader = metric.on_positions if read == "declared" else metric
+    if rows is None:
+        reader = metric.on_positions if read == "declared" else metric
+    else:
+        reader = _budget.example_reader(metric, rows, valid, on_positions=read == "declared")
     gather = read != "full"
     runs = _scanned if plan.stacked else _unrolled
 
@@ -398,7 +470,7 @@ def _sweep(model, clean, corrupt, metric, positions, site, read, plan, progress)
     ]
     order = np.argsort(np.concatenate([b.units for b in plan.buckets]), kind="stable")
     out = jnp.concatenate(outs, axis=1)[:, order]
-    values = _read_rows(model, out, reader) if gather else out
+    values = _read_rows(model, out, reader, plan.budget) if gather else out
     return values.reshape(n_layers, *plan.grid)
 
 
@@ -538,10 +610,10 @@ def _readout(model, bucket, x, ex, gather, reader):
     return jax.lax.map(per_layer, x, batch_size=bucket.read_layers)
 
 
-def _read_rows(model, h, reader) -> Float[Array, "layer unit"]:
+def _read_rows(model, h, reader, budget) -> Float[Array, "layer unit"]:
     """The metric of the final normalised rows it reads, `h: [layer, unit, batch, n, d]`:
     every patched run's read rows unembedded together, units chunked by memory."""
     n_layers, n_units, batch, n, _ = h.shape
-    chunk = max(1, min(n_units, _BUDGET // (4 * n_layers * batch * n * model.cfg.d_vocab)))
+    chunk = max(1, min(n_units, budget // (4 * n_layers * batch * n * model.cfg.d_vocab)))
     per_unit = jax.vmap(lambda hl: reader(model.unembed(hl)))  # over layers
     return jax.lax.map(per_unit, jnp.moveaxis(h, 1, 0), batch_size=chunk).T
