@@ -291,8 +291,10 @@ def test_bad_input(tokens):
         sweep(model, clean, corrupt, logit_diff, site="resid_pr")
     with pytest.raises(ValueError, match="per.*did you mean 'head'"):
         sweep(model, clean, corrupt, logit_diff, site="z", per="heads")
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="is empty"):
         sweep(model, clean[:, :0], corrupt[:, :0], logit_diff)
+    with pytest.raises(ValueError, match="memory_budget must be a positive number of bytes"):
+        sweep(model, clean, corrupt, logit_diff, memory_budget=0)
     with pytest.raises(ValueError, match="token id 99"):
         sweep(model, clean.at[0, 0].set(99), corrupt, logit_diff)
     with pytest.raises(ValueError, match="buckets must be a positive int"):
