@@ -1,8 +1,9 @@
 """Shared fixtures: tiny random models of every family, with non-trivial norms and biases.
 
 The suite compiles thousands of small programs and runs each a few times, so XLA's
-optimisation passes cost more than they save: they are off unless `JAXCIRC_TEST_OPTIMIZED=1`
-(the results are the same within every test's tolerance; benchmarks always optimise).
+optimisation passes cost more than they save: they are off unless `JAXCIRC_TEST_OPTIMIZED=1`,
+except in tests marked `slow` (the results are the same within every test's tolerance;
+benchmarks always optimise).
 """
 
 import os
@@ -13,7 +14,20 @@ import pytest
 
 import jaxcirc as jc
 
-if os.environ.get("JAXCIRC_TEST_OPTIMIZED") != "1":
+OPTIMIZED = os.environ.get("JAXCIRC_TEST_OPTIMIZED") == "1"
+if not OPTIMIZED:
+    jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture(autouse=True)
+def _optimise_slow_tests(request):
+    """Tests marked `slow` run a real model (SmolLM2-135M) or long loops: there optimised
+    programs pay for their compile."""
+    if OPTIMIZED or request.node.get_closest_marker("slow") is None:
+        yield
+        return
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
     jax.config.update("jax_disable_most_optimizations", True)
 
 FAMILIES = {

@@ -97,6 +97,7 @@ def smollm2(smollm2_lm):
     return smollm2_lm
 
 
+@pytest.mark.slow
 def test_smollm2_factual_trace(smollm2, tmp_path):
     model, tok = smollm2
     prompt, subject = "The Eiffel Tower is located in the city of", " Eiffel Tower"
