@@ -200,16 +200,12 @@ def _source_outputs(model, g, tokens):
 ABLATIONS = ("corrupt", "mean", "zero")
 
 
-def ablation_values(
-    model, clean: Int[Array, "batch seq"], corrupt, how: str = "corrupt", g: Graph | None = None
-) -> Float[Array, "batch n_sources seq d_model"]:
-    """The ablated source outputs: `"corrupt"` (the corrupted run's, per example), `"mean"`
-    (their mean over the corrupted batch) or `"zero"`."""
-    g = g or graph(model)
+def check_ablation(model, clean, corrupt, how: str):
+    """`(clean, corrupt)` checked for the ablation `how` (tokens, kind, shapes), eagerly and
+    without running the model; `corrupt` is `None` for `"zero"`."""
     clean = model.check_tokens(clean, name="clean", ndim=2)
     if how == "zero":
-        d = model.cfg.d_model
-        return jnp.zeros((clean.shape[0], g.n_sources, clean.shape[1], d), jnp.float32)
+        return clean, None
     if how not in ("corrupt", "mean"):
         raise ValueError(
             f"unknown ablation {how!r}{nearest_word(how, ABLATIONS)}; choices: {list(ABLATIONS)}"
@@ -222,14 +218,27 @@ def ablation_values(
             f"corrupt tokens have shape {corrupt.shape}; expected [batch, {clean.shape[1]}] "
             f"like the clean tokens {clean.shape}"
         )
-    outs = source_outputs(model, corrupt, g)
-    if how == "mean":
-        return jnp.broadcast_to(outs.mean(0), (clean.shape[0],) + outs.shape[1:])
-    if corrupt.shape[0] != clean.shape[0]:
+    if how == "corrupt" and corrupt.shape[0] != clean.shape[0]:
         raise ValueError(
             f"{corrupt.shape[0]} corrupt and {clean.shape[0]} clean prompts: corrupt ablation "
             f"pairs them one to one (use how='mean' for a mean over corrupt prompts)"
         )
+    return clean, corrupt
+
+
+def ablation_values(
+    model, clean: Int[Array, "batch seq"], corrupt, how: str = "corrupt", g: Graph | None = None
+) -> Float[Array, "batch n_sources seq d_model"]:
+    """The ablated source outputs: `"corrupt"` (the corrupted run's, per example), `"mean"`
+    (their mean over the corrupted batch) or `"zero"`."""
+    g = g or graph(model)
+    clean, corrupt = check_ablation(model, clean, corrupt, how)
+    if how == "zero":
+        d = model.cfg.d_model
+        return jnp.zeros((clean.shape[0], g.n_sources, clean.shape[1], d), jnp.float32)
+    outs = source_outputs(model, corrupt, g)
+    if how == "mean":
+        return jnp.broadcast_to(outs.mean(0), (clean.shape[0],) + outs.shape[1:])
     return outs
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ..graph import Graph, Scores, ablation_values, graph, source_outputs
-from ..graph._masked import run_graph
+from ..graph._masked import check_ablation, run_graph
 from ..metrics._check import check_metric
 from ..patching import _budget
 from ..patching._stable import stable
@@ -53,9 +53,8 @@ def _prepare(model, clean, corrupt, metric, ablation):
     clean = model.check_tokens(clean, name="clean", ndim=2)
     check_metric(metric, (*clean.shape, model.cfg.d_vocab), differentiable=True)
     metric = stable(metric)  # a fresh closure of the same code and values: the same program
+    check_ablation(model, clean, corrupt, ablation)  # the ablation's checks, without running it
     corrupt = None if corrupt is None else jnp.asarray(corrupt)
-    # the ablation's checks, without computing it
-    jax.eval_shape(lambda: ablation_values(model, clean, corrupt, ablation, g))
     return g, clean, corrupt, metric
 
 
