@@ -16,8 +16,6 @@ from jaxcirc import methods
 from jaxcirc import metrics as M
 from jaxcirc._finite import NonFiniteError
 from jaxcirc.graph import EdgeMask, ablation_values, graph, masked_logits, source_outputs
-from jaxcirc.methods import CausalModel
-from jaxcirc.models._site import SiteRef
 from jaxcirc.zoo._toy_sum import N, toy_model
 
 Runtime = jax.errors.JaxRuntimeError  # what a check inside a compiled program raises
@@ -61,18 +59,9 @@ def run_zeroed(site=Z, axis="head"):
     return lambda i: jc.intervene(MODEL, {site: jc.Zero(**{axis: i})})(CLEAN[0])
 
 
-# the zoo's planted S = a + b network: interchange interventions (Geiger et al. 2021)
-HIGH = CausalModel(
-    ["a", "b", "A", "B", "S"],
-    {"A": ["a"], "B": ["b"], "S": ["A", "B"]},
-    {"A": jnp.positive, "B": jnp.positive, "S": jnp.add},
-    ["a", "b"],
-    "S",
-)
-AB = np.random.default_rng(0).integers(0, N, (2, 8, 2))
-TOKENS = [jnp.asarray(N * ab[:, 0] + ab[:, 1])[:, None] for ab in AB]
-INPUTS = [{"a": ab[:, 0], "b": ab[:, 1]} for ab in AB]
-LOC = {"site": SiteRef("resid_post", 0), "position": 0}
+# the zoo's planted S = a + b network and its high-level model (Geiger et al. 2021)
+from test_compile_once import HIGH, INPUTS, LOC, TOKENS  # noqa: E402
+
 ANSWERS = np.arange(2 * N - 1)
 
 
