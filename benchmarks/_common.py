@@ -269,15 +269,22 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def write_section(name: str, body: str) -> None:
-    """Replace (or append) the section of `RESULTS.md` between `name`'s markers."""
+    """Replace (or append) the section of `RESULTS.md` between `name`'s markers: under a lock
+    (several benchmarks may finish at once) and by an atomic rename."""
+    import fcntl
+
     start, end = f"<!-- {name}: start -->", f"<!-- {name}: end -->"
     block = f"{start}\n{body.strip()}\n{end}"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+        if start in text and end in text:
+            text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        tmp = RESULTS.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, RESULTS)
     print(f"updated section {name!r} of {RESULTS}")
 
 

@@ -322,3 +322,65 @@ def test_real_activations_match_sklearn(x64):
         theirs = sq_objective(X, Y, sk.coef_.T, sk.intercept_, alpha, group)
         assert rel(ours, theirs) < 1e-6, (group, ours, theirs)
         assert np.count_nonzero(np.asarray(sol.value)) > 0
+
+
+def correlated(n, d, k, seed=0):
+    """float32 data a first-order method finds hard: columns driven by a few shared factors
+    (pairwise correlation about 0.8), unequal scales and offsets; a sparse multi-target Y."""
+    rng = np.random.default_rng(seed)
+    factors = rng.standard_normal((n, 4))
+    X = factors @ rng.standard_normal((4, d)) + 0.5 * rng.standard_normal((n, d))
+    X = X * rng.uniform(0.3, 3.0, d) + rng.uniform(-5, 5, d)
+    B = rng.standard_normal((d, k)) * (rng.random((d, k)) < 0.05)
+    Y = X @ B + 0.5 * rng.standard_normal((n, k)) + rng.uniform(-2, 2, k)
+    return X.astype(np.float32), Y.astype(np.float32)
+
+
+@pytest.mark.parametrize("gram", [None, False], ids=["gram", "data"])
+def test_float32_defaults_converge(gram):
+    """Default arguments on an ordinary float32 problem: no exception, a converged code, the
+    objective within 1e-5 of scikit-learn's (tol 1e-8, float64), and a gap that is an honest
+    bound (>= the distance from scikit-learn's objective) and at the data form's floor (the
+    Gram form re-anchors instead of stopping at its own, larger floor)."""
+    X, Y = correlated(600, 120, 12)
+    sol = lasso(X, Y, 0.05, gram=gram)
+    assert bool(sol.converged)
+    sk = Lasso(alpha=0.05, tol=1e-8, max_iter=100_000).fit(X.astype(np.float64), Y)
+    ours = sq_objective(X.astype(np.float64), Y, np.asarray(sol.value, np.float64),
+                        np.asarray(sol.intercept, np.float64), 0.05)  # fmt: skip
+    theirs = sq_objective(X.astype(np.float64), Y, sk.coef_.T, sk.intercept_, 0.05)
+    assert (ours - theirs) / theirs < 1e-5, (ours, theirs)
+    gap = float(sol.stats["duality_gap"])
+    assert ours - theirs <= gap + 1e-6 * theirs
+    assert gap <= 1e-3 * float(sol.stats["objective"])  # this problem freezes near 3e-4
+    assert int(sol.stats["num_steps"]) < 2000
+
+
+def test_float64_reaches_rtol_not_the_floor(x64):
+    """The floor is a float32 matter: in float64 the same problem meets rtol itself."""
+    X, Y = correlated(600, 120, 12)
+    for gram in (True, False):
+        sol = lasso(X.astype(np.float64), Y.astype(np.float64), 0.05, gram=gram)
+        assert sol.result == RESULTS.successful
+        assert float(sol.stats["duality_gap"]) <= 1e-6 * float(sol.stats["objective"])
+        assert float(sol.stats["precision_floor"]) < 1e-9 * float(sol.stats["objective"])
+
+
+def test_float32_logistic_defaults_converge():
+    X, Y = correlated(400, 30, 1, seed=3)
+    y = (Y[:, 0] > np.median(Y[:, 0])).astype(np.int32)
+    sol = lasso(X, y, 0.01, loss="logistic")
+    assert bool(sol.converged)
+    assert float(sol.stats["kkt_residual"]) <= max(
+        1e-6 * float(sol.stats["alpha_max"]), float(sol.stats["precision_floor"]) * 16
+    )
+
+
+def test_precision_floor_is_not_max_steps():
+    """A problem stopped at its floor is converged (throw=True passes); a genuinely
+    unconverged one still raises."""
+    X, Y = correlated(300, 60, 4, seed=1)
+    sol = lasso(X, Y, 0.02)  # must not raise
+    assert sol.result in (RESULTS.successful, RESULTS.precision_floor)
+    short = lasso(X, Y, 0.02, solver=FISTA(max_steps=20), throw=False)
+    assert short.result == RESULTS.max_steps_reached and not bool(short.converged)

@@ -49,6 +49,10 @@ class _FISTAState(eqx.Module):
     objective: Float[Array, ""]
     duality_gap: Float[Array, ""]
     kkt_residual: Float[Array, ""]
+    precision_floor: Float[Array, ""]  # the smallest gap / KKT residual the dtype certifies
+    W_check: Float[Array, "d k"]  # the iterate at the previous convergence test
+    best: Float[Array, ""]  # the best convergence measure so far (gap or KKT residual)
+    stalled: Int[Array, ""]  # convergence tests since `best` last fell by 10%
 
 
 class FISTA(AbstractSolver):
@@ -58,7 +62,12 @@ class FISTA(AbstractSolver):
 
     - `rtol`, `atol`: stop when the duality gap (squared loss) is `<= atol + rtol·objective`,
       or, for the logistic/softmax losses, when the KKT residual
-      `max |∇f + alpha·∂g|` is `<= atol + rtol·max(alpha, alpha_max)`.
+      `max |∇f + alpha·∂g|` is `<= atol + rtol·max(alpha, alpha_max)` (`RESULTS.successful`);
+      or when it is at the smallest value the working precision can reach
+      (`RESULTS.precision_floor`, also a converged result): the rounding error of the gradient
+      (`Problem.gap_floor`), or an iterate that no longer changes at all, its steps below the
+      resolution of the coefficients in this dtype. In float32 that is about 1e-6..1e-3 of the
+      objective, while the objective itself is typically accurate to far better.
     - `max_steps`: hard limit on iterations (`RESULTS.max_steps_reached` after it).
     - `step_size`: `"lipschitz"` (`1/L`, `L` by power iteration: `σ_max(X)²/n` for the squared
       loss, `/4` logistic, `/2` softmax) or `"backtracking"` (Beck & Teboulle's rule, `L`
@@ -121,6 +130,22 @@ class FISTA(AbstractSolver):
             objective=nan,
             duality_gap=nan,
             kkt_residual=nan,
+            precision_floor=nan,
+            W_check=jnp.full_like(W0, jnp.nan),
+            best=jnp.array(jnp.inf, dtype),
+            stalled=jnp.array(0),
+        )
+
+    def reset(self, problem: Problem, state: _FISTAState) -> _FISTAState:
+        """`state` without momentum, its linear state recomputed for `problem`."""
+        Z = problem.linear(state.W, state.b)
+        return eqx.tree_at(
+            lambda s: (s.Z, s.W_prev, s.b_prev, s.Z_prev, s.t, s.beta, s.W_check, s.best,
+                       s.stalled),
+            state,
+            (Z, state.W, state.b, Z, jnp.ones_like(state.t), jnp.zeros_like(state.beta),
+             jnp.full_like(state.W, jnp.nan), jnp.full_like(state.best, jnp.inf),
+             jnp.zeros_like(state.stalled)),
         )
 
     def step(self, problem: Problem, alpha, state: _FISTAState) -> _FISTAState:
@@ -197,37 +222,54 @@ class FISTA(AbstractSolver):
 
     def terminate(self, problem: Problem, alpha, state: _FISTAState):
         """Evaluate objective, duality gap and KKT residual at the current iterate; return
-        `(done, result, state_with_stats)`."""
+        `(done, result, state_with_stats)`. Converged: the gap (squared loss) or the KKT
+        residual passes `atol + rtol·scale` (`successful`), or is at the rounding floor of the
+        working precision (`precision_floor`, see `Problem.gap_floor`)."""
         gW, gb = problem.grads(state.Z)
         obj = problem.value(state.Z, state.W) + alpha * problem.penalty_value(state.W)
         kkt = problem.kkt_residual(state.W, gW, gb, alpha)
         gap = problem.duality_gap(state.W, state.Z, gW, alpha)
         if problem.loss == "squared":
+            measure = gap
             ok = gap <= self.atol + self.rtol * jnp.abs(obj)
+            floor = problem.gap_floor(state.W, state.Z, gW, alpha)
         else:
+            measure = kkt
             ok = kkt <= self.atol + self.rtol * jnp.maximum(alpha, problem.alpha_max)
+            floor = problem.kkt_floor(state.W, state.Z)
+        # at the floor: below the rounding estimate, or the iterate no longer moves at all (the
+        # steps are below the resolution of W in this dtype)
+        frozen = jnp.all(state.W == state.W_check)
+        at_floor = (measure <= floor) | frozen
+        improved = measure < 0.9 * state.best
         finite = jnp.isfinite(obj) & jnp.isfinite(kkt)
         result = RESULTS.where(
-            finite,
-            RESULTS.where(ok, RESULTS.successful, RESULTS.max_steps_reached),
-            RESULTS.nonfinite,
+            ok,
+            RESULTS.successful,
+            RESULTS.where(at_floor, RESULTS.precision_floor, RESULTS.max_steps_reached),
         )
+        result = RESULTS.where(finite, result, RESULTS.nonfinite)
         state = eqx.tree_at(
-            lambda s: (s.objective, s.duality_gap, s.kkt_residual), state, (obj, gap, kkt)
-        )
-        return ok | ~finite, result, state
+            lambda s: (s.objective, s.duality_gap, s.kkt_residual, s.precision_floor, s.W_check,
+                       s.best, s.stalled),
+            state,
+            (obj, gap, kkt, floor, state.W, jnp.where(improved, measure, state.best),
+             jnp.where(improved, 0, state.stalled + 1)),
+        )  # fmt: skip
+        return ok | at_floor | ~finite, result, state
 
 
-def iterate(solver: AbstractSolver, problem: Problem, alpha, W0, b0):
-    """Run `solver` from `(W0, b0)`: ONE `lax.while_loop` over blocks of `check_every` steps,
-    stopping at convergence, a non-finite value, or `max_steps`. Returns `(state, result)`."""
-    state = solver.init(problem, alpha, W0, b0)
+def _run(solver: AbstractSolver, problem: Problem, alpha, state, stop_on_stall=False):
+    """ONE `lax.while_loop` over blocks of `check_every` steps from `state`, stopping at
+    convergence, a non-finite value, `max_steps`, or (with `stop_on_stall`) when the
+    convergence measure has not fallen by 10% in `_STALL` tests."""
     every = getattr(solver, "check_every", 1)
     done, result, state = solver.terminate(problem, alpha, state)
 
     def cond(carry):
         state, done, _ = carry
-        return ~done & (state.num_steps < solver.max_steps)
+        stop = done | (stop_on_stall & (state.stalled >= _STALL))
+        return ~stop & (state.num_steps < solver.max_steps)
 
     def body(carry):
         state, _, _ = carry
@@ -236,5 +278,42 @@ def iterate(solver: AbstractSolver, problem: Problem, alpha, W0, b0):
         done, result, state = solver.terminate(problem, alpha, state)
         return state, done, result
 
-    state, done, result = jax.lax.while_loop(cond, body, (state, done, result))
+    state, _, result = jax.lax.while_loop(cond, body, (state, done, result))
+    return state, result
+
+
+_MAX_REBASES = 4
+_STALL = 10
+
+
+def iterate(solver: AbstractSolver, problem: Problem, alpha, W0, b0):
+    """Run `solver` from `(W0, b0)` (`_run`). In Gram form the gradient `G W − XᵀY/n` cancels,
+    so its rounding error can stall the solve above the data form's floor: a solve that stops
+    at the precision floor, or stalls, is re-anchored at its iterate (`Problem.rebase`: the
+    gradient there recomputed from the data) and continued; at most 4 times, and a floor stop
+    only while each re-anchoring halves the duality gap. Returns `(state, result)`."""
+    state = solver.init(problem, alpha, W0, b0)
+    if not problem.can_rebase:
+        return _run(solver, problem, alpha, state)
+    state, result = _run(solver, problem, alpha, state, stop_on_stall=True)
+
+    def anchor(p):
+        return p.W_ref, p.Y, p.yy
+
+    def cond(carry):
+        _, state, result, k, last = carry
+        floor = (result == RESULTS.precision_floor) & (state.duality_gap < 0.5 * last)
+        stall = (result == RESULTS.max_steps_reached) & (state.stalled >= _STALL)
+        return (floor | stall) & (k < _MAX_REBASES) & (state.num_steps < solver.max_steps)
+
+    def body(carry):
+        a, state, _, k, _ = carry
+        p = eqx.tree_at(anchor, problem, a).rebase(state.W)
+        more = k + 1 < _MAX_REBASES
+        state, result = _run(solver, p, alpha, solver.reset(p, state), stop_on_stall=more)
+        return anchor(p), state, result, k + 1, carry[1].duality_gap
+
+    inf = jnp.array(jnp.inf, state.duality_gap.dtype)
+    carry = (anchor(problem), state, result, jnp.array(0), inf)
+    _, state, result, _, _ = jax.lax.while_loop(cond, body, carry)
     return state, result

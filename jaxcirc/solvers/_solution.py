@@ -7,9 +7,16 @@ from jaxtyping import Array, PyTree
 
 
 class RESULTS(eqx.Enumeration):
-    """Why a solve stopped. Compare with `sol.result == RESULTS.successful`."""
+    """Why a solve stopped. `successful` and `precision_floor` are converged (`sol.converged`);
+    the others are failures."""
 
     successful = ""
+    precision_floor = (
+        "Converged to the working precision: the duality gap (or KKT residual) is at the "
+        "smallest value the rounding error of the gradient lets the solver certify in this "
+        "dtype (`stats['precision_floor']`), above `atol + rtol * scale`. The gap still bounds "
+        "the objective's distance from the optimum. Use float64 for a tighter certificate."
+    )
     max_steps_reached = (
         "The solver reached `max_steps` before its convergence test (duality gap or KKT "
         "residual <= atol + rtol * scale) passed. Raise `max_steps`, loosen `rtol`/`atol`, "
@@ -29,7 +36,9 @@ class Solution(eqx.Module):
     - `value`: the solution (for `lasso`: the coefficients `W`, shape `[d]` or `[d, k]`).
     - `result`: a `RESULTS` member (batched over a path or a `vmap`).
     - `stats`: a dict of arrays: `num_steps`, `objective`, `duality_gap` (NaN where the loss
-      has no gap implemented), `kkt_residual`, `lipschitz`, and for a path `alpha`.
+      has no gap implemented), `kkt_residual`, `precision_floor` (the smallest gap, or KKT
+      residual for the other losses, the dtype can certify), `lipschitz`, and for a path
+      `alpha`.
     - `intercept`: the fitted intercept (`[]` or `[k]`; zeros without `fit_intercept`).
     """
 
@@ -37,6 +46,12 @@ class Solution(eqx.Module):
     result: RESULTS
     stats: dict[str, Array]
     intercept: Array | None = None
+
+    @property
+    def converged(self):
+        """True (per path point / vmapped solve) where `result` is `successful` or
+        `precision_floor`."""
+        return (self.result == RESULTS.successful) | (self.result == RESULTS.precision_floor)
 
     @property
     def coef(self) -> PyTree[Array]:
