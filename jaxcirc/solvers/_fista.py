@@ -260,11 +260,11 @@ class FISTA(AbstractSolver):
 
 
 def _run(solver: AbstractSolver, problem: Problem, alpha, state, stop_on_stall=False):
-    """ONE `lax.while_loop` over blocks of `check_every` steps from `state`, stopping at
-    convergence, a non-finite value, `max_steps`, or (with `stop_on_stall`) when the
-    convergence measure has not fallen by 10% in `_STALL` tests."""
+    """ONE `lax.while_loop` over blocks of `check_every` steps from `state` (the convergence
+    test runs after each block), stopping at convergence, a non-finite value, `max_steps`, or
+    (with `stop_on_stall`) when the convergence measure has not fallen by 10% in `_STALL`
+    tests."""
     every = getattr(solver, "check_every", 1)
-    done, result, state = solver.terminate(problem, alpha, state)
 
     def cond(carry):
         state, done, _ = carry
@@ -278,7 +278,8 @@ def _run(solver: AbstractSolver, problem: Problem, alpha, state, stop_on_stall=F
         done, result, state = solver.terminate(problem, alpha, state)
         return state, done, result
 
-    state, _, result = jax.lax.while_loop(cond, body, (state, done, result))
+    carry = (state, jnp.array(False), RESULTS.max_steps_reached)
+    state, _, result = jax.lax.while_loop(cond, body, carry)
     return state, result
 
 
@@ -295,7 +296,6 @@ def iterate(solver: AbstractSolver, problem: Problem, alpha, W0, b0):
     state = solver.init(problem, alpha, W0, b0)
     if not problem.can_rebase:
         return _run(solver, problem, alpha, state)
-    state, result = _run(solver, problem, alpha, state, stop_on_stall=True)
 
     def anchor(p):
         return p.W_ref, p.Y, p.yy
@@ -304,16 +304,23 @@ def iterate(solver: AbstractSolver, problem: Problem, alpha, W0, b0):
         _, state, result, k, last = carry
         floor = (result == RESULTS.precision_floor) & (state.duality_gap < 0.5 * last)
         stall = (result == RESULTS.max_steps_reached) & (state.stalled >= _STALL)
-        return (floor | stall) & (k < _MAX_REBASES) & (state.num_steps < solver.max_steps)
+        again = (floor | stall) & (k <= _MAX_REBASES) & (state.num_steps < solver.max_steps)
+        return (k == 0) | again
 
     def body(carry):
         a, state, _, k, _ = carry
-        p = eqx.tree_at(anchor, problem, a).rebase(state.W)
-        more = k + 1 < _MAX_REBASES
-        state, result = _run(solver, p, alpha, solver.reset(p, state), stop_on_stall=more)
-        return anchor(p), state, result, k + 1, carry[1].duality_gap
+        p = eqx.tree_at(anchor, problem, a)
+
+        def rebase(p, state):
+            p = p.rebase(state.W)
+            return p, solver.reset(p, state)
+
+        p, state_k = jax.lax.cond(k > 0, rebase, lambda p, s: (p, s), p, state)
+        state_k, result = _run(solver, p, alpha, state_k, stop_on_stall=k < _MAX_REBASES)
+        last = jnp.where(k > 0, state.duality_gap, inf)  # the gap at the previous stop
+        return anchor(p), state_k, result, k + 1, last
 
     inf = jnp.array(jnp.inf, state.duality_gap.dtype)
-    carry = (anchor(problem), state, result, jnp.array(0), inf)
+    carry = (anchor(problem), state, RESULTS.max_steps_reached, jnp.array(0), inf)
     _, state, result, _, _ = jax.lax.while_loop(cond, body, carry)
     return state, result
