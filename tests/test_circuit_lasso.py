@@ -53,14 +53,108 @@ def test_sem_support_recovered_at_the_edge_count():
     assert s[t].min() > s[~t].max()
 
 
-def test_one_trace_for_all_targets(monkeypatch):
-    """Targets of different widths share one compiled path (masked, padded columns)."""
-    counted = eqx.debug.assert_max_traces(cl._one_problem, max_traces=1)
+def test_one_trace_per_shape_whatever_the_path(monkeypatch):
+    """Sub-problems of one padded shape share one compiled program, and λ is traced: a second
+    path with other λs (and another selection) compiles nothing new."""
+    counted = eqx.debug.assert_max_traces(cl._one_problem, max_traces=8)
     monkeypatch.setattr(cl, "_one_problem", counted)
     blocks, _ = sem(n=90, widths=(2, 3, 4, 3, 2), seed=1)
     fit = cl.block_lasso(blocks, select="bic", n_alphas=4, eps=0.1)
-    assert eqx.debug.get_num_traces(counted) == 1
+    first = eqx.debug.get_num_traces(counted)
+    assert 1 <= first <= 4  # at most 4 source-width buckets for one target width bucket
+    fit = cl.block_lasso(blocks, select="bic", n_alphas=7, eps=0.05, refine=0)
+    assert eqx.debug.get_num_traces(counted) == first
     assert fit.block_scores.shape == (5, 5) and np.isfinite(fit.block_scores).all()
+
+
+def _direct(blocks, valid, alpha):
+    """The slow reference: every target column's Lasso on the standardised columns of its
+    valid sources, solved by scikit-learn's coordinate descent on the raw samples."""
+    from sklearn.linear_model import Lasso
+
+    z = [(b - b.mean(0)) / b.std(0) for b in blocks]
+    X = np.concatenate(z, 1)
+    src = np.repeat(np.arange(len(blocks)), [b.shape[1] for b in blocks])
+    A = np.zeros((X.shape[1], X.shape[1]))
+    for t, zt in enumerate(z):
+        sel = np.flatnonzero(valid[src, t])
+        if not sel.size:
+            continue
+        m = Lasso(alpha=alpha, fit_intercept=False, tol=1e-12, max_iter=100_000)
+        m.fit(X[:, sel], zt)
+        off = int(np.flatnonzero(src == t)[0])
+        A[np.ix_(sel, np.arange(off, off + zt.shape[1]))] = m.coef_.reshape(zt.shape[1], -1).T
+    return A
+
+
+@pytest.mark.parametrize("n", [40, 400])  # fewer samples than columns (raw), more (one QR)
+@pytest.mark.parametrize("prefix", [True, False])
+def test_grouped_compressed_form_equals_the_direct_lasso(n, prefix):
+    """The fast form (targets grouped by source set, one QR of all sources, sub-problems cut
+    to a prefix of R's rows, padded and stacked) gives the coefficients of the plain
+    per-target Lasso on the samples (scikit-learn), with or without prefix sources."""
+    from jaxcirc.solvers import FISTA
+
+    widths = (3, 5, 4, 6, 2, 3) if n > 40 else (8, 9, 7, 10, 8, 9)
+    blocks, _ = sem(n=n, widths=widths, seed=3)
+    blocks = blocks + [blocks[-1] + 0.0]  # a sixth-source copy: one more target group
+    blocks[-1] = blocks[-1] + np.random.default_rng(4).normal(size=blocks[-1].shape)
+    valid = np.triu(np.ones((len(blocks),) * 2, bool), 1)
+    if not prefix:  # non-prefix source sets: skip some earlier blocks
+        valid[1, 3] = valid[0, 4] = valid[2, 6] = False
+    fit = cl.block_lasso(
+        blocks, blocks, valid, alpha=0.05, solver=FISTA(rtol=1e-9, max_steps=50_000)
+    )
+    ref = _direct(blocks, valid, 0.05)
+    np.testing.assert_allclose(fit.coef, ref, atol=2e-4, rtol=0)
+    assert ((fit.coef != 0) == (np.abs(ref) > 1e-6)).mean() > 0.98
+
+
+def test_bic_on_the_compressed_form_equals_the_residual_on_the_samples():
+    """BIC's residual comes from the compressed sub-problems plus the part of each target
+    outside their rows; it must equal the residual of the coefficients on the samples."""
+    blocks, _ = sem(n=300, widths=(3, 4, 3, 5, 3), seed=5)
+    fit = cl.block_lasso(blocks, select="bic", n_alphas=6, eps=0.05, refine=0, early_stop=False)
+    z = np.concatenate([(b - b.mean(0)) / b.std(0) for b in blocks], 1)
+    fitted = (z - z @ fit.coef.astype(np.float64))[:, 3:]  # block 0 has no sources
+    rss = np.sum(fitted**2)
+    n, k = fitted.shape
+    want = n * k * np.log(rss / (n * k)) + int((fit.coef != 0).sum()) * np.log(n)
+    np.testing.assert_allclose(fit.bic[fit.index], want, rtol=1e-4)
+
+
+def test_path_resolves_where_edges_enter():
+    """A path whose coarse grid puts every edge in at once (0, 5, 5, 5) is refined between
+    the λs where edges enter: the edge counts then step through intermediate values, the λs
+    stay decreasing, and `refine=0` keeps the plain grid."""
+    rng = np.random.default_rng(7)
+    n, blocks = 400, []
+    strengths = {(0, 1): 1.0, (0, 2): 0.8, (1, 3): 0.6, (2, 4): 0.45, (3, 4): 0.35}
+    for b in range(5):
+        x = 0.05 * rng.normal(size=(n, 2))
+        for (a, c), s in strengths.items():
+            if c == b:
+                x = x + s * blocks[a] / blocks[a].std()
+        blocks.append(x)
+    plain = cl.block_lasso(blocks, select="bic", n_alphas=4, eps=1e-3, refine=0, early_stop=False)
+    assert len(plain.alphas) == 4
+    fit = cl.block_lasso(blocks, select="bic", n_alphas=4, eps=1e-3, early_stop=False)
+    assert len(fit.alphas) > 4 and np.all(np.diff(fit.alphas) < 0)
+    assert set(plain.alphas) <= set(fit.alphas)
+    inner = set(int(c) for c in fit.edge_counts) - {0, int(plain.edge_counts.max())}
+    assert len(inner) >= 2, fit.edge_counts  # intermediate counts: edges resolved one by one
+    assert len(set(map(int, fit.edge_counts))) > len(set(map(int, plain.edge_counts)))
+
+
+def test_early_stop_keeps_the_held_out_choice():
+    """Stopping the path once the held-out error has risen twice past its minimum chooses
+    the same λ as the whole path."""
+    blocks, _ = sem(n=400, seed=2, strength=0.3)
+    groups = np.arange(400) // 10
+    full = cl.block_lasso(blocks, n_alphas=12, groups=groups, early_stop=False, refine=0)
+    fast = cl.block_lasso(blocks, n_alphas=12, groups=groups, refine=0)
+    assert fast.alpha == full.alpha and len(fast.alphas) <= len(full.alphas)
+    np.testing.assert_allclose(fast.block_scores, full.block_scores, rtol=1e-5, atol=1e-7)
 
 
 def test_bad_inputs_are_named():
@@ -77,13 +171,19 @@ def test_bad_inputs_are_named():
         cl.block_lasso({"a": blocks[0], "b": blocks[1][:10]}, alpha=0.1)
 
 
-def test_zero_variance_columns_dropped_with_a_warning():
+def test_zero_variance_columns_dropped_with_one_short_warning():
     blocks, _ = sem(n=60)
     blocks[1] = blocks[1].copy()
     blocks[1][:, 2] = 7.0  # constant
-    with pytest.warns(UserWarning, match=r"zero-variance.*source1\[2\]"):
+    blocks[3] = np.concatenate([blocks[3], np.ones((60, 200))], 1)  # 200 constant columns
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         fit = cl.block_lasso(blocks, alpha=0.05)
-    assert "source1[2]" in fit.dropped
+    msgs = [str(w.message) for w in caught if "zero-variance" in str(w.message)]
+    assert len(msgs) == 1, msgs
+    assert "dropped 201 zero-variance column(s) in 2 block(s)" in msgs[0]
+    assert "source1[2]" in msgs[0] and msgs[0].count("[") <= 4 and len(msgs[0]) < 400
+    assert "source1[2]" in fit.dropped and len(fit.dropped) == 201
     assert np.isfinite(fit.coef).all() and np.isfinite(fit.block_scores).all()
     assert not fit.coef[5].any() and not fit.coef[:, 5].any()
 
@@ -174,9 +274,12 @@ def test_tracr_case_scored():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = cl.circuit_lasso(p.model, p.clean, p.corrupt, n_edges=len(p.truth))
+        free = cl.circuit_lasso(p.model, p.clean, p.corrupt)  # held-out λ: no truth used
     row = score(p, "CircuitLasso", res.scores, 0.0)
     assert row["edge_auroc"] >= 0.9 and row["shd_at_k"] <= 2
     assert res.circuit.values.sum() <= len(p.truth)
+    assert free.fit.select == "heldout"
+    assert score(p, "CircuitLasso", free.scores, 0.0)["edge_auroc"] >= 0.9
 
 
 def test_feature_ranking_finds_the_predictive_features():

@@ -69,6 +69,7 @@ class BlockLassoResult:
       was given); `edge_counts`: edges per λ; `validation_error`: held-out mean squared error
       per λ (or None); `bic`: per λ (or None).
     - `dropped`: names `block[column]` of the zero-variance columns left out.
+    - `steps`: per λ of the path, the most solver steps any sub-problem took (or None).
     """
 
     sources: tuple[str, ...]
@@ -85,6 +86,7 @@ class BlockLassoResult:
     bic: np.ndarray | None
     dropped: tuple[str, ...]
     n_samples: int
+    steps: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,14 +173,19 @@ def _standardise(blocks, names, scale, what, dropped):
 
 
 def _warn_dropped(dropped):
-    if dropped:
-        more = f", … ({len(dropped) - 40} more)" if len(dropped) > 40 else ""
-        shown = ", ".join(dropped[:40]) + more
-        warnings.warn(
-            f"CircuitLasso: dropped {len(dropped)} zero-variance column(s) (constant over the "
-            f"samples, so no edge can be learned from them): {shown}",
-            stacklevel=3,
-        )
+    """One short warning per call: how many constant columns were left out (in how many
+    blocks) and the first few names; the full list is the result's `dropped`."""
+    if not dropped:
+        return
+    blocks = {d.rsplit("[", 1)[0] for d in dropped if "[" in d}
+    where = f" in {len(blocks)} block(s)" if blocks else ""
+    shown = ", ".join(dropped[:4]) + (", …" if len(dropped) > 4 else "")
+    warnings.warn(
+        f"CircuitLasso: dropped {len(dropped)} zero-variance column(s){where} (constant over "
+        f"the samples, so no edge can be learned from them), e.g. {shown}; all are listed in "
+        f"the result's `dropped`",
+        stacklevel=3,
+    )
 
 
 def _groups_of(n, groups):
@@ -191,61 +198,216 @@ def _groups_of(n, groups):
 # ----------------------------------------------------------------------------- the regression
 
 
-def _one_problem(X, Y, mask, colsrc, alphas, solver, Xv, Yv, n_src, keep_path):
-    """The λ path of one target chunk: `Y [m, C]` on the columns of `X [m, p]` kept by `mask`.
-
-    Returns the coefficients per λ `[a, p, C]` and per λ: block sums of squared coefficients
-    `[a, n_src, C]`, the squared residual on `(X, Y)`, the held-out squared error on
-    `(Xv, Yv)`, and the non-zero count."""
-    lasso = _solvers().lasso
-    Xm = X * mask[None, :]
-
-    def step(W, alpha):
-        sol = lasso(Xm, Y, alpha, fit_intercept=False, init=W, solver=solver, throw=False)
-        W = sol.value
-        sq = jax.ops.segment_sum(W * W, colsrc, num_segments=n_src)
-        rss = jnp.sum((Y - Xm @ W) ** 2)
-        val = jnp.sum((Yv - (Xv * mask[None, :]) @ W) ** 2)
-        return W, (W if keep_path else None, sq, rss, val, jnp.sum(W != 0))
-
-    W0 = jnp.zeros((X.shape[1], Y.shape[1]), X.dtype)
-    return jax.lax.scan(step, W0, alphas)[1]
+_PARTS = 2
 
 
-@eqx.filter_jit
-def _path(X, Ys, masks, colsrc, alphas, solver, Xv, Yvs, n_src, keep_path):
-    """Every chunk's path, one after another in one `lax.map` (each chunk stops at its own
-    convergence; vmapping the chunks would make every chunk run the slowest one's steps)."""
-
-    def one(args):
-        Y, mask, Yv = args
-        return _one_problem(X, Y, mask, colsrc, alphas, solver, Xv, Yv, n_src, keep_path)
-
-    return jax.lax.map(one, (Ys, masks, Yvs))
-
-
-@eqx.filter_jit
-def _refit(X, Ys, masks, alpha, solver, W0s):
-    lasso = _solvers().lasso
-
-    def one(args):
-        Y, mask, W0 = args
-        sol = lasso(
-            X * mask[None, :], Y, alpha, fit_intercept=False, init=W0, solver=solver, throw=False
-        )
-        return sol.value
-
-    return jax.lax.map(one, (Ys, masks, W0s))
+def _bucket(x: int, top: int, parts: int | None = None) -> int:
+    """`x` rounded up to a size `2^k` or `3·2^(k-1)` (at most `top`), or with `parts` to a
+    multiple of `top / parts`: sub-problems of nearby sizes share one compiled program."""
+    if parts is not None:
+        q = -(-top // parts)
+        return min(top, -(-max(x, 1) // q) * q)
+    if x <= 2:
+        return min(max(x, 1), max(top, 1))
+    k = 1 << (x - 1).bit_length()
+    return min(3 * k // 4 if 3 * k // 4 >= x else k, top)
 
 
 def _compress(X, Y):
-    """`(R, QᵀY)` scaled so the Lasso on them equals the Lasso on `(X, Y)` (`X = QR`)."""
-    n, p = X.shape
-    if n <= p:
-        return X, Y, 1.0
-    q, r = jnp.linalg.qr(X, mode="reduced")
-    s = float(np.sqrt(p / n))
-    return r * s, jnp.einsum("nm,cnk->cmk", q, Y) * s, s
+    """One QR of the whole design for every target's sub-problem: with `X = QR`,
+    `‖Y − X_S w‖² = ‖QᵀY − R_S w‖² + ‖(I − QQᵀ)Y‖²` for ANY set `S` of source columns, and
+    `R_S` has non-zero rows only up to `max(S)` (so a prefix of the sources, as in Yin et al.'s
+    block upper-triangular order, needs only the first `|S|` rows). Returns `(R, QᵀY)` in
+    float64 (`X` and `Y` themselves when there are no more rows than columns)."""
+    X = np.asarray(X, np.float64)
+    Y = np.asarray(Y, np.float64)
+    if X.shape[0] <= X.shape[1]:
+        return X, Y
+    q, r = np.linalg.qr(X, mode="reduced")
+    return r, q.T @ Y
+
+
+class _Stacked:
+    """Every target group's sub-problem `Y_g ≈ X_{S_g} W_g` (the targets sharing one set `S_g`
+    of earlier source columns), compressed (`_compress`, one QR), padded to bucketed shapes and
+    stacked per shape: each stack is ONE compiled `lax.map` (`_one_problem`).
+
+    Scaled so the solver's `1/(2·rows)` objective equals `1/(2n)·‖Y − XW‖²` of the n samples
+    (scikit-learn's Lasso scaling, the same λ for every target)."""
+
+    def __init__(self, X, Y, groups, colsrc, n_src, n_tgt, Xv, Yv):
+        n, p = X.shape
+        R, QY = _compress(X, Y)
+        compressed = n > p
+        m = R.shape[0]
+        self.n, self.groups, self.stacks, self.locate = n, groups, {}, {}
+        self.outside = np.zeros(len(groups))  # ‖Y_g‖² the sub-problem's rows do not see
+        yy = np.sum(np.asarray(Y, np.float64) ** 2, 0)
+        yv = np.sum(np.asarray(Yv, np.float64) ** 2, 0)
+        cover = np.concatenate([cols for _, cols, _ in groups])
+        # every coefficient zero (λ at or above the path's top): the fit's record, unsolved
+        self.null = dict(
+            sq=np.zeros((n_src, n_tgt)), rss=float(yy[cover].sum()), val=float(yv[cover].sum()),
+            nnz=0, steps=0,
+        )  # fmt: skip
+        for i, (sel, cols, _) in enumerate(groups):
+            prefix = compressed and np.array_equal(sel, np.arange(sel.size))
+            P = _bucket(sel.size, p, parts=_PARTS)
+            key = (min(P, m) if prefix else m, P, _bucket(cols.size, 1 << 30))
+            self.stacks.setdefault(key, []).append(i)
+            self.locate[i] = (key, len(self.stacks[key]) - 1)
+            self.outside[i] = yy[cols].sum() - np.sum(QY[: key[0], cols] ** 2)
+        self.arrays = {}
+        for key, members in self.stacks.items():
+            rows, P, K = key
+            s = np.sqrt(rows / n)
+            D = np.zeros((len(members), rows, P), np.float32)
+            T = np.zeros((len(members), rows, K), np.float32)
+            XV = np.zeros((len(members), Xv.shape[0], P), np.float32)
+            YV = np.zeros((len(members), Xv.shape[0], K), np.float32)
+            cs = np.full((len(members), P), n_src, np.int32)
+            for j, i in enumerate(members):
+                sel, cols, _ = groups[i]
+                D[j, :, : sel.size] = R[:rows, sel] * s
+                T[j, :, : cols.size] = QY[:rows, cols] * s
+                XV[j, :, : sel.size] = Xv[:, sel]
+                YV[j, :, : cols.size] = Yv[:, cols]
+                cs[j, : sel.size] = colsrc[sel]
+            self.arrays[key] = tuple(jnp.asarray(a) for a in (D, T, XV, YV, cs)) + (s,)
+
+    def zeros(self):
+        return {k: jnp.zeros((len(v), k[1], k[2]), jnp.float32) for k, v in self.stacks.items()}
+
+    def warm(self, Ws, other: _Stacked):
+        """`other`'s coefficients `Ws` rearranged into this one's stacks (the same groups and
+        padded widths; only the rows may differ): warm starts across the two fits."""
+        out = {}
+        for key, members in self.stacks.items():
+            parts = [Ws[other.locate[i][0]][other.locate[i][1]] for i in members]
+            out[key] = jnp.stack(parts)
+        return out
+
+
+def _one_problem(D, T, W0, Xv, Yv, cs, alpha, solver, n_src):
+    """One sub-problem at one λ (warm-started from `W0`): the coefficients, the squared
+    coefficients summed per source block `[n_src, K]`, the (compressed) squared residual,
+    the held-out squared error, the non-zero count and the solver's steps."""
+    sol = _solvers().lasso(D, T, alpha, fit_intercept=False, init=W0, solver=solver, throw=False)
+    W = sol.value
+    sq = jax.ops.segment_sum(W * W, cs, num_segments=n_src + 1)[:n_src]
+    rss = jnp.sum((T - D @ W) ** 2)
+    val = jnp.sum((Yv - Xv @ W) ** 2)
+    return W, sq, rss, val, jnp.sum(W != 0), sol.stats["num_steps"]
+
+
+@eqx.filter_jit
+def _stack(D, T, W0, alpha, solver, Xv, Yv, colsrc, n_src):
+    """A stack of same-shaped sub-problems at one λ, one after another in one `lax.map` (each
+    stops at its own convergence; vmapping would make every one run the slowest one's
+    steps). λ is traced: the whole path reuses one program per shape."""
+    return jax.lax.map(
+        lambda args: _one_problem(*args, alpha, solver, n_src), (D, T, W0, Xv, Yv, colsrc)
+    )
+
+
+def _solve(st: _Stacked, alpha, W0s, solver, n_src, owners):
+    """All sub-problems at one λ: new coefficients per stack and the totals (block sums of
+    squares `[n_src, n_tgt]`, raw squared residual, held-out squared error, non-zeros, steps)."""
+    Ws, sq_t, rss, val, nnz, steps = {}, None, 0.0, 0.0, 0, 0
+    for key, members in st.stacks.items():
+        D, T, XV, YV, cs, s = st.arrays[key]
+        W, sq, r, v, z, k = _stack(
+            D, T, W0s[key], jnp.asarray(alpha, jnp.float32), solver, XV, YV, cs, n_src
+        )
+        Ws[key] = W
+        sq = np.asarray(sq, np.float64)
+        r = np.asarray(r, np.float64)
+        for j, i in enumerate(members):
+            block = sq[j][:, : owners[i].shape[0]] @ owners[i]  # [n_src, n_tgt]
+            sq_t = block if sq_t is None else sq_t + block
+            rss += r[j] / s**2 + st.outside[i]
+        val += float(np.sum(np.asarray(v, np.float64)))
+        nnz += int(np.sum(np.asarray(z)))
+        steps = max(steps, int(np.max(np.asarray(k))))
+    return Ws, dict(sq=sq_t, rss=rss, val=val, nnz=nnz, steps=steps)
+
+
+def _path(st, grid, solver, n_src, owners, stop, refine: int, keep_bytes: int = 2**29):
+    """The λ path, solved from the largest λ down with warm starts, one λ at a time so it can
+    stop early (`stop(records)` true: the selection cannot change any more) and then add
+    `refine` λs where the coarse path is degenerate: while some λs of the path add no edge, the
+    interval with the most edges entering at once is split at its geometric midpoint, so the
+    path resolves the order in which edges enter. Returns the λs (decreasing), one record per
+    λ and, when they fit in `keep_bytes`, the coefficients per λ (else only the last)."""
+    size = sum(4 * len(v) * k[1] * k[2] for k, v in st.stacks.items())
+    keep = size * (len(grid) + refine) <= keep_bytes
+    alphas, recs, Ws = [], [], []
+    W = st.zeros()
+    for i, a in enumerate(grid):
+        if i == 0:  # the top of the path zeroes everything (by its definition): no solve
+            rec = st.null
+        else:
+            W, rec = _solve(st, a, W, solver, n_src, owners)
+        alphas.append(float(a))
+        recs.append(rec)
+        Ws.append(W if keep else None)
+        if stop(recs):
+            break
+    if not keep:
+        return np.asarray(alphas), recs, Ws, W
+    for _ in range(refine):
+        counts = [int(np.sum(r["sq"] > 0)) for r in recs]
+        flat = sum(c == d and c > 0 for c, d in zip(counts[1:], counts))
+        jumps = [
+            (counts[i + 1] - counts[i], i)
+            for i in range(len(counts) - 1)
+            if alphas[i] > alphas[i + 1] * (1 + 1e-3)
+        ]
+        jump, i = max(jumps, default=(0, -1))
+        if flat == 0 or jump < 2:
+            break
+        a = float(np.sqrt(alphas[i] * alphas[i + 1]))
+        Wa, rec = _solve(st, a, Ws[i], solver, n_src, owners)
+        alphas.insert(i + 1, a)
+        recs.insert(i + 1, rec)
+        Ws.insert(i + 1, Wa)
+    return np.asarray(alphas), recs, Ws, W
+
+
+def _loose(solver):
+    """The path's solver: 10× the relative tolerance of `solver` (the path only ranks λs and
+    orders edge entries; the chosen λ is refitted at `solver`'s own tolerance)."""
+    if isinstance(getattr(solver, "rtol", None), float):
+        return eqx.tree_at(lambda s: s.rtol, solver, 10 * solver.rtol)
+    return solver
+
+
+def _refit(st, alpha, W0s, solver, n_src, owners):
+    """The coefficients on all samples at the chosen λ, warm-started from the path's."""
+    return _solve(st, alpha, W0s, solver, n_src, owners)
+
+
+def _bic(rec, n, k):
+    """BIC of a path point: `n·k·log(RSS/(n·k)) + (non-zeros)·log n` over the `k` regressed
+    target columns (Zou, Hastie & Tibshirani 2007's degrees of freedom of the Lasso)."""
+    return n * k * np.log(max(rec["rss"], 1e-12) / (n * k)) + rec["nnz"] * np.log(n)
+
+
+def _stopped(select, n_edges, n, k, patience=2):
+    """`stop(records)` for `_path`: held-out error or BIC past its minimum for `patience`
+    λs (it rises again as λ shrinks: the rest of the path cannot be chosen), or the edge
+    count reached (`"count"`)."""
+
+    def stop(recs):
+        if select == "count":
+            return int(np.sum(recs[-1]["sq"] > 0)) >= int(n_edges)
+        if select == "heldout":
+            crit = [r["val"] for r in recs]
+        else:
+            crit = [_bic(r, n, k) for r in recs]
+        return len(crit) - 1 - int(np.argmin(crit)) >= patience
+
+    return stop
 
 
 def block_lasso(
@@ -264,6 +426,8 @@ def block_lasso(
     seed: int = 0,
     chunk_columns: int = 64,
     solver=None,
+    refine: int | None = None,
+    early_stop: bool = True,
 ) -> BlockLassoResult:
     """CircuitLasso's block upper-triangular Lasso (Yin et al. 2026, arXiv 2606.16939).
 
@@ -271,12 +435,27 @@ def block_lasso(
     With `targets=None` the blocks are their own targets and block `j` is regressed on the
     blocks before it (the linear SEM `X = AᵀX + ε`); otherwise `targets` are other blocks and
     `valid[s, t]` (booleans `[n_sources, n_targets]`) says which sources may feed target `t`.
-    Columns are centred (and scaled with `scale`); zero-variance ones are dropped with a
-    warning naming them. All target problems run as one compiled `lax.map` (columns of
-    non-earlier blocks are masked, so every problem has the same shape). `groups` (one id per
-    sample, e.g. the example of each (example, position) row) keeps held-out splits whole.
-    λ: `alpha`, or chosen on a path by `select` (see the module docstring).
+    Columns are centred (and scaled with `scale`); zero-variance ones are dropped with one
+    short warning (all names in `dropped`). `groups` (one id per sample, e.g. the example of
+    each (example, position) row) keeps held-out splits whole.
+
+    **How it is solved.** Targets with the same set of earlier sources form one multi-output
+    sub-problem; one QR of the whole source matrix serves every sub-problem (a prefix of the
+    sources needs only that many rows of `R`; `_compress`), so each FISTA step costs
+    `|S|² × columns` whatever the number of samples. Sub-problems of similar shape are padded
+    and stacked into one compiled program; λ is traced, so the path recompiles nothing.
+
+    **λ.** `alpha`, or chosen on a path by `select` (module docstring). The path runs from the
+    smallest λ zeroing everything down to `eps` times it (`n_alphas` points, geometric) and,
+    with `early_stop`, stops once the choice cannot change (held-out error or BIC risen for
+    two λs in a row, or the edge count reached). Where the path is degenerate (λs adding no
+    edge while elsewhere several edges enter at once) up to `refine` (default `n_alphas`) more
+    λs split the intervals where most edges enter at once. The path is solved to 10× the
+    solver's relative tolerance; the chosen λ is then refitted (on all samples) at the solver's
+    own. `chunk_columns` is unused (kept for compatibility: sub-problems are whole target
+    groups).
     """
+    del chunk_columns
     alpha = _check_alpha(alpha)
     src_names, src = _named(sources, "source")
     sem = targets is None
@@ -313,6 +492,7 @@ def block_lasso(
     if select == "count" and (n_edges is None or int(n_edges) < 0):
         raise ValueError(f"select='count' needs n_edges >= 0; got {n_edges!r}")
     _check_path_settings(n_alphas, eps, val_fraction)
+    refine = int(n_alphas) if refine is None else check_int(refine, "refine", 0)
     groups = _groups_of(n, groups)
     if alpha is None and select == "heldout":
         n_groups = len(np.unique(groups))
@@ -333,117 +513,83 @@ def block_lasso(
     if sum(widths) == 0:
         raise ValueError("every source column is constant over the samples: nothing to regress")
     X = np.concatenate(zsrc, 1)
+    Y = np.concatenate(ztgt, 1)
     colsrc = np.repeat(np.arange(len(src)), widths)
+    tgt_w = [z.shape[1] for z in ztgt]
+    tgt_off = np.r_[0, np.cumsum(tgt_w)]
 
-    # pack target columns sharing a mask into chunks of `chunk_columns`
-    masks_of = {}
-    for t, z in enumerate(ztgt):
-        if z.shape[1] == 0 or not valid[:, t].any():
-            continue
-        key = valid[:, t].tobytes()
-        masks_of.setdefault(key, []).append(t)
-    C = max(1, int(chunk_columns))
-    mask_rows, ys, owners = [], [], []
-    for key, ts in masks_of.items():
-        cols = np.concatenate([ztgt[t] for t in ts], 1)
-        who = np.concatenate([np.full(ztgt[t].shape[1], t) for t in ts])
-        for start in range(0, cols.shape[1], C):
-            y = np.zeros((n, C), np.float32)
-            o = np.full(C, -1)
-            part = cols[:, start : start + C]
-            y[:, : part.shape[1]] = part
-            o[: part.shape[1]] = who[start : start + C]
-            ys.append(y)
-            owners.append(o)
-            mask_rows.append(valid[colsrc, ts[0]].astype(np.float32))
-    Ys = jnp.asarray(np.stack(ys)) if ys else jnp.zeros((0, n, C))
-    masks = jnp.asarray(np.stack(mask_rows)) if mask_rows else jnp.zeros((0, X.shape[1]))
-    owners = np.stack(owners) if owners else np.zeros((0, C), int)
+    # targets sharing their set of earlier source columns form one sub-problem
+    by_mask: dict = {}
+    for t, w in enumerate(tgt_w):
+        if w and valid[colsrc, t].any():
+            by_mask.setdefault(valid[:, t].tobytes(), []).append(t)
+    sub = []
+    for ts in by_mask.values():
+        sel = np.flatnonzero(valid[colsrc, ts[0]])
+        cols = np.concatenate([np.arange(tgt_off[t], tgt_off[t + 1]) for t in ts])
+        sub.append((sel, cols, ts))
+    # owners[i]: [K_i, n_tgt] one-hot target of each column of sub-problem i
+    owners = [np.eye(len(tgt))[np.repeat(ts, [tgt_w[t] for t in ts])] for _, _, ts in sub]
     solver = solver if solver is not None else _default_solver()
+    n_src = len(src)
+    empty = np.zeros((0, X.shape[1]), np.float32), np.zeros((0, Y.shape[1]), np.float32)
 
-    def block_sums(sq):  # [problems, ..., n_src, C] -> [..., n_src, n_tgt]
-        out = np.zeros(sq.shape[1:-1] + (len(tgt),))
-        for c in range(sq.shape[0]):
-            for j in range(C):
-                if owners[c, j] >= 0:
-                    out[..., owners[c, j]] += sq[c, ..., j]
-        return out
-
-    Xj = jnp.asarray(X)
-    alphas = None
-    edge_counts = val_err = bic = None
+    alphas = edge_counts = val_err = bic = steps = None
     entry = np.zeros(valid.shape)
-    Wpath = None
     index = -1
-    if alpha is None:
+    if not sub:
+        alpha = 0.0 if alpha is None else alpha
+        final = dict(sq=np.zeros(valid.shape)), {}
+        st = None
+    elif alpha is None:
         # the λ grid: from the smallest λ that zeroes every coefficient
-        corr = jnp.abs(jnp.einsum("np,cnk->cpk", Xj, Ys) * masks[:, :, None]).max() / n
-        amax = float(corr) if ys else 1.0
+        amax = max(float(np.abs(X[:, sel].T @ Y[:, cols]).max()) / n for sel, cols, _ in sub)
         amax = amax if amax > 0 else 1.0
-        alphas = amax * np.geomspace(1.0, float(eps), int(n_alphas))
+        grid = amax * np.geomspace(1.0, float(eps), int(n_alphas))
+        held = np.zeros(n, bool)
         if select == "heldout":
             rng = np.random.default_rng(seed)
             ids = np.unique(groups)
             n_val = min(max(1, int(round(val_fraction * len(ids)))), len(ids) - 1)
             held = np.isin(groups, rng.permutation(ids)[:n_val])
-            fitX, fitY, _ = _compress(Xj[~held], Ys[:, ~held])
-            Xv, Yv = Xj[held], Ys[:, held]
+            st = _Stacked(X[~held], Y[~held], sub, colsrc, n_src, len(tgt), X[held], Y[held])
         else:
-            fitX, fitY, sc = _compress(Xj, Ys)
-            Xv, Yv = Xj[:1] * 0, Ys[:, :1] * 0
-        # the path's coefficients warm-start the refit when they fit in 256 MiB
-        keep_path = len(ys) * len(alphas) * X.shape[1] * C * 4 <= 2**28
-        Wpath, sq, rss, val, nnz = (
-            None if x is None else np.asarray(x)
-            for x in _path(
-                fitX, fitY, masks, jnp.asarray(colsrc), jnp.asarray(alphas, X.dtype), solver,
-                Xv, Yv, len(src), keep_path,
-            )
-        )  # fmt: skip
-        norms_path = (
-            np.sqrt(block_sums(sq.transpose(0, 1, 2, 3)))
-            if len(ys)
-            else np.zeros((len(alphas), len(src), len(tgt)))
-        )
-        on = (norms_path > 0) & valid[None]
+            st = _Stacked(X, Y, sub, colsrc, n_src, len(tgt), *empty)
+        k_reg = sum(cols.size for _, cols, _ in sub)
+        stop = _stopped(select, n_edges, n, k_reg) if early_stop else (lambda recs: False)
+        alphas, recs, Ws, W_last = _path(st, grid, _loose(solver), n_src, owners, stop, refine)
+        on = np.stack([(r["sq"] > 0) & valid for r in recs])
         edge_counts = on.sum((1, 2))
-        entry = on.mean(0)
+        entry = np.max(on * (alphas / alphas[0])[:, None, None], 0)
+        steps = np.asarray([r["steps"] for r in recs])
         if select == "heldout":
-            val_err = val.sum(0) / max(1, int(Yv.shape[1]) * int(np.sum(owners >= 0)))
+            val_err = np.asarray([r["val"] for r in recs]) / max(1, int(held.sum()) * Y.shape[1])
             index = int(np.argmin(val_err))
         elif select == "count":
             hit = np.flatnonzero(edge_counts >= int(n_edges))
             index = int(hit[0]) if hit.size else len(alphas) - 1
         else:
-            k = max(1, int(np.sum(owners >= 0)))
-            rss_tot = rss.sum(0)
-            # rss is on compressed data: add the part of ‖Y‖² outside X's column space
-            total = float(jnp.sum(Ys**2))
-            comp = float(jnp.sum(fitY**2)) / sc**2
-            rss_full = np.maximum(rss_tot / sc**2 + (total - comp), 1e-12)
-            bic = n * k * np.log(rss_full / (n * k)) + nnz.sum(0) * np.log(n)
+            bic = np.asarray([_bic(r, n, k_reg) for r in recs])
             index = int(np.argmin(bic))
         alpha = float(alphas[index])
-    if Wpath is not None:
-        W0s = jnp.asarray(Wpath[:, index])  # warm start for the refit on all samples
+        W_at = Ws[index] if Ws[index] is not None else W_last
+        if select == "heldout":  # the path saw the training examples: refit on all of them
+            path_st, st = st, _Stacked(X, Y, sub, colsrc, n_src, len(tgt), *empty)
+            W_at = st.warm(W_at, path_st)
+        final = _refit(st, alpha, W_at, solver, n_src, owners)
     else:
-        W0s = jnp.zeros((len(ys), X.shape[1], C), X.dtype)
-    W = np.asarray(_refit(*_compress(Xj, Ys)[:2], masks, jnp.asarray(alpha, X.dtype), solver, W0s))
+        st = _Stacked(X, Y, sub, colsrc, n_src, len(tgt), *empty)
+        final = _refit(st, alpha, st.zeros(), solver, n_src, owners)
     # coefficients in full column coordinates, and block norms
-    tgt_w = [z.shape[1] for z in ztgt]
-    tgt_off = np.r_[0, np.cumsum(tgt_w)]
-    A_kept = np.zeros((X.shape[1], tgt_off[-1]), np.float32)
-    fill = {t: 0 for t in range(len(tgt))}
-    for c in range(W.shape[0]):
-        for j in range(C):
-            t = owners[c, j]
-            if t >= 0:
-                A_kept[:, tgt_off[t] + fill[t]] = W[c, :, j]
-                fill[t] += 1
-    rows_of = np.eye(len(src))[colsrc]  # [p, n_src]
-    cols_of = np.eye(len(tgt))[np.repeat(np.arange(len(tgt)), tgt_w)]  # [K, n_tgt]
-    sq = rows_of.T @ (A_kept.astype(np.float64) ** 2) @ cols_of
-    norms = np.sqrt(sq) * valid
+    Wf, rec = final
+    A_kept = np.zeros((X.shape[1], Y.shape[1]), np.float32)
+    if st is not None:
+        for key, members in st.stacks.items():
+            W = np.asarray(Wf[key])
+            for j, i in enumerate(members):
+                sel, cols, _ = sub[i]
+                A_kept[np.ix_(sel, cols)] = W[j, : sel.size, : cols.size]
+    norms = np.sqrt(np.maximum(rec["sq"], 0.0)) * valid
     support = norms > 0
     pos = norms[support]
     tiny = 1e-3 * (pos.min() if pos.size else 1.0)
@@ -452,7 +598,7 @@ def block_lasso(
     return BlockLassoResult(
         src_names, tgt_names, scores, support, coef,
         np.asarray(alphas if alphas is not None else [alpha]), float(alpha), index,
-        None if index < 0 else select, edge_counts, val_err, bic, tuple(dropped), n,
+        None if index < 0 else select, edge_counts, val_err, bic, tuple(dropped), n, steps,
     )  # fmt: skip
 
 
