@@ -97,8 +97,8 @@ def side_jax(args, workdir, X, Y, s):
     for form, gram in (("gram", True), ("data", False)):
         t_of = {}
         for m in (lo, hi):
-            # atol = -inf: the gap test never passes, so exactly m steps run
-            fixed = FISTA(rtol=0.0, atol=float("-inf"), max_steps=m)
+            # atol = -inf and no precision-floor stop: exactly m steps run
+            fixed = FISTA(rtol=0.0, atol=float("-inf"), max_steps=m, stop_at_floor=False)
             run = lambda: jax.block_until_ready(
                 lasso(Xj, Yj, a, penalty="group_l1", solver=fixed, gram=gram, throw=False)
             )

@@ -391,3 +391,11 @@ def test_precision_floor_is_not_max_steps():
     assert sol.result in (RESULTS.successful, RESULTS.precision_floor)
     short = lasso(X, Y, 0.02, solver=FISTA(max_steps=20), throw=False)
     assert short.result == RESULTS.max_steps_reached and not bool(short.converged)
+
+
+def test_stop_at_floor_false_runs_exact_steps():
+    """With the floor stop off, a solve whose tolerance cannot be met runs to max_steps."""
+    X, Y = correlated(300, 60, 4, seed=1)
+    solver = FISTA(rtol=0.0, atol=float("-inf"), max_steps=160, stop_at_floor=False)
+    sol = lasso(X, Y, 0.02, solver=solver, throw=False)
+    assert int(sol.stats["num_steps"]) == 160 and sol.result == RESULTS.max_steps_reached

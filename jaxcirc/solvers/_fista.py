@@ -92,6 +92,7 @@ class FISTA(AbstractSolver):
     restart: bool = eqx.field(static=True, default=True)
     check_every: int = eqx.field(static=True, default=10)
     backtrack_factor: float = 2.0
+    stop_at_floor: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
         if self.step_size not in ("lipschitz", "backtracking"):
@@ -246,6 +247,7 @@ class FISTA(AbstractSolver):
         improved = measure < 0.9 * state.best
         stalled = jnp.where(improved, 0, state.stalled + 1)
         at_floor = (measure <= floor) | frozen | ((stalled >= _STALL) & (measure <= 4 * floor))
+        at_floor = at_floor & self.stop_at_floor
         finite = jnp.isfinite(obj) & jnp.isfinite(kkt)
         result = RESULTS.where(
             ok,
