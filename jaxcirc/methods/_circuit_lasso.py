@@ -46,6 +46,7 @@ import numpy as np
 
 from .._checks import check_choices, check_float, check_index, check_int
 from ..graph import Circuit, Scores, graph
+from . import _task_circuit as _task
 from ._discover import DiscoveryMethod
 
 GRANULARITIES = ("components", "neurons", "sae")
@@ -111,6 +112,7 @@ class CircuitLassoResult:
     bic: np.ndarray | None
     fit: BlockLassoResult
     seconds: dict
+    behaviour: object = None  # a `Behaviour` (the task circuit), else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,9 +200,6 @@ def _groups_of(n, groups):
 # ----------------------------------------------------------------------------- the regression
 
 
-_PARTS = 2
-
-
 def _bucket(x: int, top: int, parts: int | None = None) -> int:
     """`x` rounded up to a size `2^k` or `3·2^(k-1)` (at most `top`), or with `parts` to a
     multiple of `top / parts`: sub-problems of nearby sizes share one compiled program."""
@@ -252,7 +251,8 @@ class _Stacked:
         )  # fmt: skip
         for i, (sel, cols, _) in enumerate(groups):
             prefix = compressed and np.array_equal(sel, np.arange(sel.size))
-            P = _bucket(sel.size, p, parts=_PARTS)
+            # cut to the prefix only where it pays for its extra compiled shapes
+            P = _bucket(sel.size, p, parts=1 if p < 256 else 4)
             key = (min(P, m) if prefix else m, P, _bucket(cols.size, 1 << 30))
             self.stacks.setdefault(key, []).append(i)
             self.locate[i] = (key, len(self.stacks[key]) - 1)
@@ -844,11 +844,12 @@ def circuit_lasso(
     rank: int | None = None,
     target_rank: int | None = None,
     max_columns: int = 2048,
-    scale: bool = True,
+    scale: bool | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
     solver=None,
     progress: bool = False,
+    target: str | None = None,
 ) -> CircuitLassoResult:
     """CircuitLasso (Yin et al. 2026, arXiv 2606.16939): a circuit from forward passes only.
 
@@ -880,7 +881,13 @@ def circuit_lasso(
     if hasattr(clean, "clean") and hasattr(clean, "corrupt"):
         if corrupt is not None:
             raise TypeError("give a Task alone, or clean and corrupt tokens, not both")
+        metric = clean.metric if metric is None else metric
         clean, corrupt = clean.clean, clean.corrupt
+    target = _task.task_target(target, metric, granularity)
+    scale = target != "task" if scale is None else bool(scale)
+    if target == "task":  # the relevance needs a coarse skeleton only (module _task_circuit)
+        rank = _task.RANK if rank is None else rank
+        target_rank = _task.RANK if target_rank is None else target_rank
     _check_alpha(alpha)
     for name, value in (("rank", rank), ("target_rank", target_rank)):
         if value is not None:
@@ -910,6 +917,7 @@ def circuit_lasso(
         src, tgt = _reduce(src, r_src, key), _reduce(tgt, r_tgt, key)
         src_blocks, tgt_blocks = dict(zip(g.sources, src)), dict(zip(g.targets, tgt))
         valid = g.valid
+        reduced = src, tgt
     else:
         blocks, labels, nodes = _site_blocks(model, tokens, sites, encoder, granularity)
         if rank is not None:
@@ -919,12 +927,19 @@ def circuit_lasso(
     collected = time.perf_counter()
     _step(bar, "regress")
     fit = block_lasso(
-        src_blocks, tgt_blocks, valid, alpha=alpha, select=select, n_edges=n_edges,
+        src_blocks, tgt_blocks, valid, alpha=alpha, select=select,
+        n_edges=None if target == "task" else n_edges,
         n_alphas=n_alphas, eps=eps, scale=scale, val_fraction=val_fraction,
         groups=np.repeat(np.arange(tokens.shape[0]), T), seed=seed, solver=solver,
     )  # fmt: skip
     _step(bar, "circuit")
-    if granularity == "components":
+    behaviour, regressed = None, time.perf_counter()
+    if target == "task":
+        values, behaviour = _task.task_relevance(
+            model, g, clean, corrupt, metric, *reduced, fit.coef, scale=scale
+        )
+        circ = _task.above_mean(values, g.valid)
+    elif granularity == "components":
         values = fit.block_scores
         circ = fit.support & g.valid
     else:
@@ -934,7 +949,8 @@ def circuit_lasso(
     scores = circuit = None
     if values is not None:
         scores = Scores(jnp.asarray(values, jnp.float32), g)
-        if fit.select == "count" and circ.sum() > int(n_edges):
+        count = fit.select == "count" and circ.sum() > int(n_edges)
+        if n_edges is not None and (target == "task" or count):
             circuit = scores.top(int(n_edges))
         else:
             circuit = Circuit(jnp.asarray(circ), g, scores)
@@ -945,7 +961,8 @@ def circuit_lasso(
         bar.close()
     return CircuitLassoResult(
         scores, circuit, fit.alphas, fit.alpha, fit.edge_counts, fit.validation_error, fit.bic,
-        fit, {"collect": collected - start, "regress": done - collected},
+        fit, {"collect": collected - start, "regress": regressed - collected,
+              **({"relevance": done - regressed} if target == "task" else {})}, behaviour,
     )  # fmt: skip
 
 
