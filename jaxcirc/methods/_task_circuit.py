@@ -44,6 +44,7 @@ sources by size instead of by their standardised (noise-inflated) variance.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import equinox as eqx
 import jax
@@ -52,6 +53,7 @@ import numpy as np
 
 from ..graph import graph_states
 from ..metrics import is_example_mean
+from ..models._site import nearest
 
 TARGETS = ("task", "skeleton")
 RANK = 8  # principal components per source and per target block of the task's skeleton
@@ -69,7 +71,7 @@ class Behaviour:
 
 def check_metric_per_example(metric) -> None:
     """The task circuit reads the metric per example: a clear error otherwise."""
-    if not is_example_mean(metric) or not hasattr(metric, "per_example"):
+    if not _per_example(metric):
         raise ValueError(
             f"circuit_lasso's task circuit reads the metric's per-example values, but "
             f"{type(metric).__name__} has no per_example form (jaxcirc.metrics.is_example_mean "
@@ -262,11 +264,25 @@ def task_relevance(model, g, clean, corrupt, metric, src_blocks, tgt_blocks, coe
 
 
 def task_target(target, metric, granularity) -> str:
-    """`"task"` when a metric is known (default), else `"skeleton"`; checked."""
+    """Which circuit `circuit_lasso` returns. `None`: `"task"` for components with a metric
+    that has a per-example form, else `"skeleton"` (with a warning when a metric was given but
+    cannot be read per example). An explicit `"task"` that cannot be honoured is an error."""
     if target is None:
-        target = "task" if metric is not None and granularity == "components" else "skeleton"
+        if metric is None or granularity != "components":
+            return "skeleton"
+        if not _per_example(metric):
+            warnings.warn(
+                f"circuit_lasso: the metric {type(metric).__name__} has no per-example form "
+                "(jaxcirc.metrics.is_example_mean is False), so the task circuit cannot read "
+                "it: returning the dependency skeleton (pass target='skeleton' to say so)",
+                stacklevel=3,
+            )
+            return "skeleton"
+        return "task"
     if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; choices: {TARGETS}")
+        raise ValueError(
+            f"unknown target {target!r}{nearest(str(target), TARGETS)}; choices: {TARGETS}"
+        )
     if target == "task":
         if metric is None:
             raise ValueError(
@@ -280,6 +296,10 @@ def task_target(target, metric, granularity) -> str:
             )
         check_metric_per_example(metric)
     return target
+
+
+def _per_example(metric) -> bool:
+    return is_example_mean(metric) and hasattr(metric, "per_example")
 
 
 def above_mean(values, valid) -> np.ndarray:
