@@ -10,7 +10,7 @@ import pytest
 
 import jaxcirc.methods._task_circuit as tc
 from jaxcirc import zoo
-from jaxcirc.graph import Scores, graph
+from jaxcirc.graph import graph
 from jaxcirc.methods import discover
 from jaxcirc.methods._circuit_lasso import CircuitLasso, circuit_lasso
 from jaxcirc.methods._edge_attribution import eap_ig, edge_patching
