@@ -9,7 +9,9 @@ regressed on the blocks computed before it. The block norms of `A` rank the edge
 - `block_lasso(blocks, ...)`: the regression on arrays (blocks of columns in computation
   order; sources may differ from targets).
 - `circuit_lasso(model, clean, corrupt=None, ...)`: a model's components, raw units of given
-  sites, or SAE features of them, mapped to the edges of `jaxcirc.graph.graph(model)`.
+  sites, or SAE features of them, mapped to the edges of `jaxcirc.graph.graph(model)`; with a
+  metric (or a Task), the task circuit (`_task_circuit`: the part of the skeleton that leads
+  to the behaviour).
 - `feature_ranking(features, y, ...)` and `target_lasso(model, tokens, y, site=...)`: the
   target-inclusive regression (a behaviour regressed on a site's features, squared or
   cross-entropy loss), with dataset-level (`|Â|`) and per-prompt (`|Â| ⊙ |z|`) rankings.
@@ -854,9 +856,16 @@ def circuit_lasso(
     """CircuitLasso (Yin et al. 2026, arXiv 2606.16939): a circuit from forward passes only.
 
     `clean` (and `corrupt`, optional; or a `jaxcirc.tasks.Task` as `clean`) are `[batch,
-    seq]` tokens; every (example, position) of both is one observational sample. `metric` is
-    accepted for the shared method signature and unused (the regression sees no behaviour;
-    see `target_lasso`). `granularity`:
+    seq]` tokens; every (example, position) of both is one observational sample.
+
+    **Target.** With a behaviour (`metric`, or the Task's) that has a per-example form, the
+    default `target="task"` returns the task circuit (`jaxcirc.methods._task_circuit`, §3.3):
+    the skeleton fitted at rank 8 without column scaling, and a relevance passed back from the
+    behaviour's readout through its coefficients and the heads' attention; edges score their
+    relevance, the circuit is those above the mean (or the top `n_edges`; `select` then only
+    chooses the skeleton's λ). `target="skeleton"` (the default without a metric, or with one
+    that has no per-example form, which warns) returns the plain dependency skeleton: block
+    norms of `A`, the circuit its support at the chosen λ. `granularity`:
 
     - `"components"`: graph sources regressed into graph targets (module docstring); sources
       wider than `max_columns // n_sources` (or `rank`) are reduced to their top principal
