@@ -236,11 +236,12 @@ class _Stacked:
     Scaled so the solver's `1/(2·rows)` objective equals `1/(2n)·‖Y − XW‖²` of the n samples
     (scikit-learn's Lasso scaling, the same λ for every target)."""
 
-    def __init__(self, X, Y, groups, colsrc, n_src, n_tgt, Xv, Yv):
+    def __init__(self, X, Y, groups, colsrc, n_src, n_tgt, Xv, Yv, pad_rows: int = 0):
         n, p = X.shape
         R, QY = _compress(X, Y)
         compressed = n > p
-        m = R.shape[0]
+        m = R.shape[0] if compressed else max(n, pad_rows)  # zero rows: same shapes as a
+        # fit on more samples (the held-out path and the refit share compiled programs)
         self.n, self.groups, self.stacks, self.locate = n, groups, {}, {}
         self.outside = np.zeros(len(groups))  # ‖Y_g‖² the sub-problem's rows do not see
         yy = np.sum(np.asarray(Y, np.float64) ** 2, 0)
@@ -270,8 +271,8 @@ class _Stacked:
             cs = np.full((len(members), P), n_src, np.int32)
             for j, i in enumerate(members):
                 sel, cols, _ = groups[i]
-                D[j, :, : sel.size] = R[:rows, sel] * s
-                T[j, :, : cols.size] = QY[:rows, cols] * s
+                D[j, : min(rows, R.shape[0]), : sel.size] = R[:rows, sel] * s
+                T[j, : min(rows, R.shape[0]), : cols.size] = QY[:rows, cols] * s
                 XV[j, :, : sel.size] = Xv[:, sel]
                 YV[j, :, : cols.size] = Yv[:, cols]
                 cs[j, : sel.size] = colsrc[sel]
@@ -554,7 +555,9 @@ def block_lasso(
             ids = np.unique(groups)
             n_val = min(max(1, int(round(val_fraction * len(ids)))), len(ids) - 1)
             held = np.isin(groups, rng.permutation(ids)[:n_val])
-            st = _Stacked(X[~held], Y[~held], sub, colsrc, n_src, len(tgt), X[held], Y[held])
+            st = _Stacked(
+                X[~held], Y[~held], sub, colsrc, n_src, len(tgt), X[held], Y[held], pad_rows=n
+            )
         else:
             st = _Stacked(X, Y, sub, colsrc, n_src, len(tgt), *empty)
         k_reg = sum(cols.size for _, cols, _ in sub)
@@ -576,7 +579,9 @@ def block_lasso(
         alpha = float(alphas[index])
         W_at = Ws[index] if Ws[index] is not None else W_last
         if select == "heldout":  # the path saw the training examples: refit on all of them
-            path_st, st = st, _Stacked(X, Y, sub, colsrc, n_src, len(tgt), *empty)
+            # the same shapes as the path's (held-out rows evaluated, not used): no new compile
+            path_st = st
+            st = _Stacked(X, Y, sub, colsrc, n_src, len(tgt), X[held], Y[held])
             W_at = st.warm(W_at, path_st)
         final = _refit(st, alpha, W_at, solver, n_src, owners)
     else:
