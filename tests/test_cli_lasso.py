@@ -18,7 +18,8 @@ def test_lasso_tracr_case(tmp_path, capsys):
     assert (tmp_path / "circuit.png").read_bytes().startswith(PNG)
     record = json.loads((tmp_path / "circuit.json").read_text())
     assert record["case"] == "frac_prevs" and record["select"] == "count"
-    assert len(record["circuit"]) <= 6 and len(record["alphas"]) == 6
+    # n_alphas points, plus the λs block_lasso adds where several edges enter at once
+    assert len(record["circuit"]) <= 6 and len(record["alphas"]) >= 6
     assert record["edge_auroc"] >= 0.9 and record["shd_at_true_count"] <= 2
     assert all(len(row) == 3 for row in record["scores"])
     assert "SHD" in capsys.readouterr().out

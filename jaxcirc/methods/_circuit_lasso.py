@@ -398,12 +398,12 @@ def _bic(rec, n, k):
 
 def _stopped(select, n_edges, n, k, patience=2):
     """`stop(records)` for `_path`: held-out error or BIC past its minimum for `patience`
-    λs (it rises again as λ shrinks: the rest of the path cannot be chosen), or the edge
-    count reached (`"count"`)."""
+    λs (it rises again as λ shrinks: the rest of the path cannot be chosen). `"count"` runs
+    the whole path: the λs below the chosen one order the edges outside the circuit."""
 
     def stop(recs):
-        if select == "count":
-            return int(np.sum(recs[-1]["sq"] > 0)) >= int(n_edges)
+        if select == "count":  # the rest of the path orders the edges outside the circuit
+            return False
         if select == "heldout":
             crit = [r["val"] for r in recs]
         else:
@@ -451,7 +451,7 @@ def block_lasso(
     **λ.** `alpha`, or chosen on a path by `select` (module docstring). The path runs from the
     smallest λ zeroing everything down to `eps` times it (`n_alphas` points, geometric) and,
     with `early_stop`, stops once the choice cannot change (held-out error or BIC risen for
-    two λs in a row, or the edge count reached). Where the path is degenerate (λs adding no
+    two λs in a row; `"count"` runs the whole path, which orders the edges left out). Where the path is degenerate (λs adding no
     edge while elsewhere several edges enter at once) up to `refine` (default `n_alphas`) more
     λs split the intervals where most edges enter at once. The path is solved to 10× the
     solver's relative tolerance; the chosen λ is then refitted (on all samples) at the solver's
