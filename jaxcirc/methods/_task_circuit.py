@@ -21,9 +21,10 @@ prompts). Only forward passes: no gradient flows through the network.
    proportion to the change each explains, `e_{s,t,r} = ‖ΔZ_{s,r} A[s, t]‖` (`Z` the reduced,
    centred source blocks the skeleton was fitted on, `A` its coefficients), divided by
    `Σ_s e_{s,t,r}`: relevance is conserved on its way down (in a 30-layer model any leak per
-   hop would leave the edges near the embedding with none). An MLP's input change is measured
-   after the MLP's own least-squares map from its (reduced) input to its output, so changes
-   the MLP ignores count less.
+   hop would leave the edges near the embedding with none). A row no coefficient explains (the
+   target has no support at the chosen λ) is shared by the sources' own changes `‖ΔZ_{s,r}‖`.
+   An MLP's input change is measured after the MLP's own least-squares map from its (reduced)
+   input to its output, so changes the MLP ignores count less.
 3. **Inside the nodes.** Nodes are visited in reverse computation order; a node's relevance per
    row is the sum of its edges' row relevances (plus its direct one). An MLP passes it to its
    input at the same row. A head splits it with its attention, from the two runs'
@@ -222,8 +223,14 @@ def task_relevance(model, g, clean, corrupt, metric, src_blocks, tgt_blocks, coe
         for t, m in maps.items():
             explained[s, t] = np.linalg.norm(c[:, owner == t] @ m, axis=1)
     explained *= g.valid[:, :, None]
-    # each row's relevance is shared out in full over the sources that explain its change
+    # a row that changed but that no skeleton coefficient explains (a sparse λ) is shared by
+    # the sources' own changes: the model reads their sum, so each feeds it alike per unit
     total = explained.sum(0)  # [n_targets, rows]
+    size = np.stack([np.linalg.norm(Z[s][:n_rows] - Z[s][n_rows:] if paired else Z[s], axis=1)
+                     for s in range(S)]).astype(np.float32)  # fmt: skip
+    fallback = size[:, None, :] * g.valid[:, :, None] * (total == 0)[None]
+    explained += fallback
+    total = explained.sum(0)
     share = explained / np.where(total > 0, total, 1.0)[None]
     share = share.reshape(S, g.n_targets, B, T)
     # 3. backwards, node by node in reverse computation order, through the heads' attention
