@@ -128,10 +128,9 @@ def main():
         rows, notes = [], []
         for n, d, k in sizes(args):
             X, Y = make(n, d, k)
+            out = lambda side, name: c.load_output(workdir, side, f"{n}_{name}")  # noqa: E731
             obj = {
-                side: objective(
-                    X, Y, c.load_output(workdir, side, f"{n}_W"), c.load_output(workdir, side, f"{n}_b")
-                )
+                side: objective(X, Y, out(side, "W"), out(side, "b"))
                 for side in ("jax", "sklearn", "reference")
             }
             ref = obj["reference"]
@@ -166,8 +165,15 @@ def main():
             __doc__.split("\n\n")[1].replace("\n", " "),
             "",
             c.table(
-                ["problem n × d × k", "solver", "first call s", "steady s",
-                 "objective − reference (relative)", "result", "peak RSS MiB"],
+                [
+                    "problem n × d × k",
+                    "solver",
+                    "first call s",
+                    "steady s",
+                    "objective − reference (relative)",
+                    "result",
+                    "peak RSS MiB",
+                ],
                 rows,
             ),  # fmt: skip
             "",

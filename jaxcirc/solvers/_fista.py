@@ -143,12 +143,29 @@ class FISTA(AbstractSolver):
         """`state` without momentum, its linear state recomputed for `problem`."""
         Z = problem.linear(state.W, state.b)
         return eqx.tree_at(
-            lambda s: (s.Z, s.W_prev, s.b_prev, s.Z_prev, s.t, s.beta, s.W_check, s.best,
-                       s.stalled),
+            lambda s: (
+                s.Z,
+                s.W_prev,
+                s.b_prev,
+                s.Z_prev,
+                s.t,
+                s.beta,
+                s.W_check,
+                s.best,
+                s.stalled,
+            ),
             state,
-            (Z, state.W, state.b, Z, jnp.ones_like(state.t), jnp.zeros_like(state.beta),
-             jnp.full_like(state.W, jnp.nan), jnp.full_like(state.best, jnp.inf),
-             jnp.zeros_like(state.stalled)),
+            (
+                Z,
+                state.W,
+                state.b,
+                Z,
+                jnp.ones_like(state.t),
+                jnp.zeros_like(state.beta),
+                jnp.full_like(state.W, jnp.nan),
+                jnp.full_like(state.best, jnp.inf),
+                jnp.zeros_like(state.stalled),
+            ),
         )
 
     def step(self, problem: Problem, alpha, state: _FISTAState) -> _FISTAState:

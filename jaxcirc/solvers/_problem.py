@@ -144,7 +144,7 @@ class Problem(eqx.Module):
             W = group_soft_threshold(W, t, self.groups, self.n_groups)
         return jnp.where(self.colmask[:, None], W, 0.0)
 
-    def dual_norms(self, G: Float[Array, "d k"]) -> Float[Array, "..."]:
+    def dual_norms(self, G: Float[Array, "d k"]) -> Float[Array, ...]:
         """The weighted dual norm of the penalty: per target for `l1` (the targets are
         separate problems), one value for the group penalty."""
         if self.penalty == "l1":
