@@ -427,7 +427,6 @@ def block_lasso(
     val_fraction: float = 0.2,
     groups=None,
     seed: int = 0,
-    chunk_columns: int = 64,
     solver=None,
     refine: int | None = None,
     early_stop: bool = True,
@@ -455,10 +454,8 @@ def block_lasso(
     the path is degenerate (λs adding no edge while elsewhere several edges enter at once), up
     to `refine` (default `n_alphas`) more λs split the intervals where most edges enter at
     once. The path is solved to 10× the solver's relative tolerance; the chosen λ is then
-    refitted (on all samples) at the solver's own. `chunk_columns` is unused (kept for
-    compatibility: sub-problems are whole target groups).
+    refitted (on all samples) at the solver's own.
     """
-    del chunk_columns
     alpha = _check_alpha(alpha)
     src_names, src = _named(sources, "source")
     sem = targets is None
