@@ -29,7 +29,7 @@ from .models import TransformerConfig as TransformerConfig
 __version__ = "0.1.0"
 
 # imported on first use: they pull heavier dependencies
-_LAZY = ("io", "zoo", "viz", "cli", "methods", "tasks", "metrics", "graph", "solvers", "bench")
+_LAZY = ("io", "zoo", "viz", "cli", "methods", "tasks", "metrics", "graph", "solvers", "bench", "sae")
 
 
 def __getattr__(name: str):

@@ -17,6 +17,7 @@ LAYERS = (
     "interventions",
     "graph",
     "solvers",
+    "sae",
     "metrics",
     "tasks",
     "patching",
