@@ -1,4 +1,4 @@
-"""The `jaxcirc` command: `jaxcirc patch|trace|iia|bench|lasso|prune …`, `jaxcirc --version`.
+"""The `jaxcirc` command: `jaxcirc patch|trace|iia|bench|lasso|prune|sae …`, `jaxcirc --version`.
 
 A thin `argparse` layer; each subcommand lives in its own module and imports JAX only when
 it runs, so `jaxcirc --help` is instant.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _bench, _iia, _lasso, _patch, _prune, _trace
+from . import _bench, _iia, _lasso, _patch, _prune, _sae, _trace
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     _bench.add_parser(commands)
     _lasso.add_parser(commands)
     _prune.add_parser(commands)
+    _sae.add_parser(commands)
     return root
 
 

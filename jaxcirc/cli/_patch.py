@@ -18,7 +18,16 @@ from pathlib import Path
 import numpy as np
 
 SITES = (
-    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "q", "k", "v", "z", "pattern"
+    "resid_pre",
+    "resid_mid",
+    "resid_post",
+    "attn_out",
+    "mlp_out",
+    "q",
+    "k",
+    "v",
+    "z",
+    "pattern",
 )
 PERS = ("position", "head", "position_head", "head_position")
 HEAD_SITES = ("q", "k", "v", "z", "pattern")
@@ -48,20 +57,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--site", type=choice("site", SITES), default="resid_pre",
-                        help=f"site kind to patch: {', '.join(SITES)}")
-    parser.add_argument("--per", type=choice("per", PERS), default=None,
-                        help="units: position (residual sites), head / position_head (q k v z), "
-                        "head / head_position (pattern); default: position, or head")
-    parser.add_argument("--n-prompts", type=int, default=8,
-                        help="number of clean/corrupt prompt pairs")
-    parser.add_argument("--half-len", type=int, default=16,
-                        help="length of the repeated half of a prompt")
+    parser.add_argument(
+        "--site",
+        type=choice("site", SITES),
+        default="resid_pre",
+        help=f"site kind to patch: {', '.join(SITES)}",
+    )
+    parser.add_argument(
+        "--per",
+        type=choice("per", PERS),
+        default=None,
+        help="units: position (residual sites), head / position_head (q k v z), "
+        "head / head_position (pattern); default: position, or head",
+    )
+    parser.add_argument(
+        "--n-prompts", type=int, default=8, help="number of clean/corrupt prompt pairs"
+    )
+    parser.add_argument(
+        "--half-len", type=int, default=16, help="length of the repeated half of a prompt"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
     parser.add_argument("--out", type=Path, default=Path("patch-out"), help="output folder")
-    parser.add_argument("--model", default=None,
-                        help="a model for jaxcirc.load instead of the embedded induction model; "
-                        "prompts are random token ids, so no tokenizer is needed")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a model for jaxcirc.load instead of the embedded induction model; "
+        "prompts are random token ids, so no tokenizer is needed",
+    )
     parser.add_argument("--chunk-size", type=int, default=None, help="units evaluated at once")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(run=run, parser=parser)
@@ -75,13 +97,17 @@ def _check(args, parser: argparse.ArgumentParser) -> None:
 
     valid = tuple(PER[args.site]) if args.site in PER else ("position",)
     if args.per not in valid:
-        parser.error(f"argument --per: site {args.site!r} is swept per {' or '.join(valid)}; "
-                     f"got {args.per!r} (did you mean {valid[0]!r}?)")
+        parser.error(
+            f"argument --per: site {args.site!r} is swept per {' or '.join(valid)}; "
+            f"got {args.per!r} (did you mean {valid[0]!r}?)"
+        )
     for name in ("n_prompts", "half_len", "chunk_size"):
         value = getattr(args, name)
         if value is not None and value < (2 if name == "half_len" else 1):
-            parser.error(f"argument --{name.replace('_', '-')}: must be at least "
-                         f"{2 if name == 'half_len' else 1}; got {value}")
+            parser.error(
+                f"argument --{name.replace('_', '-')}: must be at least "
+                f"{2 if name == 'half_len' else 1}; got {value}"
+            )
 
 
 def _load_model(args, parser):
@@ -95,20 +121,27 @@ def _load_model(args, parser):
     else:
         try:
             from .. import load
+
             model = load(args.model)
         except ImportError as e:
-            parser.error(f"argument --model: loading models needs jaxcirc.io, which this install "
-                         f"lacks ({e}); run without --model for the embedded induction model")
+            parser.error(
+                f"argument --model: loading models needs jaxcirc.io, which this install "
+                f"lacks ({e}); run without --model for the embedded induction model"
+            )
         name = str(args.model)
     check_finite_weights(model, f"model {name}")  # names the tensor; exit 1 via main
     present = sorted({ref.kind for ref in sites(model)} & set(SITES))
     if args.site not in present:
-        parser.error(f"argument --site: this {model.cfg.family} model has no site {args.site!r}"
-                     f"{nearest(args.site, present)}; its sites: {', '.join(present)}")
+        parser.error(
+            f"argument --site: this {model.cfg.family} model has no site {args.site!r}"
+            f"{nearest(args.site, present)}; its sites: {', '.join(present)}"
+        )
     limit = min(model.cfg.n_ctx, model.cfg.d_vocab) // 2
     if args.half_len > limit:
-        parser.error(f"argument --half-len: {args.half_len} is too long for this model "
-                     f"(n_ctx={model.cfg.n_ctx}, d_vocab={model.cfg.d_vocab}); at most {limit}")
+        parser.error(
+            f"argument --half-len: {args.half_len} is too long for this model "
+            f"(n_ctx={model.cfg.n_ctx}, d_vocab={model.cfg.d_vocab}); at most {limit}"
+        )
     return model, name
 
 
@@ -149,8 +182,18 @@ def run(args) -> int:
 
         stages.set_postfix_str(f"sweeping {args.site} per {args.per}")
         t = time.perf_counter()
-        values = np.asarray(sweep(model, task.clean, task.corrupt, task.metric, args.site, args.per,
-                                  chunk_size=args.chunk_size, progress=show))
+        values = np.asarray(
+            sweep(
+                model,
+                task.clean,
+                task.corrupt,
+                task.metric,
+                args.site,
+                args.per,
+                chunk_size=args.chunk_size,
+                progress=show,
+            )
+        )
         timing["sweep_s"] = time.perf_counter() - t
         check_finite(values, f"patching sweep of {args.site} per {args.per}",
                      axes=("layer", *args.per.split("_")))  # fmt: skip
@@ -161,7 +204,10 @@ def run(args) -> int:
         restored = (values - corrupt_value) / gap if abs(gap) > 1e-6 else values * np.nan
         stem = args.out / f"patch_{args.site}_{args.per}"
         png = patching_heatmap(
-            restored, args.per, path=stem.with_suffix(".png"), position_labels=task.labels,
+            restored,
+            args.per,
+            path=stem.with_suffix(".png"),
+            position_labels=task.labels,
             title=f"patching {args.site} per {args.per}: {model_name}, {args.n_prompts} prompts",
             metric_label="fraction restored",
         )
@@ -171,27 +217,42 @@ def run(args) -> int:
         _, axes, _, _ = patching_labels(values, args.per, position_labels=task.labels)
         timing["total_s"] = time.perf_counter() - start
         record = {
-            "jaxcirc_version": __version__, "model": model_name, "site": args.site, "per": args.per,
-            "axes": axes, "shape": list(values.shape),
-            "values": _finite(values.tolist()), "restored": _finite(restored.tolist()),
-            "metric": METRIC, "metric_clean": clean_value, "metric_corrupt": corrupt_value,
-            "n_prompts": args.n_prompts, "half_len": args.half_len, "seed": args.seed,
+            "jaxcirc_version": __version__,
+            "model": model_name,
+            "site": args.site,
+            "per": args.per,
+            "axes": axes,
+            "shape": list(values.shape),
+            "values": _finite(values.tolist()),
+            "restored": _finite(restored.tolist()),
+            "metric": METRIC,
+            "metric_clean": clean_value,
+            "metric_corrupt": corrupt_value,
+            "n_prompts": args.n_prompts,
+            "half_len": args.half_len,
+            "seed": args.seed,
             "timing": {k: round(v, 3) for k, v in timing.items()},
         }
-        out = atomic_write(stem.with_suffix(".json"),
-                           lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+        out = atomic_write(
+            stem.with_suffix(".json"),
+            lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"),
+        )
         stages.update()
 
-    print(f"jaxcirc patch: {model_name}, {args.n_prompts} prompts of {2 * args.half_len} tokens, "
-          f"site {args.site} per {args.per} ({timing['sweep_s']:.1f}s)")
+    print(
+        f"jaxcirc patch: {model_name}, {args.n_prompts} prompts of {2 * args.half_len} tokens, "
+        f"site {args.site} per {args.per} ({timing['sweep_s']:.1f}s)"
+    )
     print(f"{METRIC}: clean {clean_value:.3f}, corrupt {corrupt_value:.3f}")
     if np.isfinite(restored).any():
         print("top units (fraction of the clean − corrupt gap restored):")
         order = np.argsort(np.where(np.isfinite(restored), restored, -np.inf), axis=None)[::-1][:5]
         for flat in order:
             index = np.unravel_index(flat, values.shape)
-            unit = " ".join(f"pos {i} ({axes[a][i]})" if a == "position" else axes[a][i]
-                            for a, i in zip(axes, index))
+            unit = " ".join(
+                f"pos {i} ({axes[a][i]})" if a == "position" else axes[a][i]
+                for a, i in zip(axes, index)
+            )
             print(f"  {unit:<16} {restored[index]:+.3f}")
     print(f"wrote {png} and {out}")
     return 0
