@@ -11,7 +11,7 @@ import jax
 from ..models._replacement import get_site, site_table
 from ..models._site import SITE_KINDS, AbstractIntervention, Site, SiteRef, nearest
 from ..models._transformer import Transformer
-from ._library import AbstractSelectiveIntervention, Chain
+from ._library import Chain
 
 SiteKey = str | SiteRef
 
@@ -127,12 +127,6 @@ def _hint(item) -> str:
     return ""
 
 
-def _selective(intervention) -> list[AbstractSelectiveIntervention]:
-    if isinstance(intervention, Chain):
-        return [s for i in intervention.interventions for s in _selective(i)]
-    return [intervention] if isinstance(intervention, AbstractSelectiveIntervention) else []
-
-
 def _check_selections(model: eqx.Module, new_sites: list[Site]) -> None:
     """Check concrete head and unit indices now, against the sizes of each site's axes: under
     `jit` (where `run` goes) they are traced data and out-of-range ones would select nothing.
@@ -141,8 +135,7 @@ def _check_selections(model: eqx.Module, new_sites: list[Site]) -> None:
     for site in new_sites:
         axes, shape = table[site.name]
         sizes = {axis: n for axis, n in zip(axes, shape) if axis in ("head", "unit")}
-        for iv in _selective(site.intervention):
-            iv.check_selection(site, sizes)
+        site.intervention.check_sizes(site, sizes)  # selections; an SAE splice its site
 
 
 def clear(model: eqx.Module) -> eqx.Module:
