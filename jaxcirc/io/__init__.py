@@ -1,6 +1,6 @@
 """Model files: Hugging Face safetensors, verified orbax checkpoints, GGUF (`load` picks the
 reader; the hub only as `hf://org/name`); compiled tracr programs (`from_tracr`) and the shipped
-tracr benchmarks (`tracr_case`)."""
+tracr benchmarks (`tracr_case`); SAELens SAE folders (`load_saelens`, `save_saelens`)."""
 
 from ._checkpoint import load_checkpoint as load_checkpoint
 from ._checkpoint import save_checkpoint as save_checkpoint
@@ -11,6 +11,8 @@ from ._hf import hf_config_to_jaxcirc as hf_config_to_jaxcirc
 from ._hf import load_hf as load_hf
 from ._load import load as load
 from ._load import save as save
+from ._saelens import load_saelens as load_saelens
+from ._saelens import save_saelens as save_saelens
 from ._tokenizer import load_tokenizer as load_tokenizer
 from ._tracr import TRACR_CASE_NAMES as TRACR_CASE_NAMES
 from ._tracr import TracrCaseInfo as TracrCaseInfo
