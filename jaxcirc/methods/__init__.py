@@ -58,6 +58,8 @@ _EXPORTS = {
     "AbstractionIIA": "._abstraction_iia",
     "prune_model": "._prune",
     "PruneResult": "._prune",
+    "feature_effects": "._feature_effects",
+    "FeatureEffects": "._feature_effects",
 }
 __all__ = sorted(_EXPORTS)
 
