@@ -1,6 +1,9 @@
-"""Plots: patching and tracing heatmaps, path-patching maps, IIA tables, circuits."""
+"""Plots: patching and tracing heatmaps, path-patching maps, IIA tables, circuits, SAE feature
+dashboards."""
 
 from ._circuit import plot_circuit as plot_circuit
+from ._dashboard import Dashboard as Dashboard
+from ._dashboard import feature_dashboard as feature_dashboard
 from ._heatmap import heatmap as heatmap
 from ._heatmap import patching_heatmap as patching_heatmap
 from ._heatmap import patching_labels as patching_labels
