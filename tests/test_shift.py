@@ -1,0 +1,350 @@
+"""SHIFT (Marks et al. 2025): the bios task, the probe, pooling, flagging, ablation, the table."""
+
+import json
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcirc as jc
+from jaxcirc.methods import _shift as S
+from jaxcirc.tasks import bios
+from jaxcirc.tasks._bios import _ACTIVITIES, _FRAMES, _NAMES
+
+
+class WordTokenizer:
+    """One id per word (punctuation split off) of every bio; 0 pad, 1 BOS."""
+
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, 0
+
+    def __init__(self):
+        words = set()
+        texts = [" ".join(v) for table in (_NAMES, _FRAMES, _ACTIVITIES) for v in table.values()]
+        texts.append("he she him her his His He She Her")
+        for t in texts:
+            words.update(self._split(t))
+        self.vocab = {w: i + 2 for i, w in enumerate(sorted(words))}
+
+    @staticmethod
+    def _split(text):
+        return re.findall(r"[A-Za-z]+|[^\sA-Za-z{}]", text)
+
+    def encode(self, text, add_special_tokens=True):
+        ids = [self.vocab[w] for w in self._split(text)]
+        return np.asarray(([1] if add_special_tokens else []) + ids)
+
+    def __len__(self):
+        return len(self.vocab) + 2
+
+
+TOK = WordTokenizer()
+
+
+def tiny_model(seed=0):
+    from conftest import randomise
+
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    model = jc.models.gpt2(key=k1, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=len(TOK),
+                           n_ctx=48, n_layers=2)  # fmt: skip
+    return randomise(model, k2)
+
+
+def saes_for(model, d_sae=24, seed=0):
+    keys = jax.random.split(jax.random.key(seed), 2)
+    return [
+        jc.sae.init("relu", 16, d_sae, key=k, site=f"blocks.{layer}.hook_resid_post")
+        for layer, k in enumerate(keys)
+    ]
+
+
+# ---------------------------------------------------------------------------------- bios
+
+
+def test_bios_sets_groups_and_held_out_vocabulary():
+    amb = bios(TOK, 40, kind="ambiguous", split="train")
+    assert np.array_equal(np.asarray(amb.profession), np.asarray(amb.gender))  # confounded
+    assert np.bincount(np.asarray(amb.group)).tolist() == [20, 0, 0, 20]
+    test = bios(TOK, 40, kind="balanced", split="test")
+    assert np.bincount(np.asarray(test.group)).tolist() == [10, 10, 10, 10]
+    # no first name, and no activity phrase, is shared between the splits
+    train_all = bios(TOK, 400, kind="balanced", split="train")
+    first = {t.split()[0] for t in train_all.texts} | {
+        w for t in train_all.texts for w in re.findall(r"[A-Z][a-z]+", t)
+    }
+    for t in test.texts:
+        names = [n for v in _NAMES.values() for n in v if re.search(rf"\b{n}\b", t)]
+        assert names and all(n not in first for n in names), t
+        assert not any(a in t for k, v in _ACTIVITIES.items() if k[1] == "train" for a in v)
+    # tokens: BOS first, real tokens up to lengths, pad after; deterministic
+    tok, n = np.asarray(test.tokens), np.asarray(test.lengths)
+    assert (tok[:, 0] == 1).all()
+    for row, length, text in zip(tok, n, test.texts):
+        assert row[1:length].tolist() == TOK.encode(text, add_special_tokens=False).tolist()
+        assert (row[length:] == 0).all()
+    again = bios(TOK, 40, kind="balanced", split="test")
+    assert (
+        again.texts == test.texts
+        and bios(TOK, 40, kind="balanced", split="test", seed=1).texts != test.texts
+    )  # noqa: E501
+    neutral = bios(TOK, 8, kind="neutral")
+    assert (np.asarray(neutral.profession) == -1).all()
+    assert np.bincount(np.asarray(neutral.gender)).tolist() == [4, 4]
+
+
+def test_bios_bad_input():
+    with pytest.raises(ValueError, match=r"multiple of 4.*nearest: 12"):
+        bios(TOK, 13, kind="balanced")
+    with pytest.raises(ValueError, match=r"unknown kind 'balance'.*did you mean 'balanced'"):
+        bios(TOK, 8, kind="balance")
+    with pytest.raises(ValueError, match=r"unknown split 'tset'"):
+        bios(TOK, 8, split="tset")
+    with pytest.raises(ValueError, match="neutral set exists for the train split only"):
+        bios(TOK, 8, kind="neutral", split="test")
+
+
+def test_bios_with_the_smollm2_tokenizer():
+    from jaxcirc.io._gguf import smollm2_gguf_path
+
+    try:
+        tok = jc.io.load_tokenizer(smollm2_gguf_path())
+    except Exception as e:  # noqa: BLE001 - optional test dependency
+        pytest.skip(f"SmolLM2 tokenizer not available: {e}")
+    data = bios(tok, 16, kind="balanced", split="test")
+    rows, n = np.asarray(data.tokens), np.asarray(data.lengths)
+    assert (rows[:, 0] == data.bos).all() and data.bos != data.pad
+    for row, length, text in zip(rows, n, data.texts):
+        assert tok.decode(row[1:length].tolist()) == text
+        assert data.bos not in row[1:length] and data.pad not in row[1:length]
+
+
+# --------------------------------------------------------------------------------- probe
+
+
+def test_probe_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 7)) * rng.uniform(0.1, 5, 7) + rng.normal(size=7)
+    y = (X @ rng.normal(size=7) + rng.normal(size=120) > 0).astype(int)
+    for C in (0.05, 1.0):
+        probe = S.train_probe(X, y, C=C)
+        Z = (X - X.mean(0)) / X.std(0)
+        ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(Z, y)
+        np.testing.assert_allclose(np.asarray(probe.w), ref.coef_[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(float(probe.b), ref.intercept_[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(probe(jnp.asarray(X, jnp.float32))), ref.decision_function(Z), atol=1e-3
+        )
+
+
+def test_accuracy_counts_groups():
+    class D:
+        profession = np.array([0, 0, 1, 1, 0, 1])
+        gender = np.array([0, 1, 0, 1, 0, 1])
+        group = 2 * profession + gender
+
+    probe = S.Probe(jnp.ones(1), jnp.zeros(()), jnp.zeros(1), jnp.ones(1))
+    x = np.array([[-1.0], [1.0], [-1.0], [1.0], [-1.0], [-1.0]])  # predicts 0 1 0 1 0 0
+    acc = S.accuracy(probe, x, D)
+    assert acc["profession"] == pytest.approx(100 * 3 / 6)
+    assert acc["gender"] == pytest.approx(100 * 5 / 6)  # pred == gender on 5 of 6
+    assert acc["worst_group"] == pytest.approx(0.0)  # female professor, male nurse missed
+
+
+def test_probe_bad_input():
+    with pytest.raises(ValueError, match="0/1 labels"):
+        S.train_probe(np.ones((4, 2)), np.array([0, 1, 2, 0]))
+    probe = S.train_probe(np.random.default_rng(0).normal(size=(8, 3)), np.arange(8) % 2, site="s")
+    with pytest.raises(ValueError, match="site s of width 3"):
+        probe(jnp.ones((2, 4)))
+
+
+# ------------------------------------------------------------------ pooling and ablation
+
+
+def test_pooled_is_the_masked_mean_without_bos():
+    model = tiny_model()
+    data = bios(TOK, 6, kind="ambiguous")
+    site = "blocks.1.hook_resid_post"
+    got = S.pooled(model, data, site, chunk=4)  # 6 rows in chunks of 4: a padded last chunk
+    _, acts = jax.vmap(model.run)(data.tokens)  # causal: a padded row's first n are its own
+    for i in range(6):
+        n = int(data.lengths[i])
+        np.testing.assert_allclose(got[i], np.asarray(acts[site][i, 1:n]).mean(0), atol=1e-5)
+    # the metric of the attribution pools the same positions, finding the length from padding
+    probe = S.train_probe(got, data.label, site=site)
+    metric = S.ProbeMetric(probe, jnp.float32(-1.0), data.pad)
+    values = eqx.filter_jit(lambda md, t: jax.vmap(metric, in_axes=(None, 0))(md, t))(
+        model, data.tokens
+    )
+    np.testing.assert_allclose(values, -np.asarray(probe(jnp.asarray(got))), atol=1e-4)
+
+
+def test_ablate_zeroes_flagged_features_and_keeps_the_error():
+    model = tiny_model()
+    saes = saes_for(model)
+    data = bios(TOK, 4, kind="balanced")
+    t = data.tokens[0]
+    flags = {saes[0].site: [3, 5], saes[1].site: [0]}
+    unedited = S.ablate(model, saes, {})
+    np.testing.assert_array_equal(np.asarray(unedited(t)), np.asarray(model(t)))
+    ablated = S.ablate(model, saes, flags)
+    _, acts = ablated.run(t)
+    # site 0 by hand: x − f_3 W_dec[3] − f_5 W_dec[5]
+    x0 = model.run(t)[1][saes[0].site]
+    f = saes[0].encode(x0)
+    want0 = x0 - f[:, 3:4] * saes[0].W_dec[3] - f[:, 5:6] * saes[0].W_dec[5]
+    np.testing.assert_allclose(np.asarray(acts[saes[0].site]), np.asarray(want0), atol=1e-5)
+    # site 1 reads the edited stream: run layer 1 from want0 by patching it in
+    patched = jc.interventions.intervene(model, {saes[0].site: jc.interventions.Patch(want0)})
+    x1 = patched.run(t)[1][saes[1].site]
+    want1 = x1 - saes[1].encode(x1)[:, 0:1] * saes[1].W_dec[0]
+    np.testing.assert_allclose(np.asarray(acts[saes[1].site]), np.asarray(want1), atol=1e-5)
+    # the same flags as (site, id) pairs
+    pairs = S.ablate(model, saes, [(saes[0].site, 3), (saes[0].site, 5), (saes[1].site, 0)])
+    np.testing.assert_allclose(np.asarray(pairs(t)), np.asarray(ablated(t)), atol=1e-6)
+
+
+def test_ablate_bad_flags():
+    model = tiny_model()
+    saes = saes_for(model)
+    with pytest.raises(ValueError, match=r"feature id 24 at blocks.0.hook_resid_post is out of "
+                                         r"range: that SAE has d_sae=24"):  # fmt: skip
+        S.ablate(model, saes, {saes[0].site: [2, 24]})
+    with pytest.raises(ValueError, match=r"'blocks.0.hook_resid_pre' has no SAE.*did you mean"):
+        S.ablate(model, saes, {"blocks.0.hook_resid_pre": [1]})
+    with pytest.raises(ValueError, match="unknown site"):
+        S.pooled(model, bios(TOK, 2), "blocks.9.hook_resid_post")
+    with pytest.raises(ValueError, match="no SAE reads a site at or before"):
+        S.upstream(saes[1:], "blocks.0.hook_resid_post")
+
+
+def test_random_flags_are_uniform_over_all_features():
+    saes = saes_for(tiny_model())
+    flags = S.random_flags(saes, 30, seed=1)
+    assert sum(len(v) for v in flags.values()) == 30
+    for site, ids in flags.items():
+        assert len(set(ids)) == len(ids) and all(0 <= i < 24 for i in ids)
+    with pytest.raises(ValueError, match="n"):
+        S.random_flags(saes, 49)
+
+
+# ------------------------------------------------------------------------- attribution
+
+
+def test_shift_effects_equal_brute_force_zero_ablation_in_the_linear_limit():
+    """With method='exact', each feature's aggregated effect is the change of ±probe logit
+    when it is zeroed at one position at a time (BOS excluded), summed, averaged by hand."""
+    pytest.importorskip("jaxcirc.methods._feature_effects")
+    model = tiny_model(1)
+    saes = saes_for(model, d_sae=6, seed=2)
+    data = bios(TOK, 2, kind="ambiguous")  # one professor, one nurse
+    site = saes[1].site
+    probe = S.train_probe(S.pooled(model, bios(TOK, 16), site), bios(TOK, 16).label, site=site)
+    got = S.shift_effects(model, saes, probe, data, method="exact")
+    seq = data.tokens.shape[1]
+
+    @eqx.filter_jit
+    def m(keeps, t, n, sign, k):  # ±probe logit of one bio, feature_keep `keeps[b]` at site k
+        def one(keep):
+            table = {s.site: jc.sae.Splice(s, feature_keep=keep if i == k else None)
+                     for i, s in enumerate(saes)}  # fmt: skip
+            x = jc.sae.splice(model, table).run(t)[1][site]
+            return sign * probe(S._pool(x, t, n))
+
+        return jax.vmap(one)(keeps)
+
+    for k, sae in enumerate(saes):
+        want = np.zeros(sae.d_sae)
+        for i in range(len(data)):
+            n, sign = int(data.lengths[i]), 1.0 if int(data.label[i]) == 0 else -1.0
+            keeps = np.ones((n, sae.d_sae, seq, sae.d_sae), np.float32)
+            for p in range(n):
+                keeps[p, :, p][np.arange(sae.d_sae), np.arange(sae.d_sae)] = 0.0
+            keeps = keeps.reshape(-1, seq, sae.d_sae)
+            base = m(np.ones((1, seq, sae.d_sae), np.float32), data.tokens[i], n, sign, k)[0]
+            delta = np.asarray(m(keeps, data.tokens[i], n, sign, k) - base)
+            want += delta.reshape(n, sae.d_sae)[1:].sum(0)  # the BOS (position 0) left out
+        np.testing.assert_allclose(got[sae.site], want / len(data), atol=1e-4)
+
+
+# ------------------------------------------------------------------------ gender proxy
+
+
+def planted_gender_model():
+    """A tiny model whose embeddings of she/her/She/Her carry +u and he/him/his/He/His −u, and
+    SAEs whose feature 0 reads u: feature 0 is about gender, the rest are random."""
+    model = tiny_model(3)
+    u = np.zeros(16, np.float32)
+    u[0] = 1.0
+    W = np.asarray(model.embed.W_E).copy()
+    W[:, 0] = 0.0
+    for w, s in (("she", 1), ("her", 1), ("She", 1), ("Her", 1), ("he", -1), ("him", -1),
+                 ("his", -1), ("He", -1), ("His", -1)):  # fmt: skip
+        if w in TOK.vocab:
+            W[TOK.vocab[w], 0] = 8.0 * s
+    model = eqx.tree_at(lambda m: m.embed.W_E, model, jnp.asarray(W))
+    saes = []
+    for layer, k in enumerate(jax.random.split(jax.random.key(4), 2)):
+        sae = jc.sae.init("relu", 16, 12, key=k, site=f"blocks.{layer}.hook_resid_post")
+        W_enc = np.asarray(sae.W_enc).copy()
+        W_enc[0] *= 0.0
+        W_enc[:, 0] = 0.0
+        W_enc[0, 0] = 1.0
+        saes.append(eqx.tree_at(lambda s: s.W_enc, sae, jnp.asarray(W_enc)))
+    return model, saes
+
+
+def test_gender_proxy_flags_the_planted_gender_feature():
+    model, saes = planted_gender_model()
+    neutral = bios(TOK, 32, kind="neutral")
+    scores = S.gender_scores(model, saes, neutral, chunk=16)
+    for site, sc in scores.items():
+        assert sc[0] > 2.0, (site, sc)
+        assert np.sort(sc)[-2] < sc[0]
+    ranked = [(s.site, j, 0.0) for s in saes for j in range(12)]
+    flags = S.flag_gender(ranked, scores, threshold=float(max(np.sort(v)[-2] for v in
+                                                              scores.values())) + 1e-6)  # fmt: skip
+    assert flags == {s.site: [0] for s in saes}
+    with pytest.raises(ValueError, match="needs the neutral bios"):
+        S.gender_scores(model, saes, bios(TOK, 8))
+
+
+# -------------------------------------------------------------------------- the table
+
+
+def test_neuron_ablate_replaces_units_after_bos():
+    model = tiny_model()
+    data = bios(TOK, 4, kind="balanced")
+    site = "blocks.0.hook_resid_post"
+    means = {site: np.arange(16, dtype=np.float32)}
+    m = S.neuron_ablate(model, {site: [2, 7]}, means, data.tokens.shape[1])
+    x = np.asarray(m.run(data.tokens[0])[1][site])
+    clean = np.asarray(model.run(data.tokens[0])[1][site])
+    np.testing.assert_allclose(x[1:, [2, 7]], np.broadcast_to([2.0, 7.0], x[1:, [2, 7]].shape))
+    np.testing.assert_allclose(x[0], clean[0])
+    np.testing.assert_allclose(np.delete(x, [2, 7], 1), np.delete(clean, [2, 7], 1), atol=1e-6)
+
+
+def test_shift_table_on_a_tiny_model(tmp_path):
+    pytest.importorskip("jaxcirc.methods._feature_effects")
+    model, saes = planted_gender_model()
+    res = S.shift(model, saes, TOK, n_train=32, n_test=16, n_attribution=8, n_neutral=16,
+                  top=6, steps=2, threshold=2.0, chunk=16)  # fmt: skip
+    names = ["original probe", "SHIFT", "SHIFT + retrain", "random ablation",
+             "random ablation + retrain", "neuron skyline", "neuron skyline + retrain", "oracle",
+             "CircuitLasso", "CircuitLasso + retrain"]  # fmt: skip
+    assert list(res.rows) == names
+    for row in res.rows.values():
+        for k in ("profession", "gender", "worst_group"):
+            assert 0.0 <= row[k] <= 100.0
+    n_flag = sum(len(v) for v in res.flags["SHIFT"].values())
+    assert res.rows["SHIFT"]["features"] == n_flag
+    assert sum(len(v) for v in res.flags["random"].values()) == n_flag
+    assert len(res.top) == 6
+    flagged = {(r["site"], r["feature"]) for r in res.top if r["gender_score"] >= 2.0}
+    assert flagged == {(s, i) for s, v in res.flags["SHIFT"].items() for i in v}
+    json.dumps(res.to_json())
