@@ -7,6 +7,14 @@ ablated = jc.sae.splice(model, sae, feature_keep=keep)   # zero the features whe
 ```
 """
 
+from ._buffer import ActivationBuffer as ActivationBuffer
+from ._buffer import site_activations as site_activations
+from ._checkpoint import load as load
+from ._checkpoint import load_info as load_info
+from ._checkpoint import save as save
+from ._metrics import cross_entropy as cross_entropy
+from ._metrics import reconstruction as reconstruction
+from ._metrics import spliced_ce as spliced_ce
 from ._sae import ARCHITECTURES as ARCHITECTURES
 from ._sae import SAE as SAE
 from ._sae import BatchTopKSAE as BatchTopKSAE
@@ -16,3 +24,6 @@ from ._sae import TopKSAE as TopKSAE
 from ._sae import init as init
 from ._splice import Splice as Splice
 from ._splice import splice as splice
+from ._train import TrainConfig as TrainConfig
+from ._train import TrainResult as TrainResult
+from ._train import train as train

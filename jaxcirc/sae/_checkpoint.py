@@ -1,0 +1,246 @@
+"""SAEs and training runs on disk: orbax arrays, a JSON description, hashes, atomic swaps.
+
+An SAE folder holds `sae.json` (architecture, sizes, site, static fields, and any `info` such
+as metrics), `arrays/` (an orbax PyTree checkpoint) and, written last, `JAXCIRC_SAE`: the
+SHA-256 of every array's bytes. A training checkpoint holds `state.json` (the SAEs it trains,
+the step, the tokens seen, the stream position, the history) and `arrays/` (every SAE's
+parameters, optimizer state and dead-latent counters), with the marker `JAXCIRC_SAE_TRAIN`.
+
+Every save writes a hidden sibling `.NAME.tmp-XXXXXXXX`, moves a previous version aside to
+`.NAME.old-XXXXXXXX`, renames the new one into place and deletes the old one; a load that finds
+`NAME` missing after a killed save puts the old one back first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._sae import SAE, BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
+
+SAE_MARKER = "JAXCIRC_SAE"
+TRAIN_MARKER = "JAXCIRC_SAE_TRAIN"
+FORMAT = 1
+_CLASSES = {"relu": ReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE, "jumprelu": JumpReLUSAE}
+
+
+def _sha(x: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(x).view(np.uint8).reshape(-1).data).hexdigest()
+
+
+def _write_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
+    import orbax.checkpoint as ocp
+
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        checkpointer.save(directory.absolute(), arrays)
+
+
+def _read_arrays(directory: Path) -> dict[str, np.ndarray]:
+    import orbax.checkpoint as ocp
+
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        tree = checkpointer.restore(directory.absolute())
+    return {k: np.asarray(v) for k, v in tree.items()}
+
+
+def _siblings(path: Path, kind: str) -> list[Path]:
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{kind}-[0-9a-f]{{8}}$")
+    return sorted(p for p in path.parent.iterdir() if pattern.match(p.name))
+
+
+def _recover(path: Path) -> None:
+    """Undo a killed save: an old version moved aside comes back if `path` is missing."""
+    olds = _siblings(path, "old")
+    if olds and not path.exists():
+        os.replace(olds[-1], path)
+        olds = olds[:-1]
+    for p in (*olds, *_siblings(path, "tmp")):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _save_dir(path: Path, meta_name: str, meta: dict, arrays: dict, marker: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _recover(path)
+    if path.exists() and not (path / marker).is_file() and any(path.iterdir()):
+        raise FileExistsError(
+            f"{path} exists and is not a saved {'SAE' if marker == SAE_MARKER else 'training run'}"
+            f" ({marker} missing); refusing to replace it"
+        )
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        _write_arrays(tmp / "arrays", arrays)
+        (tmp / meta_name).write_text(json.dumps(meta, indent=1) + "\n")
+        hashes = {k: {"sha256": _sha(v), "shape": list(v.shape), "dtype": str(v.dtype)}
+                  for k, v in arrays.items()}  # fmt: skip
+        with open(tmp / marker, "w") as f:
+            f.write(json.dumps({"format": FORMAT, "arrays": hashes}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _load_dir(path: Path, meta_name: str, marker: str) -> tuple[dict, dict]:
+    path = Path(path)
+    _recover(path)
+    if not (path / marker).is_file():
+        what = "an SAE saved by jaxcirc.sae.save" if marker == SAE_MARKER else "a training run"
+        if (path / TRAIN_MARKER).is_file() and marker == SAE_MARKER:
+            what += " (this folder holds a training checkpoint: load the SAEs it trains)"
+        raise FileNotFoundError(f"{path} is not {what}: {marker} is missing")
+    record = json.loads((path / marker).read_text())
+    if record.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {record.get('format')} is not {FORMAT}")
+    meta = json.loads((path / meta_name).read_text())
+    arrays = _read_arrays(path / "arrays")
+    expected = record["arrays"]
+    if set(arrays) != set(expected):
+        raise ValueError(f"{path}: arrays {sorted(arrays)} do not match the marker's list")
+    for name, x in arrays.items():
+        if _sha(x) != expected[name]["sha256"]:
+            raise ValueError(f"{path}: array {name} does not match its hash (corrupted file?)")
+    return meta, arrays
+
+
+# ------------------------------------------------------------------------------- one SAE
+
+
+def describe(sae: SAE) -> dict:
+    """The JSON description of `sae`: what `load` rebuilds it from."""
+    out = {"architecture": sae.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
+           "site": sae.site, "center": sae.center, "dtype": str(sae.W_enc.dtype)}  # fmt: skip
+    if isinstance(sae, (TopKSAE, BatchTopKSAE)):
+        out["k"] = sae.k
+    if isinstance(sae, JumpReLUSAE):
+        out["bandwidth"] = sae.bandwidth
+    return out
+
+
+def save(path, sae: SAE, *, info: dict | None = None) -> Path:
+    """Write `sae` to the folder `path` (atomically); `info` (JSON-able, e.g. metrics) is
+    stored beside it and returned by `load_info`."""
+    if not isinstance(sae, SAE):
+        raise TypeError(f"save takes a jaxcirc.sae.SAE; got {type(sae).__name__}")
+    arrays = {f.name: getattr(sae, f.name) for f in dataclasses.fields(sae)
+              if isinstance(getattr(sae, f.name), jax.Array | np.ndarray)}  # fmt: skip
+    meta = {"sae": describe(sae), "info": info or {}}
+    return _save_dir(Path(path), "sae.json", meta, arrays, SAE_MARKER)
+
+
+def load(path, *, architecture: str | None = None, d_in: int | None = None,
+         d_sae: int | None = None) -> SAE:  # fmt: skip
+    """The SAE saved at `path`, its hashes verified. `architecture`, `d_in`, `d_sae`, when
+    given, are what the caller expects: another type or shape is an error naming both."""
+    meta, arrays = _load_dir(Path(path), "sae.json", SAE_MARKER)
+    d = meta["sae"]
+    expect = {"architecture": architecture, "d_in": d_in, "d_sae": d_sae}
+    for key, want in expect.items():
+        if want is not None and d[key] != want:
+            raise ValueError(
+                f"{path} holds a {d['architecture']!r} SAE with d_in={d['d_in']}, "
+                f"d_sae={d['d_sae']}; expected {key}={want!r}"
+            )
+    cls = _CLASSES[d["architecture"]]
+    kwargs = {name: jnp.asarray(x) for name, x in arrays.items()}
+    if "k" in d:
+        kwargs["k"] = d["k"]
+    if "bandwidth" in d:
+        kwargs["bandwidth"] = d["bandwidth"]
+    return cls(**kwargs, site=d["site"], center=d["center"])
+
+
+def load_info(path) -> dict:
+    """The `info` saved with the SAE at `path` (e.g. its metrics)."""
+    return json.loads((Path(path) / "sae.json").read_text())["info"]
+
+
+# ------------------------------------------------------------------------------- a run
+
+
+def save_training(path, trainer, *, stream=None) -> Path:
+    """Write a `Trainer`'s state: arrays, step, tokens, stream position, history."""
+    leaves = trainer.state_arrays()
+    arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
+    meta = {
+        "saes": trainer.describe(),
+        "sparsity": [float(c) for c in trainer.coefs],
+        "steps": trainer.steps,
+        "config": dataclasses.asdict(trainer.config),
+        "step": trainer.step,
+        "tokens": trainer.tokens,
+        "stream": stream,
+        "history": trainer.history,
+    }
+    return _save_dir(Path(path), "state.json", meta, arrays, TRAIN_MARKER)
+
+
+def load_training(path, trainer) -> dict | None:
+    """Restore `trainer` from the checkpoint at `path`; `None` (nothing done) when `path`
+    holds none. A checkpoint of other SAEs (type, sizes, site, k), another step count,
+    sparsity or configuration is an error naming the difference."""
+    path = Path(path)
+    _recover(path)
+    if not (path / TRAIN_MARKER).is_file():
+        if (path / SAE_MARKER).is_file():
+            raise ValueError(f"{path} holds a saved SAE, not a training checkpoint")
+        return None
+    meta, arrays = _load_dir(path, "state.json", TRAIN_MARKER)
+    mine = trainer.describe()
+    theirs = meta["saes"]
+    if len(theirs) != len(mine):
+        raise ValueError(
+            f"the checkpoint at {path} trains {len(theirs)} SAEs; this run trains {len(mine)}"
+        )
+    for i, (a, b) in enumerate(zip(theirs, mine)):
+        if a != b:
+            raise ValueError(
+                f"the checkpoint at {path} trains, as SAE {i}, {_words(a)}; this run's SAE {i} "
+                f"is {_words(b)}: resume with the same SAEs, or use another checkpoint folder"
+            )
+    for key, value in (("steps", trainer.steps),
+                       ("sparsity", [float(c) for c in trainer.coefs]),
+                       ("config", dataclasses.asdict(trainer.config))):  # fmt: skip
+        if meta[key] != json.loads(json.dumps(value)):
+            raise ValueError(
+                f"the checkpoint at {path} was written with {key}={meta[key]}; this run has "
+                f"{key}={value}: resume with the same settings"
+            )
+    leaves = [arrays[f"leaf_{i:05d}"] for i in range(len(arrays))]
+    trainer.restore_arrays(leaves)
+    mine_shapes = [tuple(x.shape) for x in trainer.state_arrays()]
+    if mine_shapes != [tuple(x.shape) for x in leaves]:
+        raise ValueError(f"the checkpoint at {path} has arrays of other shapes than this run's")
+    trainer.step = meta["step"]
+    trainer.tokens = meta["tokens"]
+    trainer.history = meta["history"]
+    return meta
+
+
+def _words(d: dict) -> str:
+    k = f", k={d['k']}" if d.get("k") is not None else ""
+    site = f" at {d['site']!r}" if d.get("site") else ""
+    return f"a {d['architecture']!r} SAE (d_in={d['d_in']}, d_sae={d['d_sae']}{k}){site}"
