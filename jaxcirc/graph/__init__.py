@@ -3,6 +3,8 @@ node masks, and the masked forward pass every graph method runs."""
 
 from ._circuit import Circuit as Circuit
 from ._circuit import Scores as Scores
+from ._features import FeatureGraph as FeatureGraph
+from ._features import feature_node as feature_node
 from ._graph import Graph as Graph
 from ._graph import Node as Node
 from ._graph import graph as graph

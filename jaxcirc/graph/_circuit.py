@@ -27,7 +27,9 @@ def _check_shape(what: str, values, g: Graph) -> None:
 
 
 def _valid(values, g: Graph) -> np.ndarray:
-    return g.valid if np.ndim(values) == 2 else g.valid.any(1)
+    if np.ndim(values) == 2:
+        return g.valid
+    return g.node_valid if hasattr(g, "node_valid") else g.valid.any(1)  # FeatureGraph
 
 
 class Scores(eqx.Module):

@@ -29,14 +29,26 @@ from ..models._site import nearest
 class Node:
     """A typed node: `kind` (`"embed"`, `"head"`, `"kv"`, `"mlp"`, `"logits"`), its `layer`
     and `index` (head or key/value group) where it has them, and for an input of a head its
-    `port` (`"q"`, `"k"`, `"v"`). `str(node)` is its printed name (`"L1H3.q"`)."""
+    `port` (`"q"`, `"k"`, `"v"`). `str(node)` is its printed name (`"L1H3.q"`).
+
+    SAE nodes (`jaxcirc.graph.FeatureGraph`): kind `"feature"` (`index` = feature id) or
+    `"error"` at a `site` and `position` (`None`: all positions), printed
+    `"resid_post5[12].F301"` / `"resid_post5[12].err"`."""
 
     kind: str
     layer: int | None = None
     index: int | None = None
     port: str | None = None
+    site: str | None = None
+    position: int | None = None
 
     def __str__(self) -> str:
+        if self.kind in ("feature", "error"):
+            from ._features import short_site
+
+            at = "" if self.position is None else f"[{self.position}]"
+            tail = "err" if self.kind == "error" else f"F{self.index}"
+            return f"{short_site(self.site)}{at}.{tail}"
         base = {
             "embed": "embed",
             "logits": "logits",

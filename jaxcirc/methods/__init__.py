@@ -68,6 +68,11 @@ _EXPORTS = {
     "PruneResult": "._prune",
     "feature_effects": "._feature_effects",
     "FeatureEffects": "._feature_effects",
+    "feature_circuit": "._feature_circuit",
+    "feature_faithfulness": "._feature_circuit",
+    "feature_completeness": "._feature_circuit",
+    "identity_saes": "._feature_circuit",
+    "IdentitySAE": "._feature_circuit",
 }
 __all__ = sorted(_EXPORTS)
 
