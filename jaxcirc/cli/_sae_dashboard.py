@@ -70,12 +70,12 @@ def load_sae(path: Path, site: str | None = None):
 
         return load_saelens(path, site)
     if (path / "sae.json").exists():
-        import equinox as eqx
+        import dataclasses
 
         from ..sae._checkpoint import load
 
         sae = load(path)
-        return sae if site is None else eqx.tree_at(lambda s: s.site, sae, site)
+        return sae if site is None else dataclasses.replace(sae, site=site)
     raise FileNotFoundError(
         f"{path} is not an SAE folder: expected cfg.json + sae_weights.safetensors (SAELens) "
         f"or sae.json (jaxcirc)"

@@ -4,7 +4,8 @@ For each chosen feature (Bricken et al. 2023, "Towards monosemanticity", whose f
 SAELens and Neuronpedia follow): the top-activating contexts with every token shaded by the
 feature's activation, the histogram of its nonzero activations with its firing frequency, and
 its direct logit effects, the decoder direction `W_dec[f]` read by the unembedding. Written as
-one self-contained HTML page (images as base64, no network, every token HTML-escaped), a PNG
+one self-contained HTML page (histograms as base64 SVG images, no network, every token
+HTML-escaped), a PNG
 summary and the numbers (`Dashboard.to_dict`).
 
 The activations are collected in batches of a fixed shape, so the model and the SAE compile
@@ -16,7 +17,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import io
 import math
 import os
 import re
@@ -424,27 +424,43 @@ td.up{color:#1a7f37} td.down{color:#b42318}
 """
 
 
-def _png_base64(fig) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _histogram_figure(card: FeatureCard):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.2, 2.4), layout="constrained")
-    ax = fig.add_subplot()
-    counts, edges = np.asarray(card.histogram[0]), np.asarray(card.histogram[1])
-    if counts.sum():
-        ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#e8743b")
-    ax.set_xlabel("activation (nonzero only)")
-    ax.set_ylabel("count")
-    ax.set_title(f"fires on {100 * card.frequency:.3g}% of tokens", fontsize=10)
-    return fig
+def _histogram_svg(card: FeatureCard, width: int = 360, height: int = 170) -> str:
+    """The feature's activation histogram as a small SVG (bars, axis ticks, labels)."""
+    counts = np.asarray(card.histogram[0], float)
+    edges = np.asarray(card.histogram[1], float)
+    left, bottom, top_pad = 44, 34, 22
+    w, h = width - left - 10, height - bottom - top_pad
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="11">',
+        f'<text x="{width / 2}" y="14" text-anchor="middle">fires on '
+        f"{100 * card.frequency:.3g}% of tokens</text>",
+    ]
+    peak = counts.max() if counts.size and counts.max() > 0 else 1.0
+    span = edges[-1] - edges[0] if edges[-1] > edges[0] else 1.0
+    for c, lo, hi in zip(counts, edges[:-1], edges[1:]):
+        x = left + w * (lo - edges[0]) / span
+        bw = max(w * (hi - lo) / span - 0.5, 0.5)
+        bh = h * c / peak
+        out.append(
+            f'<rect x="{x:.1f}" y="{top_pad + h - bh:.1f}" width="{bw:.1f}" height="{bh:.1f}" '
+            f'fill="#e8743b"/>'
+        )
+    y0 = top_pad + h
+    out += [
+        f'<line x1="{left}" y1="{y0}" x2="{left + w}" y2="{y0}" stroke="#444"/>',
+        f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{y0}" stroke="#444"/>',
+        f'<text x="{left}" y="{y0 + 13}" text-anchor="middle">{edges[0]:.3g}</text>',
+        f'<text x="{left + w}" y="{y0 + 13}" text-anchor="middle">{edges[-1]:.3g}</text>',
+        f'<text x="{left + w / 2}" y="{y0 + 27}" text-anchor="middle">activation (nonzero '
+        f"only)</text>",
+        f'<text x="{left - 4}" y="{top_pad + 4}" text-anchor="end">{int(peak)}</text>',
+        f'<text x="{left - 4}" y="{y0}" text-anchor="end">0</text>',
+        f'<text x="12" y="{top_pad + h / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 12 {top_pad + h / 2})">count</text>',
+        "</svg>",
+    ]
+    return base64.b64encode("".join(out).encode()).decode("ascii")
 
 
 def _context_html(ctx: Context, top: float) -> str:
@@ -495,7 +511,7 @@ def dashboard_html(dash: Dashboard, title: str | None = None) -> str:
             f"<h2>Feature {card.feature}</h2><p class='meta'>frequency "
             f"{100 * card.frequency:.3g}% · max {card.max_activation:.4g} · mean when active "
             f"{card.mean_active:.4g}</p><div class='row'><img alt='activation histogram' "
-            f"src='data:image/png;base64,{_png_base64(_histogram_figure(card))}'>"
+            f"src='data:image/svg+xml;base64,{_histogram_svg(card)}'>"
             f"{_logit_table(card)}</div>"
         )
         if card.contexts:
