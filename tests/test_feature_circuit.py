@@ -208,3 +208,38 @@ def test_bad_input(setup):
         )
     with pytest.raises((ValueError, KeyError), match="resid_post"):
         identity_saes(model, ["blocks.1.hook_resid_pots"])
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    from jaxcirc.io._gguf import smollm2_gguf_path
+
+    try:
+        return jc.io.load_tokenizer(smollm2_gguf_path())
+    except Exception as e:  # noqa: BLE001 - the GGUF is an optional test dependency
+        pytest.skip(f"SmolLM2 tokenizer not available: {e}")
+
+
+@pytest.mark.parametrize("style", jc.tasks.AGREEMENT_STYLES)
+def test_agreement_task(smollm2_tokenizer, style):
+    tok = smollm2_tokenizer
+    train = jc.tasks.agreement(tok, 12, style=style, seed=1)
+    test = jc.tasks.agreement(tok, 12, style=style, split="test", seed=1)
+    assert not set(train.prompts) & set(test.prompts)
+    assert train.prompts == jc.tasks.agreement(tok, 12, style=style, seed=1).prompts
+    assert int(train.lengths.min()) == int(train.lengths.max()) == train.clean.shape[1]
+    clean, corrupt = np.asarray(train.clean), np.asarray(train.corrupt)
+    differ = clean != corrupt
+    assert (differ.sum(1) == 1).all()
+    np.testing.assert_array_equal(np.argmax(differ, 1), train.positions["subject"])
+    for row in range(12):
+        noun = tok.decode([int(clean[row, train.positions["subject"][row]])]).strip()
+        plural = bool(train.positions["plural"][row])
+        assert noun.endswith("s") == plural, (train.prompts[row], noun)
+        verbs = [tok.decode([int(x)]).strip() for x in (train.answer[row], train.distractor[row])]
+        plural_form = {"is": "are", "was": "were", "has": "have"}
+        singular = verbs[1] if plural else verbs[0]
+        expect = plural_form.get(singular, singular[:-1])  # "likes" -> "like"
+        assert verbs[0 if plural else 1] == expect, (train.prompts[row], verbs)
+    with pytest.raises(ValueError, match="nounpp"):
+        jc.tasks.agreement(tok, 4, style="nounp")

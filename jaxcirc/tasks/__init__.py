@@ -2,10 +2,13 @@
 
 `ioi` (Wang et al. 2023), `induction` (Olsson et al. 2022), `greater_than` (Hanna et al. 2023),
 `factual` (Meng et al. 2022), and `from_strings` for your own; each returns a `Task`.
+`agreement`: subject–verb agreement (Marks et al. 2025's styles).
 `bios`: templated biographies with a spurious gender cue (for SHIFT), a `Bios`.
 `TRACR_CASES`: RASP programs with known circuits, compiled and cached by `jaxcirc.io.tracr_case`.
 """
 
+from ._agreement import AGREEMENT_STYLES as AGREEMENT_STYLES
+from ._agreement import agreement as agreement
 from ._bios import Bios as Bios
 from ._bios import bios as bios
 from ._factual import FACTS as FACTS
