@@ -285,7 +285,8 @@ def load_saelens(path: str | os.PathLike, site: str | None = None, *, dtype: str
     if arch == "relu":
         return ReLUSAE(**maps, **common)
     if arch == "topk":
-        return TopKSAE(**maps, **common, k=_int(cfg, "k", where, d_sae))
+        k = _int({"k": 100, **cfg}, "k", where, d_sae)  # 100: SAELens's TopKSAEConfig default
+        return TopKSAE(**maps, **common, k=k)
     if "log_threshold" in w:
         log_threshold = np.asarray(w["log_threshold"], np.float64)
     elif (exact := _exact_log_threshold(path, w["threshold"])) is not None:
