@@ -243,3 +243,34 @@ def test_agreement_task(smollm2_tokenizer, style):
         assert verbs[0 if plural else 1] == expect, (train.prompts[row], verbs)
     with pytest.raises(ValueError, match="nounpp"):
         jc.tasks.agreement(tok, 4, style="nounp")
+
+
+def test_feature_lasso_target_and_structure(setup):
+    """The last site's relevance is |Â_{L,y}| of the target regression refitted here on
+    independently computed codes and metric values; edges join adjacent sites only."""
+    from jaxcirc.methods import feature_lasso
+    from jaxcirc.methods._circuit_lasso import feature_ranking
+
+    model, saes, clean, patch, _ = setup
+    with pytest.warns(UserWarning, match="zero-variance"):
+        c = feature_lasso(model, saes, clean, metric, patch=patch)
+    tokens = jnp.concatenate([clean, patch])
+    y = np.asarray([metric(model, t) for t in tokens])
+    codes = np.stack([np.asarray(_code(model, saes[1], t)[0]) for t in tokens])
+    z, active = codes[:, -1], np.flatnonzero(np.abs(codes).max((0, 1)) > 0)
+    with pytest.warns(UserWarning, match="zero-variance"):
+        ref = feature_ranking(z[:, active], y, loss="squared", n_alphas=12, eps=1e-2)
+    g = c.graph
+    for k, f in enumerate(active):
+        node = feature_node(SITES[1], None, int(f))
+        np.testing.assert_allclose(c.scores.values[g.index(node)], abs(ref.coef[k, 0]),
+                                   rtol=1e-4, atol=1e-6)  # fmt: skip
+    assert all(n.position is None for n in g.source_nodes)
+    edges = c.info["edges"]
+    mask = np.asarray(edges.mask)
+    assert not (mask & ~edges.graph.valid).any()
+    assert set(c.nodes()) == set(edges.nodes()) | {
+        str(n) for n, m in zip(g.source_nodes, np.asarray(c.mask)) if m and n.site == SITES[1]
+    }
+    with pytest.raises(ValueError, match="at least 4"):
+        feature_lasso(model, saes, clean[:1], metric, patch=patch[:1])

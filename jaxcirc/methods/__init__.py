@@ -73,6 +73,7 @@ _EXPORTS = {
     "feature_completeness": "._feature_circuit",
     "identity_saes": "._feature_circuit",
     "IdentitySAE": "._feature_circuit",
+    "feature_lasso": "._feature_lasso",
 }
 __all__ = sorted(_EXPORTS)
 
