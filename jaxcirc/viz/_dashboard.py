@@ -252,8 +252,8 @@ def _show(s: str) -> str:
 
 
 def _label(s: str) -> str:
-    """A token as a matplotlib label: repr-like, with mathtext's `$` escaped."""
-    return repr(_show(s))[1:-1].replace("$", r"\$")
+    """A token as a matplotlib label: quoted (spaces visible), mathtext's `$` escaped."""
+    return repr(_show(s)).replace("$", r"\$")
 
 
 # ---------------------------------------------------------------------------- the driver
