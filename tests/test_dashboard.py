@@ -173,3 +173,8 @@ def test_cli_dashboard(tmp_path, capsys):
     assert record["site"] == "blocks.0.hook_mlp_out" and record["n_tokens"] == 72
     assert main([*argv[:-5], "--features", "1,48", "--out", str(out), "--no-progress"]) == 1
     assert "feature 48 out of range" in capsys.readouterr().err
+    # a jaxcirc SAE folder, its site overridden
+    jc.sae.save(tmp_path / "jsae", sae)
+    argv[2] = str(tmp_path / "jsae")
+    assert main([*argv, "--site", "blocks.1.hook_attn_out"]) == 0
+    assert json.loads((out / "dashboard.json").read_text())["site"] == "blocks.1.hook_attn_out"

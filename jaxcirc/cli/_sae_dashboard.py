@@ -72,7 +72,7 @@ def load_sae(path: Path, site: str | None = None):
     if (path / "sae.json").exists():
         import dataclasses
 
-        from ..sae._checkpoint import load
+        from ..sae import load
 
         sae = load(path)
         return sae if site is None else dataclasses.replace(sae, site=site)
