@@ -248,6 +248,11 @@ def test_pre_6_config(tmp_path):
     }
     (tmp_path / "cfg.json").write_text(json.dumps(old))
     _leaves_equal(load_saelens(tmp_path), sae)
+    del old["d_sae"]
+    old["expansion_factor"] = D_SAE // D_IN + 1  # the earliest configs: d_sae = d_in · factor
+    (tmp_path / "cfg.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"W_enc has shape \[12, 40\]; .* implies \[12, 48\]"):
+        load_saelens(tmp_path)
     old["normalize_activations"] = True
     (tmp_path / "cfg.json").write_text(json.dumps(old))
     with pytest.raises(ValueError, match="normalize_activations='expected_average_only_in'"):

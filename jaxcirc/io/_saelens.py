@@ -265,7 +265,10 @@ def load_saelens(path: str | os.PathLike, site: str | None = None, *, dtype: str
     cfg = _read_config(path)
     where = str(path / CONFIG)
     arch = _check_representable(cfg, where)
-    d_in, d_sae = _int(cfg, "d_in", where), _int(cfg, "d_sae", where)
+    d_in = _int(cfg, "d_in", where)
+    if "d_sae" not in cfg and "expansion_factor" in cfg:  # the earliest SAELens configs
+        cfg = {**cfg, "d_sae": d_in * _int(cfg, "expansion_factor", where)}
+    d_sae = _int(cfg, "d_sae", where)
     dtype = _dtype(dtype if dtype is not None else cfg.get("dtype", "float32"), where)
     shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     if arch == "jumprelu":
