@@ -28,6 +28,7 @@ Each step, for every SAE (the conventions of SAELens, Bloom et al. 2024):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -371,26 +372,15 @@ class Trainer:
 
     # the compiled step: all groups in one program, traced once per run
     def _build(self):
-        config, opt = self.config, self.opt
         plans = []
         for idx in self.groups:
             first = self.saes[idx[0]]
-            sites = [self.saes[i].site for i in idx]
-            k_aux = min(config.k_aux or max(first.d_in // 2, 1), first.d_sae)
-            plans.append((tuple(sites), len(set(sites)) == 1, k_aux))
-
-        @eqx.debug.assert_max_traces(max_traces=1)
-        def step_all(members, arrays, coefs, step):
-            out, stats = [], []
-            for m, c, (sites, shared, k_aux) in zip(members, coefs, plans):
-                xs = arrays[sites[0]] if shared else jnp.stack([arrays[s] for s in sites])
-                new, st = _group_step(m, xs, c, step, opt=opt, config=config, k_aux=k_aux,
-                                      shared_input=shared)  # fmt: skip
-                out.append(new)
-                stats.append(st)
-            return out, stats
-
-        self._step_fn = eqx.filter_jit(step_all)
+            shared = len({self.saes[i].site for i in idx}) == 1
+            k_aux = min(self.config.k_aux or max(first.d_in // 2, 1), first.d_sae)
+            plans.append((shared, k_aux))
+        # the SAEs' structure is part of the key: another structure is another program
+        shapes = tuple((_group_key(self.saes[idx[0]]), len(idx)) for idx in self.groups)
+        self._step_fn = _compiled_step(tuple(plans), shapes, self.config, self.steps)
 
     def start(self, batch) -> None:
         arrays = _batch_arrays(batch, self.saes, 0)
@@ -403,11 +393,14 @@ class Trainer:
             self.start(batch)
         if self._step_fn is None:
             self._build()
-        coefs = [jnp.asarray(self.coefs[idx]) for idx in self.groups]
-        self.members, stats = self._step_fn(
-            self.members, {k: jnp.asarray(v) for k, v in arrays.items()}, coefs,
-            jnp.asarray(self.step, jnp.int32),
-        )  # fmt: skip
+        xs = []
+        for idx in self.groups:
+            sites = [self.saes[i].site for i in idx]
+            shared = len(set(sites)) == 1
+            xs.append(arrays[sites[0]] if shared else np.stack([arrays[s] for s in sites]))
+        coefs = [self.coefs[idx] for idx in self.groups]
+        step = np.asarray(self.step, np.int32)
+        self.members, stats = self._step_fn(self.members, xs, coefs, step)
         self.step += 1
         self.tokens += next(iter(arrays.values())).shape[0]
         return stats
@@ -479,6 +472,25 @@ class Trainer:
         self.members = eqx.combine(
             jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in leaves]), static
         )
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_step(plans, shapes, config: TrainConfig, steps: int):
+    """The step of every group, one program (runs with the same SAE shapes, configuration and
+    length share it; each traces once)."""
+    opt = _optimizer(config, steps)
+
+    @eqx.debug.assert_max_traces(max_traces=1)
+    def step_all(members, xs, coefs, step):
+        out, stats = [], []
+        for m, x, c, (shared, k_aux) in zip(members, xs, coefs, plans):
+            new, st = _group_step(m, x, c, step, opt=opt, config=config, k_aux=k_aux,
+                                  shared_input=shared)  # fmt: skip
+            out.append(new)
+            stats.append(st)
+        return out, stats
+
+    return eqx.filter_jit(step_all)
 
 
 def _stream_position(batches):

@@ -1,0 +1,289 @@
+"""SAE training: planted-dictionary recovery, stacked = one by one, kill and resume, the
+activation buffer, checkpoints, metrics against direct computations, and bad inputs."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny
+
+import jaxcirc as jc
+from jaxcirc.sae._train import _groups
+
+D_IN, ATOMS, ACTIVE = 16, 24, 3
+
+
+def planted(seed=0):
+    rng = np.random.default_rng(seed)
+    atoms = rng.standard_normal((ATOMS, D_IN)).astype(np.float32)
+    return atoms / np.linalg.norm(atoms, axis=1, keepdims=True)
+
+
+def planted_batches(atoms, batch, steps, seed=1):
+    """Each row: `ACTIVE` atoms chosen at random with coefficients in [0.5, 1.5]."""
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        pick = np.argsort(rng.random((batch, ATOMS)), axis=1)[:, :ACTIVE]
+        codes = np.zeros((batch, ATOMS), np.float32)
+        values = rng.uniform(0.5, 1.5, (batch, ACTIVE)).astype(np.float32)
+        np.put_along_axis(codes, pick, values, 1)
+        yield codes @ atoms
+
+
+def max_cosine(atoms, sae):
+    """Mean over the planted atoms of the best cosine to a decoder row."""
+    W = np.asarray(sae.W_dec)
+    W = W / np.linalg.norm(W, axis=1, keepdims=True)
+    return float((atoms @ W.T).max(1).mean())
+
+
+def test_planted_dictionary_recovered():
+    """Each architecture, trained at the planted sparsity (k = 3 active atoms of 24 in 16
+    dimensions), finds the atoms: mean max cosine >= 0.9 (issue 14)."""
+    atoms = planted()
+    keys = jax.random.split(jax.random.key(0), 4)
+    saes = [
+        jc.sae.init("topk", D_IN, 48, k=ACTIVE, key=keys[0]),
+        jc.sae.init("batchtopk", D_IN, 48, k=ACTIVE, key=keys[1]),
+        jc.sae.init("relu", D_IN, 48, key=keys[2]),
+        jc.sae.init("jumprelu", D_IN, 48, key=keys[3], threshold=0.5, bandwidth=0.1),
+    ]
+    config = jc.sae.TrainConfig(lr=3e-3, warmup_steps=20, dead_tokens=256 * 50, log_every=50)
+    steps = 1500
+    res = jc.sae.train(saes, planted_batches(atoms, 256, steps), steps=steps,
+                       sparsity=[0, 0, RELU_L1, JUMP_L0], config=config)  # fmt: skip
+    scores = [max_cosine(atoms, s) for s in res.saes]
+    assert min(scores) >= 0.9, scores
+    x = next(planted_batches(atoms, 2048, 1, seed=7))
+    for sae in res.saes:
+        m = jc.sae.reconstruction(sae, x)
+        assert 0.5 * ACTIVE <= m["l0"] <= 3 * ACTIVE, (sae.architecture, m)
+        assert m["fvu"] < 0.3, (sae.architecture, m)
+    # BatchTopK's inference threshold keeps about k per example
+    assert abs(jc.sae.reconstruction(res.saes[1], x)["l0"] - ACTIVE) < 1.5
+    assert len(res.history) == steps // 50 and len(res.dead_fraction) == 4
+
+
+RELU_L1, JUMP_L0 = 2.0, 1.0
+
+
+def _four():
+    keys = jax.random.split(jax.random.key(3), 4)
+    return [
+        jc.sae.init("topk", 8, 16, k=2, key=keys[0], site="a"),
+        jc.sae.init("topk", 8, 16, k=2, key=keys[1], site="b"),
+        jc.sae.init("relu", 8, 24, key=keys[2], site="a"),
+        jc.sae.init("relu", 8, 24, key=keys[3], site="a"),
+    ]
+
+
+def _stream(steps, seed=0):
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        a = rng.standard_normal((64, 8)).astype(np.float32)
+        yield {"a": a, "b": np.tanh(a) + 0.1 * rng.standard_normal((64, 8)).astype(np.float32)}
+
+
+def test_four_at_once_equal_four_one_after_another():
+    """Two TopK SAEs at two sites (stacked) and two ReLU SAEs with different L1 coefficients
+    (stacked, coefficients as an array) equal the same four trained separately."""
+    saes = _four()
+    assert _groups(saes) == [[0, 1], [2, 3]]
+    sparsity = [0, 0, 0.5, 2.0]
+    config = jc.sae.TrainConfig(lr=1e-2, warmup_steps=3, dead_tokens=128, log_every=5)
+    together = jc.sae.train(saes, _stream(20), steps=20, sparsity=sparsity, config=config)
+    for i, sae in enumerate(saes):
+        alone = jc.sae.train(sae, _stream(20), steps=20, sparsity=sparsity[i], config=config)
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            np.testing.assert_allclose(
+                getattr(together.saes[i], name), getattr(alone.saes[0], name),
+                rtol=1e-5, atol=1e-6, err_msg=f"SAE {i} {name}",
+            )  # fmt: skip
+        assert together.saes[i].site == sae.site
+        assert together.dead_fraction[i] == alone.dead_fraction[0]
+    # different L1 coefficients gave different SAEs: the array really reached each member
+    assert not np.allclose(together.saes[2].W_enc, together.saes[3].W_enc)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _killed_after(iterable, n):
+    for i, item in enumerate(iterable):
+        if i == n:
+            raise _Killed
+        yield item
+
+
+def test_killed_and_resumed_equals_uninterrupted(tmp_path):
+    """A run stopped mid-way (after its step-10 checkpoint, before step 15) and started again
+    on the same checkpoint folder ends where the uninterrupted run ends; the activation
+    buffer resumes at its position."""
+    model = tiny("gpt2")
+    tokens = np.random.default_rng(0).integers(0, 50, (24, 9))
+    sites = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    keys = jax.random.split(jax.random.key(1), 2)
+    saes = [jc.sae.init("topk", 32, 64, k=4, key=k, site=s) for k, s in zip(keys, sites)]
+    config = jc.sae.TrainConfig(lr=3e-3, warmup_steps=2, dead_tokens=64, log_every=2)
+
+    def buffer():
+        return jc.sae.ActivationBuffer(model, tokens, sites, batch_size=16, rows_per_refill=6)
+
+    assert len(buffer()) == 4 * 3  # 4 refills of 6 rows x 8 positions, 3 batches each
+    whole = jc.sae.train(saes, buffer(), config=config)
+    first = buffer()
+    first_iter = iter(first)
+
+    class Stream:  # the same buffer, dying on its 15th batch
+        def __len__(self):
+            return len(first)
+
+        def position(self):
+            return first.position()
+
+        def seek(self, pos):
+            first.seek(pos)
+
+        def __iter__(self):
+            return _killed_after(first_iter, 10)
+
+    with pytest.raises(_Killed):
+        jc.sae.train(saes, Stream(), config=config, checkpoint=tmp_path / "ck",
+                     checkpoint_every=4)  # fmt: skip
+    again = jc.sae.train(saes, buffer(), config=config, checkpoint=tmp_path / "ck",
+                         checkpoint_every=4)  # fmt: skip
+    assert again.steps == whole.steps == 12
+    for a, b in zip(whole.saes, again.saes):
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert [h["step"] for h in again.history] == [h["step"] for h in whole.history]
+
+
+def test_save_load_round_trip(tmp_path):
+    keys = jax.random.split(jax.random.key(2), 4)
+    saes = [
+        jc.sae.init("relu", 8, 16, key=keys[0], site="blocks.0.hook_resid_post"),
+        jc.sae.init("topk", 8, 16, k=3, key=keys[1]),
+        jc.sae.init("batchtopk", 8, 16, k=3, key=keys[2], threshold=0.2),
+        jc.sae.init("jumprelu", 8, 16, key=keys[3], threshold=0.1, bandwidth=0.01),
+    ]
+    x = jax.random.normal(jax.random.key(9), (5, 8))
+    for i, sae in enumerate(saes):
+        sae = jax.tree.map(lambda a: a + 0.1 * jnp.ones_like(a), sae)  # nonzero biases
+        jc.sae.save(tmp_path / str(i), sae, info={"fvu": 0.1})
+        back = jc.sae.load(tmp_path / str(i))
+        assert type(back) is type(sae) and back.site == sae.site
+        np.testing.assert_array_equal(back.encode(x), sae.encode(x))
+        np.testing.assert_array_equal(back(x), sae(x))
+        assert jc.sae.load_info(tmp_path / str(i)) == {"fvu": 0.1}
+    jc.sae.save(tmp_path / "0", saes[1])  # replaces the saved one atomically
+    assert jc.sae.load(tmp_path / "0").architecture == "topk"
+
+
+def test_checkpoint_of_another_sae_is_an_error(tmp_path):
+    relu = jc.sae.init("relu", 8, 16, key=jax.random.key(0))
+    topk = jc.sae.init("topk", 8, 16, k=2, key=jax.random.key(0))
+    jc.sae.save(tmp_path / "relu", relu)
+    with pytest.raises(ValueError, match=r"holds a 'relu' SAE with d_in=8, d_sae=16; expected "
+                       r"architecture='topk'"):  # fmt: skip
+        jc.sae.load(tmp_path / "relu", architecture="topk")
+    with pytest.raises(ValueError, match="expected d_sae=32"):
+        jc.sae.load(tmp_path / "relu", d_sae=32)
+    config = jc.sae.TrainConfig(warmup_steps=1, log_every=1)
+    data = [np.ones((4, 8), np.float32)] * 2
+    jc.sae.train(relu, data, steps=2, config=config, checkpoint=tmp_path / "run")
+    with pytest.raises(ValueError, match=r"trains, as SAE 0, a 'relu' SAE \(d_in=8, d_sae=16\);"
+                       r" this run's SAE 0 is a 'topk' SAE \(d_in=8, d_sae=16, k=2\)"):  # fmt: skip
+        jc.sae.train(topk, data, steps=2, config=config, checkpoint=tmp_path / "run")
+    with pytest.raises(ValueError, match="steps=2; this run has steps=3"):
+        jc.sae.train(relu, data * 2, steps=3, config=config, checkpoint=tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="training checkpoint"):
+        jc.sae.load(tmp_path / "run")
+
+
+def test_metrics_against_direct_computation():
+    """FVU, L0, dead fraction by numpy; the spliced cross-entropy of an exact SAE equals the
+    clean one, both equal a log-softmax computed here; loss recovered by its formula."""
+    rng = np.random.default_rng(0)
+    sae = jc.sae.init("topk", 8, 32, k=3, key=jax.random.key(0))
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    m = jc.sae.reconstruction(sae, x, chunk=64)
+    xhat = np.asarray(sae(jnp.asarray(x)))
+    f = np.asarray(sae.encode(jnp.asarray(x)))
+    assert m["fvu"] == pytest.approx(((x - xhat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum(),
+                                     rel=1e-5)  # fmt: skip
+    assert m["l0"] == pytest.approx((f != 0).sum(1).mean())
+    assert m["dead_fraction"] == pytest.approx(1 - (f != 0).any(0).mean())
+
+    model = tiny("gpt2")
+    d = model.cfg.d_model
+    eye = np.eye(d, dtype=np.float32)
+    exact = jc.sae.ReLUSAE(  # relu(x) − relu(−x) = x: reconstructs every activation exactly
+        W_enc=jnp.asarray(np.concatenate([eye, -eye], 1)), b_enc=jnp.zeros(2 * d),
+        W_dec=jnp.asarray(np.concatenate([eye, -eye], 0)), b_dec=jnp.zeros(d),
+        site="blocks.0.hook_resid_post", center=False,
+    )  # fmt: skip
+    tokens = rng.integers(0, 50, (5, 7))
+    logits = np.asarray(jax.vmap(model)(jnp.asarray(tokens)), np.float64)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    clean = -np.take_along_axis(logp[:, 1:-1], tokens[:, 2:, None], -1).mean()
+    out = jc.sae.spliced_ce(model, exact, tokens, chunk=2)[0]
+    assert out["ce_clean"] == pytest.approx(clean, rel=1e-5)
+    assert out["ce_sae"] == pytest.approx(clean, rel=1e-5)
+    assert out["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    noisy = jc.sae.init("topk", d, 64, k=2, key=jax.random.key(1), site=exact.site)
+    out = jc.sae.spliced_ce(model, noisy, tokens)[0]
+    expect = (out["ce_zero"] - out["ce_sae"]) / (out["ce_zero"] - out["ce_clean"])
+    assert out["loss_recovered"] == pytest.approx(expect) and out["ce_sae"] != out["ce_clean"]
+
+
+def test_bad_inputs():
+    sae = jc.sae.init("topk", 8, 16, k=2, key=jax.random.key(0), site="s")
+    with pytest.raises(ValueError, match=r"d_in=8; got an activation of shape \(4, 9\)"):
+        jc.sae.train(sae, [np.ones((4, 9), np.float32)], steps=1)
+    with pytest.raises(ValueError, match="k .* must be"):
+        jc.sae.init("topk", 8, 16, k=17, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="d_sae"):
+        jc.sae.init("relu", 8, 0, key=jax.random.key(0))
+    bad = np.ones((4, 8), np.float32)
+    bad[2, 5] = np.nan
+    with pytest.raises(jc.NonFiniteError, match="site s: row 2 of the batch at step 1, unit 5"):
+        jc.sae.train(sae, [np.ones((4, 8), np.float32), bad], steps=2)
+    with pytest.raises(KeyError, match="no site 's'"):
+        jc.sae.train(sae, [{"t": np.ones((4, 8), np.float32)}], steps=1)
+    with pytest.raises(ValueError, match="sparsity"):
+        jc.sae.train(sae, [np.ones((4, 8), np.float32)], steps=1, sparsity=1.0)
+    with pytest.raises(ValueError, match="stream ended after 1 of 2 steps"):
+        jc.sae.train(sae, [np.ones((4, 8), np.float32)], steps=2)
+
+
+def test_buffer_non_finite_names_site_row_position():
+    """A NaN entering at one token row and position is reported at the first site that reads
+    it, with that row and position."""
+    model = tiny("gpt2")
+    site = "blocks.1.hook_resid_post"
+    tokens = np.random.default_rng(0).integers(0, 50, (6, 5))
+    buffer = jc.sae.ActivationBuffer(model, tokens, [site], batch_size=8, rows_per_refill=3)
+    batch = next(iter(buffer))
+    assert batch[site].shape == (8, 32)
+    # position 0 is left out: the buffer's rows are the activations at positions 1..4
+    acts = np.asarray(jc.sae.site_activations(model, tokens[:3], [site])[site])[:, 1:]
+    order = np.random.default_rng([0, 0]).permutation(12)
+    np.testing.assert_allclose(batch[site], acts.reshape(12, 32)[order[:8]], rtol=1e-6)
+    # a NaN embedding row, read by token 7 at row 4, position 2 only
+    poisoned = eqx.tree_at(lambda m: m.embed.W_E, model, model.embed.W_E.at[7].set(jnp.nan))
+    rows = np.where(tokens == 7, 8, tokens)
+    rows[4, 2] = 7
+    first = "blocks.0.hook_resid_pre"
+    buffer = jc.sae.ActivationBuffer(poisoned, rows, [first], batch_size=4, rows_per_refill=3)
+    assert buffer.last == 0  # the run stops after block 0
+    it = iter(buffer)
+    next(it)  # the first refill (rows 0-2) is finite
+    with pytest.raises(jc.NonFiniteError, match=f"site {first}: token row 4, position 2, unit 0"):
+        next(it)
+        next(it)
+        next(it)
+    with pytest.raises(ValueError, match="no site 'blocks.1.hook_resid_pots'"):
+        jc.sae.ActivationBuffer(model, tokens, ["blocks.1.hook_resid_pots"])
