@@ -148,6 +148,9 @@ def test_bad_input(model):
         feature_dashboard(model, sae, tokens, lengths=[3] * 2, progress=False)
     with pytest.raises(ValueError, match="token id"):
         feature_dashboard(model, sae, tokens + 100, progress=False)
+    nan = eqx.tree_at(lambda s: s.b_enc, sae, sae.b_enc.at[3].set(jnp.nan))
+    with pytest.raises(jc.NonFiniteError, match="SAE activations at blocks.1.hook_resid_post.*3"):
+        feature_dashboard(model, nan, tokens, progress=False)
     wrong = _sae("blocks.1.mlp.hook_post", 64)
     with pytest.raises(ValueError, match="d_in=64"):
         feature_dashboard(model, wrong, tokens, progress=False)

@@ -71,7 +71,7 @@ class FeatureCard:
     logits_down: tuple[tuple[str, int, float], ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Dashboard:
     """The dashboard of `cards` (one per chosen feature) for an SAE at `site`, from
     `n_tokens` token positions; `frequency` and `max_activation` hold every feature's."""
