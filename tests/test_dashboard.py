@@ -149,7 +149,8 @@ def test_bad_input(model):
     with pytest.raises(ValueError, match="token id"):
         feature_dashboard(model, sae, tokens + 100, progress=False)
     nan = eqx.tree_at(lambda s: s.b_enc, sae, sae.b_enc.at[3].set(jnp.nan))
-    with pytest.raises(jc.NonFiniteError, match="SAE activations at blocks.1.hook_resid_post.*3"):
+    message = r"at blocks.1.hook_resid_post: feature 3 .*SAE weight b_enc .*\[3\]"
+    with pytest.raises(jc.NonFiniteError, match=message):
         feature_dashboard(model, nan, tokens, progress=False)
     wrong = _sae("blocks.1.mlp.hook_post", 64)
     with pytest.raises(ValueError, match="d_in=64"):

@@ -156,6 +156,22 @@ def _check_inputs(model, sae: SAE, tokens, lengths):
     return tokens, lengths
 
 
+def _diagnose(sae: SAE, xs, batch: int) -> str:
+    """Where non-finite codes start: the site's activation (row, position) or an SAE weight."""
+    for c, (x, keep) in enumerate(xs):
+        bad = ~np.isfinite(np.asarray(x)) & keep[:, None, None]
+        if bad.any():
+            r, p, _ = np.argwhere(bad)[0]
+            return (
+                f"the activation at {sae.site} is non-finite at row {c * batch + r}, position {p}"
+            )
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        bad = np.argwhere(~np.isfinite(np.asarray(getattr(sae, name))))
+        if len(bad):
+            return f"the SAE weight {name} is non-finite at {[int(i) for i in bad[0]]}"
+    return "the activations and the SAE's affine weights are finite"
+
+
 def _choose(features, count, f_max, n_features: int, select: str, d_sae: int) -> np.ndarray:
     if features is not None:
         ids = np.asarray(features)
@@ -327,7 +343,8 @@ def feature_dashboard(
             tick()
     n_tokens = int(valid.sum())
     f_max = np.where(np.isneginf(f_max), 0.0, f_max)
-    check_finite(f_max, f"SAE activations at {sae.site}", axes=("feature",))
+    check_finite(f_max, f"SAE activations at {sae.site}", axes=("feature",),
+                 diagnose=lambda: _diagnose(sae, xs, batch))  # fmt: skip
     chosen = _choose(features, count, f_max, n_features, select, sae.d_sae)
 
     index = jnp.asarray(chosen)
