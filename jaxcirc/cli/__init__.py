@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _bench, _iia, _lasso, _patch, _prune, _sae, _trace
+from . import _bench, _iia, _lasso, _patch, _prune, _sae, _shift, _trace
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def parser() -> argparse.ArgumentParser:
     _lasso.add_parser(commands)
     _prune.add_parser(commands)
     _sae.add_parser(commands)
+    _shift.add_parser(commands)
     return root
 
 

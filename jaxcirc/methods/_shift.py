@@ -60,10 +60,13 @@ class Probe(eqx.Module):
         return ((x - self.mean) / self.scale) @ self.w + self.b
 
 
-def train_probe(x, y, *, C: float = 1.0, site: str = "", max_steps: int = 100) -> Probe:
-    """Fit a `Probe` to `x [n, d]` and 0/1 labels `y [n]`: features standardised, then
-    scikit-learn's L2 logistic objective `C · Σ logloss + ½‖w‖²` (intercept unpenalised),
-    minimised by Newton's method in float64 (to the optimum, not for one epoch)."""
+def train_probe(
+    x, y, *, C: float = 1.0, standardize: bool = False, site: str = "", max_steps: int = 100
+) -> Probe:
+    """Fit a `Probe` to `x [n, d]` and 0/1 labels `y [n]` (features centred, and scaled to unit
+    variance if `standardize`): scikit-learn's L2 logistic objective `C · Σ logloss + ½‖w‖²`
+    (intercept unpenalised), minimised by Newton's method in float64 (to the optimum, not for
+    one epoch as Marks et al.; a small `C` plays the part of their early stop)."""
     C = check_float(C, "C (inverse regularisation strength)", 0.0, low_open=True)
     X = np.asarray(x, np.float64)
     y = np.asarray(y)
@@ -76,6 +79,8 @@ def train_probe(x, y, *, C: float = 1.0, site: str = "", max_steps: int = 100) -
         raise ValueError(f"x{f' (site {site})' if site else ''} is not finite at row {row}")
     mean, scale = X.mean(0), X.std(0)
     scale = np.where(scale > 1e-8 * max(float(np.abs(X).max()), 1e-30), scale, 1.0)
+    if not standardize:
+        scale = np.ones_like(scale)
     Z = np.hstack([(X - mean) / scale, np.ones((X.shape[0], 1))])
     reg = np.ones(Z.shape[1])
     reg[-1] = 0.0
@@ -465,7 +470,7 @@ def shift(
     top: int = 50,
     threshold: float = 1.0,
     steps: int = 10,
-    C: float = 1.0,
+    C: float = 1e-3,
     seed: int = 0,
     chunk: int = 32,
     progress: bool = False,
@@ -499,6 +504,7 @@ def shift(
     check_int(n_attribution, "n_attribution", 2, n_train)
     used = upstream(saes, probe_site)
     clock: dict[str, float] = {}
+    say = print if progress else (lambda *a, **k: None)
     sets = [
         bios(tokenizer, n_train, kind="ambiguous", split="train", seed=seed),
         bios(tokenizer, n_train, kind="balanced", split="train", seed=seed),
@@ -523,6 +529,8 @@ def shift(
 
     # SHIFT: attribution, top features, flag, ablate
     start = time.perf_counter()
+    say(f"SHIFT: attributing the probe to {sum(s.d_sae for s in used)} features at "
+        f"{len(used)} sites (IG, {steps} steps, {n_attribution} bios)", flush=True)  # fmt: skip
     effects = shift_effects(model, used, probe, _first(amb, n_attribution), steps=steps)
     clock["shift_attribution"] = time.perf_counter() - start
     scores = gender_scores(model, used, neutral, chunk=chunk)
@@ -560,8 +568,7 @@ def shift(
 
     # CircuitLasso route: target regression on the probe site's features
     start = time.perf_counter()
-    (probe_sae,) = [s for s in saes if s.site == probe_site]
-    z = pooled_codes(model, [probe_sae], amb, chunk=chunk)[probe_site]
+    z = pooled_codes(model, used, amb, chunk=chunk)[probe_site]  # gender_scores' program
     ranking = feature_ranking(z, np.asarray(amb.label), loss="logistic", seed=seed)
     nonzero = [int(i) for i in ranking.order if ranking.dataset[i] > 0][:top]
     clock["circuit_lasso"] = time.perf_counter() - start
@@ -569,7 +576,7 @@ def shift(
     flags["CircuitLasso"] = flag_gender([(probe_site, i) for i in nonzero], lasso_scores,
                                         threshold)  # fmt: skip
     n_lasso = sum(len(v) for v in flags["CircuitLasso"].values())
-    las = ablate(model, [probe_sae], flags["CircuitLasso"])
+    las = ablate(model, used, flags["CircuitLasso"])  # the others unedited: SHIFT's program
     xl_amb, xl_test = acts(las, amb, "CircuitLasso: train"), acts(las, test, "lasso: test")
     row("CircuitLasso", xl_test, n_lasso, clock["circuit_lasso"])
     row("CircuitLasso + retrain", xl_test, n_lasso, clock["circuit_lasso"],

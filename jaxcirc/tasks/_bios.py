@@ -48,23 +48,29 @@ _NAMES = {
     ),
 }
 _PRONOUNS = {
-    "male": {"he": "he", "He": "He", "him": "him", "his": "his", "His": "His"},
-    "female": {"he": "she", "He": "She", "him": "her", "his": "her", "His": "Her"},
-}
-# Frames: `{name}`, pronoun slots `{he} {He} {him} {his} {His}`, activity slots `{a}`, `{b}`.
+    "male": {"he": "he", "He": "He", "him": "him", "his": "his", "His": "His", "man": "man",
+             "parent": "father", "spouse": "wife", "sibling": "brother", "title": "Mr"},
+    "female": {"he": "she", "He": "She", "him": "her", "his": "her", "His": "Her", "man": "woman",
+               "parent": "mother", "spouse": "husband", "sibling": "sister", "title": "Mrs"},
+}  # fmt: skip
+# Frames: `{name}`, gendered slots (`{he} {He} {him} {his} {His} {man} {parent} {spouse}
+# {sibling} {title}`), a profession's activity `{a}` and a hobby `{b}` (both hobbies in the
+# neutral set). Gender is said many times, the profession once, as in real biographies.
 _FRAMES = {
     "train": (
-        "{name} {a}. {He} also {b}.",
-        "{name} {a}, and {he} {b}.",
-        "{name} {a}. {His} colleagues say that {he} {b}.",
-        "{name} lives in Boston and {a}. {He} {b}.",
-        "For many years {name} {a}. Today {he} {b}.",
-        "{name} {a}. Friends describe {him} as someone who {b}.",
+        "{name} {a}. {He} {b}, and {his} {spouse} says that {he} is a kind {man}.",
+        "{name}, a {parent} of two, {b}. {He} also {a}, and {he} loves {his} family.",
+        "Known to {his} friends as a funny {man}, {name} {b}. {He} {a}.",
+        "{title} {name} lives in Boston with {his} {spouse}. {He} {a} and {he} {b}.",
+        "{name} {b} with {his} {sibling}. During the week {he} {a}. {His} {spouse} is proud "
+        "of {him}.",
+        "{name} was born in Ohio, where {his} {parent} still lives. {He} {b}, and {he} {a}.",
     ),
     "test": (
-        "{name} {a}. In addition, {he} {b}.",
-        "Every week {name} {a}. {He} often {b}.",
-        "{name} {a}; {his} family and friends know that {he} {b}.",
+        "{title} {name} {a}. In {his} free time {he} {b} with {his} {spouse}.",
+        "Every weekend {name} {b} with {his} {sibling}. {He} also {a}, and {his} children "
+        "visit {him} often.",
+        "{name} grew up in Texas as the only {man} in {his} class. {He} {a}; {he} {b}.",
     ),
 }
 _ACTIVITIES = {
@@ -109,6 +115,12 @@ _ACTIVITIES = {
         "reads a novel every month",
         "collects old coins",
         "runs a marathon every spring",
+    ),
+    ("neutral", "test"): (
+        "goes fishing with old friends",
+        "paints landscapes in watercolour",
+        "volunteers at the local library",
+        "bakes bread every Sunday",
     ),
 }
 # fmt: on
@@ -187,12 +199,14 @@ def bios(tokenizer, n: int, *, kind: str = "ambiguous", split: str = "train", se
     for profession, gender in cells:
         names = _NAMES[(gender, split)]
         acts = _ACTIVITIES[(profession, split)]
+        hobbies = _ACTIVITIES[("neutral", split)]
         for _ in range(n // groups):
-            a, b = rng.choice(len(acts), 2, replace=False)
-            text = _fill(
-                frames[rng.integers(len(frames))], names[rng.integers(len(names))], gender,
-                acts[a], acts[b],
-            )  # fmt: skip
+            if profession == "neutral":
+                a, b = (acts[i] for i in rng.choice(len(acts), 2, replace=False))
+            else:
+                a, b = acts[rng.integers(len(acts))], hobbies[rng.integers(len(hobbies))]
+            frame, name = frames[rng.integers(len(frames))], names[rng.integers(len(names))]
+            text = _fill(frame, name, gender, a, b)
             rows.append((text, PROFESSIONS.index(profession) if profession in PROFESSIONS else -1,
                          GENDERS.index(gender)))  # fmt: skip
     order = rng.permutation(len(rows))
