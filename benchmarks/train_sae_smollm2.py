@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--batch-rows", type=int, default=8, help="token rows per SAE batch")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--dead-tokens", type=int, default=50_000)
+    p.add_argument("--steps", type=int, default=150, help="SAE steps (at most the batches)")
+    p.add_argument("--warmup", type=int, default=25, help="learning-rate warm-up steps")
     p.add_argument("--fresh", action="store_true", help="ignore a checkpoint left by a kill")
     args = p.parse_args()
     if args.quick:
@@ -73,7 +75,8 @@ def main() -> None:
     keys = jax.random.split(jax.random.key(0), len(sites))
     saes = [jc.sae.init("topk", d_model, args.d_sae, k=args.k, key=key, site=site)
             for key, site in zip(keys, sites)]  # fmt: skip
-    config = jc.sae.TrainConfig(lr=args.lr, warmup_steps=min(50, len(buffer) // 10),
+    steps = min(args.steps, len(buffer))
+    config = jc.sae.TrainConfig(lr=args.lr, warmup_steps=min(args.warmup, steps // 5),
                                 dead_tokens=args.dead_tokens, log_every=10)  # fmt: skip
     ckpt = CKPT / ("quick" if args.quick else "run")
     if args.fresh:
@@ -85,8 +88,8 @@ def main() -> None:
         print(f"step {entry['step']} tokens {entry['tokens']}: {cells}", flush=True)
 
     t0 = time.perf_counter()
-    res = jc.sae.train(saes, buffer, config=config, checkpoint=ckpt, checkpoint_every=25,
-                       progress=False, callback=show)  # fmt: skip
+    res = jc.sae.train(saes, buffer, steps=steps, config=config, checkpoint=ckpt,
+                       checkpoint_every=25, callback=show, retarget=True)  # fmt: skip
     t_train = time.perf_counter() - t0
     load_train = os.getloadavg()[0]
 

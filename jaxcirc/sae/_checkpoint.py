@@ -198,10 +198,11 @@ def save_training(path, trainer, *, stream=None) -> Path:
     return _save_dir(Path(path), "state.json", meta, arrays, TRAIN_MARKER)
 
 
-def load_training(path, trainer) -> dict | None:
+def load_training(path, trainer, *, retarget: bool = False) -> dict | None:
     """Restore `trainer` from the checkpoint at `path`; `None` (nothing done) when `path`
     holds none. A checkpoint of other SAEs (type, sizes, site, k), another step count,
-    sparsity or configuration is an error naming the difference."""
+    sparsity or configuration is an error naming the difference; with `retarget`, another
+    step count is accepted (the run is lengthened or shortened from where it stopped)."""
     path = Path(path)
     _recover(path)
     if not (path / TRAIN_MARKER).is_file():
@@ -221,10 +222,15 @@ def load_training(path, trainer) -> dict | None:
                 f"the checkpoint at {path} trains, as SAE {i}, {_words(a)}; this run's SAE {i} "
                 f"is {_words(b)}: resume with the same SAEs, or use another checkpoint folder"
             )
-    for key, value in (("steps", trainer.steps),
+    if retarget and meta["step"] > trainer.steps:
+        raise ValueError(
+            f"the checkpoint at {path} is at step {meta['step']}, past this run's "
+            f"steps={trainer.steps}"
+        )
+    for key, value in (("steps", None if retarget else trainer.steps),
                        ("sparsity", [float(c) for c in trainer.coefs]),
                        ("config", dataclasses.asdict(trainer.config))):  # fmt: skip
-        if meta[key] != json.loads(json.dumps(value)):
+        if value is not None and meta[key] != json.loads(json.dumps(value)):
             raise ValueError(
                 f"the checkpoint at {path} was written with {key}={meta[key]}; this run has "
                 f"{key}={value}: resume with the same settings"

@@ -508,6 +508,7 @@ def train(
     checkpoint_every: int | None = None,
     progress: bool = False,
     callback=None,
+    retarget: bool = False,
 ) -> TrainResult:
     """Train `saes` together on one stream of activation batches; returns a `TrainResult`.
 
@@ -517,7 +518,9 @@ def train(
     default 5; JumpReLU: L0, default 1; TopK/BatchTopK: 0). With `checkpoint` (a folder), the
     run saves its state every `checkpoint_every` steps and at the end, and a run started on a
     folder that holds a checkpoint resumes from it (optimizer, step, stream position) and
-    ends where the uninterrupted run would.
+    ends where the uninterrupted run would. `retarget=True` resumes a checkpoint written for
+    another number of steps (the learning-rate schedule follows the new length from there).
+    `callback(entry)` sees each logged history entry.
     """
     from ._checkpoint import load_training, save_training
 
@@ -531,7 +534,7 @@ def train(
         check_int(checkpoint_every, "checkpoint_every", 1)
     resumed = None
     if checkpoint is not None:
-        resumed = load_training(checkpoint, trainer)
+        resumed = load_training(checkpoint, trainer, retarget=retarget)
     iterator: Iterator
     if resumed is not None and resumed.get("stream") is not None and hasattr(batches, "seek"):
         batches.seek(resumed["stream"])
