@@ -32,6 +32,7 @@ import numpy as np
 
 from .._checks import check_float
 from .._finite import check_finite
+from .._progress import progress_bar, tick
 from ..graph import Circuit, Scores
 from ..graph._features import FeatureGraph, feature_node, site_order
 from ..interventions import Function, intervene
@@ -149,6 +150,7 @@ def feature_circuit(
     lengths=None,
     metric_args=None,
     memory_budget: int | None = None,
+    progress: bool = False,
 ) -> Circuit:
     """The sparse feature circuit of `metric` (Marks et al. 2025): a node-level `Circuit` on
     a `FeatureGraph` of every node with a non-zero effect, keeping those with `|IE| >
@@ -157,7 +159,8 @@ def feature_circuit(
     `info` holds `"effects"` (the aggregated `FeatureEffects`), `"edges"` (an edge-level
     `Circuit` on the graph of the kept nodes, edges with `|IE| > edge_threshold`, its
     `scores` the signed edge effects; absent with `edges=False`), `"node_seconds"` and
-    `"edge_seconds"`. The arguments before `node_threshold` are those of `feature_effects`.
+    `"edge_seconds"`. The arguments before `node_threshold` are those of `feature_effects`;
+    `progress` shows bars over the chunks of examples and the pairs of sites.
     """
     saes = check_saes(model, saes)
     order = _sorted(saes)
@@ -169,7 +172,7 @@ def feature_circuit(
     start = time.perf_counter()
     raw, grads, (df, de), _, _ = node_pass(
         model, saes, tokens, metric, patch=patch, method=method, steps=steps, lengths=lengths,
-        metric_args=metric_args, memory_budget=memory_budget,
+        metric_args=metric_args, memory_budget=memory_budget, progress=progress,
     )  # fmt: skip
     effects = raw.aggregate(aggregation)
     keys, values = effects.nodes(absolute=False)
@@ -184,8 +187,9 @@ def feature_circuit(
     if edges and method != "exact":
         start = time.perf_counter()
         kept = g.restrict(np.asarray(circuit.mask))
-        info["edges"] = _edges(model, saes, tokens, kept, grads, df, de, effects, edge_threshold,
-                               lengths, memory_budget)  # fmt: skip
+        with progress_bar(progress, total=len(saes) - 1, desc="edge effects", unit="site pair"):
+            info["edges"] = _edges(model, saes, tokens, kept, grads, df, de, effects,
+                                   edge_threshold, lengths, memory_budget)  # fmt: skip
         info["edge_seconds"] = time.perf_counter() - start
     return Circuit(circuit.mask, g, scores, info)
 
@@ -201,6 +205,7 @@ def _edges(model, saes, tokens, kept, grads, df, de, effects, edge_threshold, le
         j = i + 1
         up, down = by_site[i], by_site[j]
         if not up.size or not down.size:
+            tick()
             continue
         up_arr = _node_arrays([kept.source_nodes[k] for k in up])
         down_arr = _node_arrays([kept.source_nodes[k] for k in down])
@@ -213,6 +218,7 @@ def _edges(model, saes, tokens, kept, grads, df, de, effects, edge_threshold, le
                               df[i][rows], de[i][rows], down_arr, up_arr)  # fmt: skip
             total += np.asarray(out, np.float64)[ok].sum(0)
         values[np.ix_(up, down)] = (total / batch).T
+        tick()
     last = np.flatnonzero(kept.site_index == len(saes) - 1)
     site = saes[-1].site
     s_last = effects.index(site)

@@ -28,6 +28,7 @@ from jaxtyping import Array, Int
 
 from .._checks import check_int, nearest_word
 from .._finite import check_finite
+from .._progress import progress_bar, tick
 from ..patching._budget import budget, prompts_per_chunk, row_chunks
 from ..sae import SAE, Splice, splice
 
@@ -313,6 +314,7 @@ def node_pass(
     lengths=None,
     metric_args=None,
     memory_budget=None,
+    progress=False,
 ):
     """The work behind `feature_effects`: `(effects, grads, deltas, clean, metric values)`,
     with `grads` the (IG-averaged) gradients per site `(features, errors)` that the edge
@@ -334,13 +336,17 @@ def node_pass(
     alphas = jnp.arange(n_steps, dtype=jnp.float32) / n_steps
     take = lambda tree, rows: jax.tree_util.tree_map(lambda x: x[rows], tree)
     outs = []
-    for rows, ok in zip(rows_all, ok_all):
-        part = (take(tokens, rows), take(metric_args, rows), take(df, rows), take(de, rows))
-        if method == "exact":
-            got = [_exact_site(model, saes, metric, *part, i) for i in range(len(saes))]
-            outs.append((got, ok))
-        else:
-            outs.append((_grads(model, saes, metric, *part, alphas, method == "ig"), ok))
+    with progress_bar(progress, total=len(rows_all), desc=f"feature effects ({method})",
+                      unit="chunk"):  # fmt: skip
+        for rows, ok in zip(rows_all, ok_all):
+            part = (take(tokens, rows), take(metric_args, rows), take(df, rows), take(de, rows))
+            if method == "exact":
+                got = [_exact_site(model, saes, metric, *part, i) for i in range(len(saes))]
+                outs.append((got, ok))
+            else:
+                outs.append((_grads(model, saes, metric, *part, alphas, method == "ig"), ok))
+            jax.block_until_ready(outs[-1])
+            tick()
     cat = lambda xs: jnp.concatenate(xs)[:batch]
     w = jnp.asarray(valid, jnp.float32)
     if method == "exact":
@@ -395,6 +401,7 @@ def feature_effects(
     lengths=None,
     metric_args=None,
     memory_budget: int | None = None,
+    progress: bool = False,
 ) -> FeatureEffects:
     """Effects of every SAE feature and error node on `metric` (Marks et al. 2025, §3.1).
 
@@ -409,12 +416,13 @@ def feature_effects(
     - `lengths`: real length of each row (right padding); padding positions get effect 0.
 
     Examples run in chunks of one compiled program (`memory_budget` bytes, default 1 GiB);
-    the site and the interpolation step are data of that program. A non-finite effect raises
+    the site and the interpolation step are data of that program (`progress`: a bar over
+    the chunks). A non-finite effect raises
     a `NonFiniteError` naming the site, example, position and feature.
     """
     return node_pass(
         model, saes, tokens, metric, patch=patch, method=method, steps=steps, lengths=lengths,
-        metric_args=metric_args, memory_budget=memory_budget,
+        metric_args=metric_args, memory_budget=memory_budget, progress=progress,
     )[0]  # fmt: skip
 
 
