@@ -119,7 +119,10 @@ def main() -> None:
         "",
         C.machine_markdown(info),
         f"- 1-min load average at the end {load_end:.2f}; wall {wall:.0f} s for the whole "
-        f"table (pooling {len(res.rows)} runs × 2 sets of bios dominates, then IG)",
+        f"table: IG attribution {sec['shift_attribution']:.0f} s, neuron skyline "
+        f"{sec['skyline']:.0f} s, CircuitLasso {sec['circuit_lasso']:.0f} s, the rest "
+        f"(pooled activations of the {len(res.rows)} runs, probes, gender scores) "
+        f"{wall - sum(sec.values()):.0f} s",
         f"- Probe: logistic regression (L2, C = {res.info['C']}) on the residual at "
         f"`{site}`, mean-pooled without BOS; {args.n_train} ambiguous training bios, "
         f"{args.n_test} balanced test bios (held-out names, frames, activities). SAEs: {sizes}"

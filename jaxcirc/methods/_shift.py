@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 import equinox as eqx
@@ -569,7 +570,9 @@ def shift(
     # CircuitLasso route: target regression on the probe site's features
     start = time.perf_counter()
     z = pooled_codes(model, used, amb, chunk=chunk)[probe_site]  # gender_scores' program
-    ranking = feature_ranking(z, np.asarray(amb.label), loss="logistic", seed=seed)
+    with warnings.catch_warnings():  # features that never fire on bios are dropped: expected
+        warnings.filterwarnings("ignore", message="CircuitLasso: dropped")
+        ranking = feature_ranking(z, np.asarray(amb.label), loss="logistic", seed=seed)
     nonzero = [int(i) for i in ranking.order if ranking.dataset[i] > 0][:top]
     clock["circuit_lasso"] = time.perf_counter() - start
     lasso_scores = {probe_site: scores[probe_site]}
@@ -600,6 +603,7 @@ def shift(
         "seed": seed,
         "inspected": {"SHIFT": len(chosen), "CircuitLasso": len(nonzero)},
         "lasso_alpha": float(ranking.alpha),
+        "lasso_nonzero": int((ranking.dataset > 0).sum()),
         "seconds": {k: round(v, 2) for k, v in clock.items()},
     }
     return ShiftResult(rows, flags, top_rows, info)
