@@ -41,7 +41,7 @@ import numpy as np
 import optax
 
 from .._checks import check_float, check_int
-from .._finite import NonFiniteError, check_result, first_nonfinite
+from .._finite import NonFiniteError, first_nonfinite
 from ._sae import SAE, BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 
 DEFAULT_SPARSITY = {"relu": 5.0, "jumprelu": 1.0, "topk": 0.0, "batchtopk": 0.0}
@@ -124,12 +124,19 @@ def _groups(saes: Sequence[SAE]) -> list[list[int]]:
     return list(groups.values())
 
 
+# stacking, unstacking and initialising happen on the host (NumPy): no small programs to compile
 def _stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
 def _unstack(tree, n):
-    return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
+    host = jax.tree.map(np.asarray, tree)
+    return [jax.tree.map(lambda x: x[i], host) for i in range(n)]
+
+
+def _opt_init(opt, params):
+    """Adam's initial state (zero moments and counts), built on the host."""
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(opt.init, params))
 
 
 # ------------------------------------------------------------------------- one step
@@ -336,22 +343,23 @@ def _init_member(sae, x, opt, config):
     if config.normalize:
         scale = math.sqrt(sae.d_in) / max(float(np.mean(np.linalg.norm(x, axis=-1))), 1e-30)
     if config.init_b_dec:
-        sae = eqx.tree_at(lambda s: s.b_dec, sae, jnp.asarray(np.mean(x, 0) * scale, x.dtype))
+        sae = eqx.tree_at(lambda s: s.b_dec, sae, (np.mean(x, 0) * scale).astype(x.dtype))
     sae = with_site(sae, "")
     params = eqx.filter(sae, _params(sae))
-    since = jnp.zeros(sae.d_sae, jnp.int32)
-    return _Member(sae, opt.init(params), since, jnp.asarray(scale, jnp.float32))
+    since = np.zeros(sae.d_sae, np.int32)
+    return _Member(sae, _opt_init(opt, params), since, np.asarray(scale, np.float32))
 
 
 def fold_scale(sae: SAE, scale) -> SAE:
     """The SAE of the scaled inputs `scale · x` as an SAE of `x` (decoder rows unchanged)."""
-    scale = jnp.asarray(scale, sae.b_enc.dtype)
+    sae = jax.tree.map(np.asarray, sae)
+    scale = np.asarray(scale, sae.b_enc.dtype)
     sae = eqx.tree_at(lambda s: (s.b_enc, s.b_dec), sae, (sae.b_enc / scale, sae.b_dec / scale))
     if isinstance(sae, BatchTopKSAE):
         sae = eqx.tree_at(lambda s: s.threshold, sae, sae.threshold / scale)
     if isinstance(sae, JumpReLUSAE):
-        sae = eqx.tree_at(lambda s: s.log_threshold, sae, sae.log_threshold - jnp.log(scale))
-    return sae
+        sae = eqx.tree_at(lambda s: s.log_threshold, sae, sae.log_threshold - np.log(scale))
+    return jax.tree.map(jnp.asarray, sae)
 
 
 class Trainer:
@@ -454,9 +462,9 @@ class Trainer:
                     ms.append(
                         _Member(
                             sae,
-                            self.opt.init(params),
-                            jnp.zeros(sae.d_sae, jnp.int32),
-                            jnp.ones((), jnp.float32),
+                            _opt_init(self.opt, params),
+                            np.zeros(sae.d_sae, np.int32),
+                            np.ones((), np.float32),
                         )
                     )
                 template.append(_stack(ms))
@@ -570,7 +578,13 @@ def train(
     out = trainer.result_saes()
     for i, sae in enumerate(out):
         where = f" at {sae.site}" if sae.site else ""
-        check_result(sae, f"trained SAE {i} ({sae.architecture}{where})")
+        for name, value in vars(sae).items():
+            if isinstance(value, jax.Array) and not np.isfinite(np.asarray(value)).all():
+                index = first_nonfinite(np.asarray(value))
+                raise NonFiniteError(
+                    f"trained SAE {i} ({sae.architecture}{where}) has a non-finite {name} at "
+                    f"{list(index)}: lower the learning rate, or check the activations"
+                )
     return TrainResult(out, trainer.history, trainer.dead_fraction(), trainer.step,
                        trainer.tokens, seconds)  # fmt: skip
 
