@@ -274,3 +274,26 @@ def test_feature_lasso_target_and_structure(setup):
     }
     with pytest.raises(ValueError, match="at least 4"):
         feature_lasso(model, saes, clean[:1], metric, patch=patch[:1])
+
+
+def test_summed_positions_edges_are_sums_of_positional_edges(setup):
+    model, saes, clean, patch, circuit = setup
+    summed = feature_circuit(model, saes, clean, metric, patch=patch, method="atp",
+                             node_threshold=0.0, edge_threshold=0.0,
+                             aggregation="sum_positions")  # fmt: skip
+    pos_edges, sum_edges = circuit.info["edges"], summed.info["edges"]
+    gp, gs = pos_edges.graph, sum_edges.graph
+    vp, vs = np.asarray(pos_edges.scores.signed), np.asarray(sum_edges.scores.signed)
+    key = lambda n: (n.site, n.kind, n.index)
+    rows = {}
+    for i, u in enumerate(gp.source_nodes):
+        rows.setdefault(key(u), []).append(i)
+    checked = 0
+    for i, u in enumerate(gs.source_nodes):
+        for j, d in enumerate(gs.source_nodes):
+            if not gs.valid[i, j] or key(u) not in rows or key(d) not in rows:
+                continue
+            ref = vp[np.ix_(rows[key(u)], rows[key(d)])].sum()
+            np.testing.assert_allclose(vs[i, j], ref, rtol=1e-4, atol=1e-6)
+            checked += 1
+    assert checked > 100
