@@ -49,8 +49,9 @@ def test_planted_dictionary_recovered():
         jc.sae.init("relu", D_IN, 48, key=keys[2]),
         jc.sae.init("jumprelu", D_IN, 48, key=keys[3], threshold=0.5, bandwidth=0.1),
     ]
-    config = jc.sae.TrainConfig(lr=3e-3, warmup_steps=20, dead_tokens=256 * 50, log_every=50)
-    steps = 1500
+    config = jc.sae.TrainConfig(lr=PLANTED_LR, warmup_steps=20, dead_tokens=256 * 50,
+                                log_every=50)  # fmt: skip
+    steps = PLANTED_STEPS
     res = jc.sae.train(saes, planted_batches(atoms, 256, steps), steps=steps,
                        sparsity=[0, 0, RELU_L1, JUMP_L0], config=config)  # fmt: skip
     scores = [max_cosine(atoms, s) for s in res.saes]
@@ -65,7 +66,7 @@ def test_planted_dictionary_recovered():
     assert len(res.history) == steps // 50 and len(res.dead_fraction) == 4
 
 
-RELU_L1, JUMP_L0 = 2.0, 1.0
+RELU_L1, JUMP_L0, PLANTED_LR, PLANTED_STEPS = 2.0, 1.0, 1e-2, 500
 
 
 def _four():
