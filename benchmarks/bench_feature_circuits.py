@@ -34,7 +34,7 @@ WORK = C.HERE / "out" / "bench_feature_circuits"
 
 def main() -> None:
     p = C.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=16, help="train pairs (discovery)")
+    p.add_argument("--n", type=int, default=10, help="train pairs (discovery)")
     p.add_argument("--eval-n", type=int, default=32, help="test pairs (faithfulness)")
     p.add_argument("--style", default="nounpp")
     p.add_argument("--steps", type=int, default=10)
