@@ -87,6 +87,8 @@ def main() -> None:
                          for layer, s in zip(args.layers, entry["saes"]))  # fmt: skip
         print(f"step {entry['step']} tokens {entry['tokens']}: {cells}", flush=True)
 
+    state = ckpt / "state.json"
+    start = json.loads(state.read_text()) if state.is_file() else {"step": 0, "tokens": 0}
     t0 = time.perf_counter()
     res = jc.sae.train(saes, buffer, steps=steps, config=config, checkpoint=ckpt,
                        checkpoint_every=25, callback=show, retarget=True)  # fmt: skip
@@ -151,10 +153,12 @@ def main() -> None:
         C.table(["site", "FVU", "L0", "dead (eval / train window)",
                  "CE clean / spliced / zero-abl.", "loss recovered", "target"], rows_md),
         "",
-        f"- Time: tokenising {t_tok:.0f} s, training {t_train / 60:.1f} min "
-        f"({res.tokens / t_train:,.0f} tokens/s including the model's forward to layer "
-        f"{max(args.layers)}), evaluation {t_eval:.0f} s; 1-min load average after training "
-        f"{load_train:.1f}.",
+        f"- Time: tokenising {t_tok:.0f} s, training {t_train / 60:.1f} min for "
+        f"{res.tokens - start['tokens']:,} tokens "
+        f"({(res.tokens - start['tokens']) / t_train:,.0f} tokens/s including the model's "
+        f"forward to layer {max(args.layers)}"
+        + (f"; resumed from a checkpoint at step {start['step']}" if start["step"] else "")
+        + f"), evaluation {t_eval:.0f} s; 1-min load average after training {load_train:.1f}.",
         "- SAEs saved in `benchmarks/data/saes/smollm2/` (`jaxcirc.sae.load`), MANIFEST.json "
         "beside them.",
         C.machine_markdown(info),
