@@ -23,6 +23,12 @@ SAES = C.HERE / "data" / "saes" / "smollm2"
 OUT = C.HERE / "dashboards"
 
 
+def _marked(ctx) -> str:
+    """The context's text with its maximum token in ⟦ ⟧."""
+    s, i = ctx.strings, ctx.center
+    return "".join(s[:i]) + "⟦" + s[i] + "⟧" + "".join(s[i + 1 :])
+
+
 def main() -> None:
     p = C.parser(__doc__.split("\n\n")[0])
     p.add_argument("--layer", type=int, default=None, help="default: the middle trained layer")
@@ -95,7 +101,7 @@ def main() -> None:
     cell = lambda s: "`" + s.replace("|", "\\|").replace("`", "'") + "`"  # noqa: E731
     table_rows = [[c.feature, f"{100 * c.frequency:.3g}%", f"{c.max_activation:.3g}",
                    cell(", ".join(repr(s) for s, _, _ in c.logits_up[:3])),
-                   cell(repr("".join(c.contexts[0].strings))) if c.contexts else "-"]
+                   cell(repr(_marked(c.contexts[0]))) if c.contexts else "-"]
                   for c in dash.cards]  # fmt: skip
     metrics = ""
     if entry:
@@ -115,7 +121,8 @@ def main() -> None:
         f"statistics), {t_second:.0f} s for the second (cached program), {t_write:.1f} s to "
         f"write.",
         "",
-        C.table(["feature", "fires on", "max", "top logit effects", "top context"], table_rows),
+        C.table(["feature", "fires on", "max", "top logit effects",
+                 "top context (⟦max token⟧)"], table_rows),
         "",
         C.machine_markdown(info),
     ])  # fmt: skip
