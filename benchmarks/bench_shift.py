@@ -55,6 +55,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=50)
     p.add_argument("--threshold", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--section", default="bench_shift", help="RESULTS.md section name")
     args = p.parse_args()
     info = C.machine()
 
@@ -89,7 +90,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     load_end = os.getloadavg()[0]
     record = {"model": str(path), "saes": str(SAES), "wall_s": wall, **res.to_json()}
-    js, png = write(record, OUT if not args.quick else OUT / "quick")
+    js, png = write(record, OUT / ("quick" if args.quick else args.section))
     print(json.dumps(res.rows, indent=1))
 
     rows = []
@@ -115,7 +116,7 @@ def main() -> None:
     )
     trained = f" (trained: {trained})" if trained else ""
     body = "\n".join([
-        "## SHIFT on templated bios (SmolLM2-135M, the repo's SAEs)",
+        f"## SHIFT on templated bios (SmolLM2-135M, the repo's SAEs, top {args.top} features)",
         "",
         C.machine_markdown(info),
         f"- 1-min load average at the end {load_end:.2f}; wall {wall:.0f} s for the whole "
@@ -152,7 +153,7 @@ def main() -> None:
     if args.quick:
         print(body)
     else:
-        C.write_section("bench_shift", body)
+        C.write_section(args.section, body)
 
 
 if __name__ == "__main__":
