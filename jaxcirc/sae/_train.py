@@ -21,6 +21,9 @@ Each step, for every SAE (the conventions of SAELens, Bloom et al. 2024):
 - a latent is *dead* once it has not fired for `dead_tokens` tokens; ReLU and JumpReLU SAEs are
   not resampled (the tied initialisation and norm-weighted penalty of Conerly et al. 2024 keep
   most latents alive): their dead fraction is measured and reported;
+- TopK's training step multiplies by the `k` active decoder rows (and updates the `k` active
+  encoder columns) only, not the whole dictionary (`_SPARSE_TOPK`; same gradients as the dense
+  form to rounding);
 - BatchTopK's inference threshold is the running mean (rate `threshold_rate`) of the smallest
   activation kept in each batch (Bussmann et al. 2024).
 """
@@ -44,6 +47,7 @@ from .._checks import check_float, check_int
 from .._finite import NonFiniteError, first_nonfinite
 from ._sae import SAE, BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 
+_SPARSE_TOPK = True
 DEFAULT_SPARSITY = {"relu": 5.0, "jumprelu": 1.0, "topk": 0.0, "batchtopk": 0.0}
 
 
@@ -174,11 +178,18 @@ def _member_step(member: _Member, x, coef, step, *, opt, config: TrainConfig, k_
 
     def loss_fn(params, static):
         sae = eqx.combine(params, static)
-        if isinstance(sae, JumpReLUSAE):
+        if type(sae) is TopKSAE and _SPARSE_TOPK:  # sparse products: the k active rows only
+            xc = x - sae.b_dec if sae.center else x
+            values, index = _topk_pre(xc, sae.W_enc, sae.b_enc, sae.k)
+            values = jax.nn.relu(values)
+            f = (values, index)
+            err = x - (jnp.einsum("bk,bkd->bd", values, sae.W_dec[index]) + sae.b_dec)
+        elif isinstance(sae, JumpReLUSAE):
             f = sae.encode(x)
+            err = x - (f @ sae.W_dec + sae.b_dec)
         else:
             f = sae.encode_batch(x)
-        err = x - (f @ sae.W_dec + sae.b_dec)
+            err = x - (f @ sae.W_dec + sae.b_dec)
         mse = jnp.mean(jnp.sum(err**2, axis=-1))
         sparse = jnp.zeros(())
         auxk = jnp.zeros(())
@@ -216,18 +227,51 @@ def _member_step(member: _Member, x, coef, step, *, opt, config: TrainConfig, k_
         smallest = jnp.where(jnp.isfinite(smallest), smallest, new.threshold)
         rate = jnp.where(step == 0, 1.0, config.threshold_rate)
         new = eqx.tree_at(lambda s: s.threshold, new, (1 - rate) * new.threshold + rate * smallest)
-    fired = jnp.any(f > 0, axis=0)
+    if isinstance(f, tuple):  # TopK: (values, index)
+        values, index = f
+        fired = jnp.zeros(new.d_sae, bool).at[index.reshape(-1)].max(values.reshape(-1) > 0)
+        active = jnp.mean(jnp.sum(values > 0, axis=-1))
+    else:
+        fired = jnp.any(f > 0, axis=0)
+        active = jnp.mean(jnp.sum(f > 0, axis=-1))
     since = jnp.where(fired, 0, jnp.minimum(member.since_fired + batch, 2**30)).astype(jnp.int32)
     centred = x - jnp.mean(x, axis=0)
     stats = dict(
         loss=loss,
         mse=mse,
         fvu=jnp.sum(err**2) / jnp.maximum(jnp.sum(centred**2), 1e-30),
-        l0=jnp.mean(jnp.sum(f > 0, axis=-1)),
+        l0=active,
         aux=auxk,
         dead_fraction=jnp.mean(since >= config.dead_tokens),
     )
     return _Member(new, opt_state, since, member.scale), stats
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _topk_pre(xc, W_enc, b_enc, k):
+    """The `k` largest pre-activations of each row and their indices; the backward pass
+    touches only those `k` columns of `W_enc` (Gao et al. 2024's sparse kernels, in XLA)."""
+    return jax.lax.top_k(xc @ W_enc + b_enc, k)
+
+
+def _topk_pre_fwd(xc, W_enc, b_enc, k):
+    values, index = _topk_pre(xc, W_enc, b_enc, k)
+    return (values, index), (xc, W_enc, index)
+
+
+def _topk_pre_bwd(k, residuals, grads):
+    xc, W_enc, index = residuals
+    g = grads[0]  # [batch, k]; the indices carry no gradient
+    d_sae = W_enc.shape[1]
+    flat = index.reshape(-1)
+    rows = (xc[:, None, :] * g[:, :, None]).reshape(-1, xc.shape[1])
+    dW = jnp.zeros((d_sae, xc.shape[1]), xc.dtype).at[flat].add(rows).T
+    db = jnp.zeros(d_sae, xc.dtype).at[flat].add(g.reshape(-1))
+    dxc = jnp.einsum("bk,bkd->bd", g, W_enc.T[index])
+    return dxc, dW, db
+
+
+_topk_pre.defvjp(_topk_pre_fwd, _topk_pre_bwd)
 
 
 def _group_step(members, xs, coefs, step, *, opt, config, k_aux, shared_input):
