@@ -43,7 +43,7 @@ def _numpy_codes(sae, x):
             out[row, top] = np.maximum(p[top], 0)
         return out
     if arch == "batchtopk":
-        return np.where(pre > float(sae.threshold), pre, 0)
+        return np.where(np.maximum(pre, 0) > float(sae.threshold), np.maximum(pre, 0), 0)
     theta = np.exp(np.asarray(sae.log_threshold))
     relu = np.maximum(pre, 0)
     return np.where(relu > theta, relu, 0)

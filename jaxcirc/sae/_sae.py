@@ -160,7 +160,7 @@ class BatchTopKSAE(SAE):
         check_int(self.k, "k", 1, self.W_enc.shape[1])
 
     def encode(self, x):
-        pre = self.pre(x)
+        pre = jax.nn.relu(self.pre(x))  # never negative, whatever the threshold
         return jnp.where(pre > self.threshold, pre, 0.0)
 
     def encode_batch(self, x):
