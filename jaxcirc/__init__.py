@@ -29,7 +29,10 @@ from .models import TransformerConfig as TransformerConfig
 __version__ = "0.1.0"
 
 # imported on first use: they pull heavier dependencies
-_LAZY = ("io", "zoo", "viz", "cli", "methods", "tasks", "metrics", "graph", "solvers", "bench", "sae")
+_LAZY = (
+    "io", "zoo", "viz", "cli", "methods", "tasks", "metrics", "graph", "solvers", "bench", "sae",
+    "sparse",
+)  # fmt: skip
 
 
 def __getattr__(name: str):

@@ -18,6 +18,7 @@ LAYERS = (
     "graph",
     "solvers",
     "sae",
+    "sparse",
     "metrics",
     "tasks",
     "patching",
