@@ -294,7 +294,14 @@ def main() -> None:
         "already use every core), so the gain is the shared model run (the runs to layers "
         f"2, 5, 8 and 11 cost {sum(four['forward_each_s']) / four['forward_all_s']:.1f} runs "
         "to layer 11) and the per-step overheads; "
-        f"{dominant} dominate at this width.",
+        f"{dominant} dominate at this width."
+        + (
+            " The vmapped step is slower than four single steps here: XLA:CPU runs the "
+            "batched gathers and scatters of the sparse TopK products less well than four "
+            "unbatched ones."
+            if four["step_together_s"] > four["step_alone_s"]
+            else ""
+        ),
         f"- Peak RSS of the four-SAE process: {four['peak_rss_mib']:,.0f} MiB.",
         C.machine_markdown(info),
     ]
