@@ -9,7 +9,8 @@ Each step, for every SAE (the conventions of SAELens, Bloom et al. 2024):
 
 - activations are scaled so that `E‖x‖ = √d_in` (the factor is estimated on the first batch
   and folded back into the biases and thresholds at the end, so the returned SAEs read raw
-  activations); `b_dec` starts at the first batch's mean;
+  activations; the initial thresholds of the SAEs given are read in the scaled space);
+  `b_dec` starts at the first batch's mean;
 - loss `= E‖x − x̂‖² + sparsity term`: the decoder-norm-weighted L1 for ReLU (its coefficient
   warmed up linearly over `sparsity_warmup_steps`), the straight-through L0 for JumpReLU
   (Rajamanoharan et al. 2024), none for TopK/BatchTopK, which get Gao et al. (2024)'s AuxK
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -631,7 +631,3 @@ def train(
                 )
     return TrainResult(out, trainer.history, trainer.dead_fraction(), trainer.step,
                        trainer.tokens, seconds)  # fmt: skip
-
-
-def history_json(result: TrainResult) -> str:
-    return json.dumps(result.history)
