@@ -2,6 +2,8 @@
 reader; the hub only as `hf://org/name`); compiled tracr programs (`from_tracr`) and the shipped
 tracr benchmarks (`tracr_case`); SAELens SAE folders (`load_saelens`, `save_saelens`)."""
 
+from ._bpe import python_bpe as python_bpe
+from ._bpe import train_python_bpe as train_python_bpe
 from ._checkpoint import load_checkpoint as load_checkpoint
 from ._checkpoint import save_checkpoint as save_checkpoint
 from ._gguf import load_gguf as load_gguf

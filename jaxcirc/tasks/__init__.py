@@ -3,6 +3,8 @@
 `ioi` (Wang et al. 2023), `induction` (Olsson et al. 2022), `greater_than` (Hanna et al. 2023),
 `factual` (Meng et al. 2022), and `from_strings` for your own; each returns a `Task`.
 `agreement`: subject–verb agreement (Marks et al. 2025's styles).
+`quote_task`, `bracket_task`, `set_or_string_task`: Gao et al. 2025's Python next-token tasks
+(`python_source`: the standard library's code).
 `bios`: templated biographies with a spurious gender cue (for SHIFT), a `Bios`.
 `TRACR_CASES`: RASP programs with known circuits, compiled and cached by `jaxcirc.io.tracr_case`.
 """
@@ -23,6 +25,11 @@ from ._ioi import OBJECTS as OBJECTS
 from ._ioi import PLACES as PLACES
 from ._ioi import ioi as ioi
 from ._ioi import ioi_names as ioi_names
+from ._python_tasks import PYTHON_TASKS as PYTHON_TASKS
+from ._python_tasks import bracket_task as bracket_task
+from ._python_tasks import python_source as python_source
+from ._python_tasks import quote_task as quote_task
+from ._python_tasks import set_or_string_task as set_or_string_task
 from ._task import Task as Task
 from ._task import from_strings as from_strings
 from ._task import single_token as single_token

@@ -1,0 +1,154 @@
+"""Python code without downloads, and binary next-token tasks in the style of Gao et al. 2025
+("Weight-sparse transformers have interpretable circuits", arXiv 2511.13653).
+
+`python_source()` yields the standard library's own `.py` files (the sorted list of
+`_corpus.stdlib_files`), each file one document. The tasks each pair a clean prompt with a
+contrast prompt of the same token length that differs in the one thing the answer depends on:
+
+- `quote_task`: close a string with its quote type (`x = "abc` -> `"`, `x = 'abc` -> `'`);
+- `bracket_task`: nesting depth (`x = [[a, b` -> `]]`, `x = ([a, b` -> `]`);
+- `set_or_string_task`: what a variable holds (`x = set()` ... `x` -> `.` for `.add`,
+  `x = str()` ... `x` -> ` +=`).
+
+Each returns a `Task` whose metric is the logit difference answer - distractor at the last
+token; an answer that is not one token of the tokenizer is a `ValueError` showing its split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from ..metrics import logit_diff
+from ._corpus import stdlib_files
+from ._task import (
+    Task,
+    as_rng,
+    encode,
+    last_position_metric,
+    longest_labels,
+    pad_id,
+    pad_rows,
+    single_token,
+)
+
+VARIABLES = ("x", "name", "value", "text", "key", "line", "result", "data", "item", "path",
+             "out", "buf", "word", "label", "tag", "msg")  # fmt: skip
+WORDS = ("hello", "world", "file", "name", "data", "value", "error", "path", "user", "line",
+         "text", "mode", "type", "info", "index", "count", "utf", "ascii", "default",
+         "main")  # fmt: skip
+ITEMS = ("a", "b", "c", "n", "i", "x", "y", "0", "1", "2", "3", "10", "None", "True")
+
+
+def python_source(root: str | Path | None = None, *, max_chars: int | None = None) -> Iterator[str]:
+    """The standard library's `.py` files as text, one per document, in sorted path order (tests
+    and tools skipped, see `_corpus.stdlib_files`), at most `max_chars` characters in all."""
+    total = 0
+    for path in stdlib_files(root):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if max_chars is not None and total + len(text) > max_chars:
+            if total == 0:
+                yield text[:max_chars]
+            return
+        total += len(text)
+        yield text
+
+
+def _pairs_task(tokenizer, rows, name: str) -> Task:
+    """A `Task` from `(clean, contrast, answer, distractor)` string rows; the token lengths of
+    each pair must agree (the generators choose rows that do)."""
+    clean, corrupt, answer, distractor = [], [], [], []
+    for c, k, a, d in rows:
+        clean.append(encode(tokenizer, c))
+        corrupt.append(encode(tokenizer, k))
+        answer.append(single_token(tokenizer, a, f"{name} answer"))
+        distractor.append(single_token(tokenizer, d, f"{name} answer"))
+    answer, distractor = jnp.asarray(answer, jnp.int32), jnp.asarray(distractor, jnp.int32)
+    lengths = jnp.asarray([len(c) for c in clean], jnp.int32)
+    fill = pad_id(tokenizer)
+    return Task(
+        clean=pad_rows(clean, fill),
+        corrupt=pad_rows(corrupt, fill),
+        answer=answer,
+        distractor=distractor,
+        metric=last_position_metric(logit_diff, lengths, answer=answer, distractor=distractor),
+        positions={},
+        prompts=tuple(r[0] for r in rows),
+        corrupt_prompts=tuple(r[1] for r in rows),
+        labels=longest_labels(tokenizer, clean),
+        name=name,
+        lengths=lengths,
+    )
+
+
+def _generate(tokenizer, n: int, seed, make, answers, name: str) -> Task:
+    """`n` rows from `make(rng) -> (clean, contrast)`, both orders of the pair (half the rows
+    answer `answers[0]`, half `answers[1]`), drawing again when the two differ in length."""
+    if not isinstance(n, int) or n < 2 or n % 2:
+        raise ValueError(f"n must be an even int >= 2 (clean/contrast in both orders); got {n!r}")
+    for a in answers:  # a clear error before any sampling
+        single_token(tokenizer, a, f"{name} answer")
+    rng = as_rng(seed)
+    rows, tries = [], 0
+    while len(rows) < n:
+        tries += 1
+        if tries > 50 * n:
+            raise ValueError(
+                f"{name}: could not find {n} prompt pairs of equal token length with this "
+                f"tokenizer (found {len(rows)})"
+            )
+        first, second = make(rng)
+        if len(encode(tokenizer, first)) != len(encode(tokenizer, second)):
+            continue
+        if len(rows) % 4 < 2:
+            rows.append((first, second, answers[0], answers[1]))
+        else:
+            rows.append((second, first, answers[1], answers[0]))
+    return _pairs_task(tokenizer, rows, name)
+
+
+def _pick(rng, choices):
+    return choices[int(rng.integers(len(choices)))]
+
+
+def quote_task(tokenizer, n: int = 64, *, seed=0) -> Task:
+    """Close a string with the quote that opened it: `x = "hello world` -> `"` (contrast
+    `x = 'hello world` -> `'`), Gao et al.'s `single_double_quote`."""
+
+    def make(rng):
+        var = _pick(rng, VARIABLES)
+        words = " ".join(_pick(rng, WORDS) for _ in range(int(rng.integers(1, 4))))
+        return f'{var} = "{words}', f"{var} = '{words}"
+
+    return _generate(tokenizer, n, seed, make, ('"', "'"), "quote")
+
+
+def bracket_task(tokenizer, n: int = 64, *, seed=0) -> Task:
+    """Bracket nesting depth: `x = [[a, b` -> `]]` (contrast `x = ([a, b` -> `]`), Gao et al.'s
+    `bracket_counting`."""
+
+    def make(rng):
+        var = _pick(rng, VARIABLES)
+        items = ", ".join(_pick(rng, ITEMS) for _ in range(int(rng.integers(1, 5))))
+        return f"{var} = [[{items}", f"{var} = ([{items}"
+
+    return _generate(tokenizer, n, seed, make, ("]]", "]"), "bracket")
+
+
+def set_or_string_task(tokenizer, n: int = 64, *, seed=0) -> Task:
+    """Track what a variable holds: `x = set()` then a loop whose body starts `x` -> `.` (as in
+    `x.add(...)`); contrast `x = str()` -> ` +=`. Gao et al.'s `set_or_string`."""
+
+    def make(rng):
+        loop = _pick(rng, ("w", "item", "c", "line", "k"))
+        source = _pick(rng, ("words", "lines", "items", "data", "text"))
+        var = _pick(rng, tuple(v for v in VARIABLES if v not in (loop, source)))
+        body = f"\nfor {loop} in {source}:\n    {var}"
+        return f"{var} = set(){body}", f"{var} = str(){body}"
+
+    return _generate(tokenizer, n, seed, make, (".", " +="), "set_or_string")
+
+
+PYTHON_TASKS = {"quote": quote_task, "bracket": bracket_task, "set_or_string": set_or_string_task}
