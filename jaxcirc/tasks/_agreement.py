@@ -13,7 +13,8 @@ forms. Styles:
   agrees with the clause's subject, the flipped noun).
 
 The combinations of nouns, verb and preposition are split once into train (70 %) and test
-(30 %) by a hash of their words (the answer verb aside), so the two splits never share a sentence, for any `n`/`seed`.
+(30 %) by a hash of their words (the answer verb aside), so the two splits never share a
+sentence, for any `n`/`seed`.
 """
 
 from __future__ import annotations
