@@ -95,7 +95,7 @@ def test_tokens_missing_from_the_tokenizer_are_a_clear_error():
     assert pt.quote_task(bytes_only, 4).batch == 4  # one-byte answers exist
     with pytest.raises(ValueError, match=r"bracket answer '\]\]' is 2 tokens"):
         pt.bracket_task(bytes_only, 4)
-    with pytest.raises(ValueError, match=r"set_or_string answer ' \+=' is 3 tokens"):
+    with pytest.raises(ValueError, match=r"set_or_string (answer|distractor) ' \+=' is 3 tokens"):
         pt.set_or_string_task(bytes_only, 4)
     with pytest.raises(ValueError, match=r"n must be an even int"):
         pt.quote_task(bytes_only, 3)

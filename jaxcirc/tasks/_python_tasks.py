@@ -19,20 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import jax.numpy as jnp
-
-from ..metrics import logit_diff
 from ._corpus import stdlib_files
-from ._task import (
-    Task,
-    as_rng,
-    encode,
-    last_position_metric,
-    longest_labels,
-    pad_id,
-    pad_rows,
-    single_token,
-)
+from ._task import Task, as_rng, encode, from_strings, single_token
 
 VARIABLES = ("x", "name", "value", "text", "key", "line", "result", "data", "item", "path",
              "out", "buf", "word", "label", "tag", "msg")  # fmt: skip
@@ -54,33 +42,6 @@ def python_source(root: str | Path | None = None, *, max_chars: int | None = Non
             return
         total += len(text)
         yield text
-
-
-def _pairs_task(tokenizer, rows, name: str) -> Task:
-    """A `Task` from `(clean, contrast, answer, distractor)` string rows; the token lengths of
-    each pair must agree (the generators choose rows that do)."""
-    clean, corrupt, answer, distractor = [], [], [], []
-    for c, k, a, d in rows:
-        clean.append(encode(tokenizer, c))
-        corrupt.append(encode(tokenizer, k))
-        answer.append(single_token(tokenizer, a, f"{name} answer"))
-        distractor.append(single_token(tokenizer, d, f"{name} answer"))
-    answer, distractor = jnp.asarray(answer, jnp.int32), jnp.asarray(distractor, jnp.int32)
-    lengths = jnp.asarray([len(c) for c in clean], jnp.int32)
-    fill = pad_id(tokenizer)
-    return Task(
-        clean=pad_rows(clean, fill),
-        corrupt=pad_rows(corrupt, fill),
-        answer=answer,
-        distractor=distractor,
-        metric=last_position_metric(logit_diff, lengths, answer=answer, distractor=distractor),
-        positions={},
-        prompts=tuple(r[0] for r in rows),
-        corrupt_prompts=tuple(r[1] for r in rows),
-        labels=longest_labels(tokenizer, clean),
-        name=name,
-        lengths=lengths,
-    )
 
 
 def _generate(tokenizer, n: int, seed, make, answers, name: str) -> Task:
@@ -106,7 +67,7 @@ def _generate(tokenizer, n: int, seed, make, answers, name: str) -> Task:
             rows.append((first, second, answers[0], answers[1]))
         else:
             rows.append((second, first, answers[1], answers[0]))
-    return _pairs_task(tokenizer, rows, name)
+    return from_strings(tokenizer, rows, name=name)
 
 
 def _pick(rng, choices):

@@ -211,6 +211,7 @@ def from_strings(
     last token. Raises `ValueError` naming the offending row.
     """
     rows = list(rows)
+    label = "" if name == "custom" else f"{name} "
     if not rows:
         raise ValueError("from_strings needs at least one (clean, corrupt, answer, distractor) row")
     clean, corrupt, answer, distractor = [], [], [], []
@@ -229,8 +230,8 @@ def from_strings(
             )
         clean.append(ci)
         corrupt.append(ki)
-        answer.append(single_token(tokenizer, a, "answer"))
-        distractor.append(single_token(tokenizer, d, "distractor"))
+        answer.append(single_token(tokenizer, a, f"{label}answer"))
+        distractor.append(single_token(tokenizer, d, f"{label}distractor"))
     answer, distractor = jnp.asarray(answer, jnp.int32), jnp.asarray(distractor, jnp.int32)
     lengths = jnp.asarray([len(c) for c in clean], jnp.int32)
     fill = pad_id(tokenizer)
