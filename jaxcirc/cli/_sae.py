@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 
 SUBCOMMANDS = ("train", "dashboard")
 
@@ -24,8 +23,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.set_defaults(run=lambda args: _usage(parser))
     for name in SUBCOMMANDS:
-        if importlib.util.find_spec(f"{__package__}._sae_{name}") is None:  # not yet written
-            continue
         importlib.import_module(f"._sae_{name}", __package__).add_parser(commands)
     return parser
 
