@@ -37,6 +37,7 @@ from jaxtyping import Array, Float
 from .._checks import check_float, check_int, nearest_word
 from .._finite import check_finite
 from .._progress import progress_bar
+from ..models._site import SiteRef
 
 # ----------------------------------------------------------------------------- the probe
 
@@ -199,10 +200,10 @@ def _check_site(model, site: str) -> None:
 
 
 def _layer(site: str) -> int:
-    parts = site.split(".")
-    if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+    layer = SiteRef.parse(site).layer
+    if layer is None:
         raise ValueError(f"site {site!r} is not in a block ('blocks.<layer>.<name>')")
-    return int(parts[1])
+    return layer
 
 
 def upstream(saes, site: str) -> tuple:

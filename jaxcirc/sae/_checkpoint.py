@@ -26,12 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._sae import SAE, BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
+from ._sae import CLASSES, SAE, BatchTopKSAE, JumpReLUSAE, TopKSAE
 
 SAE_MARKER = "JAXCIRC_SAE"
 TRAIN_MARKER = "JAXCIRC_SAE_TRAIN"
 FORMAT = 1
-_CLASSES = {"relu": ReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE, "jumprelu": JumpReLUSAE}
 
 
 def _sha(x: np.ndarray) -> str:
@@ -164,7 +163,7 @@ def load(path, *, architecture: str | None = None, d_in: int | None = None,
                 f"{path} holds a {d['architecture']!r} SAE with d_in={d['d_in']}, "
                 f"d_sae={d['d_sae']}; expected {key}={want!r}"
             )
-    cls = _CLASSES[d["architecture"]]
+    cls = CLASSES[d["architecture"]]
     kwargs = {name: jnp.asarray(x) for name, x in arrays.items()}
     if "k" in d:
         kwargs["k"] = d["k"]

@@ -262,7 +262,8 @@ def _sum_to(x, shape):
     return x.reshape(-1, *shape).sum(0) if x.shape != shape else x
 
 
-_CLASSES = {"relu": ReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE, "jumprelu": JumpReLUSAE}
+# architecture tag -> class (`init`, the checkpoint reader)
+CLASSES = {"relu": ReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE, "jumprelu": JumpReLUSAE}
 
 
 def init(
@@ -284,12 +285,12 @@ def init(
     `k` is required (and only allowed) for `"topk"` and `"batchtopk"`; `threshold` is the
     initial threshold of `"jumprelu"` and `"batchtopk"`.
     """
-    if architecture not in _CLASSES:
+    if architecture not in CLASSES:
         from .._checks import nearest_word
 
         raise ValueError(
-            f"unknown SAE architecture {architecture!r}{nearest_word(architecture, _CLASSES)}; "
-            f"choices: {list(_CLASSES)}"
+            f"unknown SAE architecture {architecture!r}{nearest_word(architecture, CLASSES)}; "
+            f"choices: {list(CLASSES)}"
         )
     d_in = check_int(d_in, "d_in", 1)
     d_sae = check_int(d_sae, "d_sae (dictionary size)", 1)
