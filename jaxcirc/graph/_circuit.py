@@ -29,7 +29,7 @@ def _check_shape(what: str, values, g: Graph) -> None:
 def _valid(values, g: Graph) -> np.ndarray:
     if np.ndim(values) == 2:
         return g.valid
-    return g.node_valid if hasattr(g, "node_valid") else g.valid.any(1)  # FeatureGraph
+    return g.node_valid
 
 
 class Scores(eqx.Module):
@@ -102,7 +102,7 @@ class Scores(eqx.Module):
         if self.level == "node":
             return self
         values = jnp.where(jnp.asarray(self.graph.valid), self.values, -jnp.inf).max(1)
-        return Scores(jnp.where(jnp.asarray(self.graph.valid.any(1)), values, 0.0), self.graph)
+        return Scores(jnp.where(jnp.asarray(self.graph.node_valid), values, 0.0), self.graph)
 
 
 class Circuit(eqx.Module):

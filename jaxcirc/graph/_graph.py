@@ -92,6 +92,12 @@ class Graph:
         """`[n_sources, n_targets]` booleans: which source feeds which target."""
         return np.asarray(self.source_order)[:, None] < np.asarray(self.target_order)[None, :]
 
+    @functools.cached_property
+    def node_valid(self) -> np.ndarray:
+        """`[n_sources]` booleans: which sources are units of node scores (those with an
+        edge)."""
+        return self.valid.any(1)
+
     @property
     def n_layers(self) -> int:
         return len(self.layer_sources)

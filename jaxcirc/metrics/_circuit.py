@@ -46,7 +46,7 @@ def top_n(scores, n: int, *, absolute: bool | None = None):
         scores = type(scores)(jnp.abs(scores.values), scores.graph)
         return scores.top(n)
     values = np.asarray(scores.values, np.float64)
-    valid = scores.graph.valid if isinstance(scores, EdgeMask) else scores.graph.valid.any(1)
+    valid = scores.graph.valid if isinstance(scores, EdgeMask) else scores.graph.node_valid
     key = np.where(valid, np.abs(values) if absolute else values, -np.inf)
     if not 0 <= n <= valid.sum():
         raise ValueError(f"n={n}: expected 0..{int(valid.sum())} (the number of valid units)")
@@ -63,7 +63,7 @@ def above(scores, threshold: float, *, absolute: bool | None = None):
             scores = Scores(jnp.abs(scores.values), scores.graph)
         return scores.above(threshold)
     values = np.asarray(scores.values)
-    valid = scores.graph.valid if isinstance(scores, EdgeMask) else scores.graph.valid.any(1)
+    valid = scores.graph.valid if isinstance(scores, EdgeMask) else scores.graph.node_valid
     keep = ((np.abs(values) if absolute else values) > threshold) & valid
     return type(scores)(jnp.asarray(keep, jnp.float32), scores.graph)
 
@@ -150,7 +150,7 @@ def _labels(scores, truth, absolute):
     absolute = _absolute(scores, absolute)
     if isinstance(scores, NodeMask) or getattr(scores, "level", "edge") == "node":
         t = np.asarray(_truth(truth, g).values, bool).any(1)
-        valid = g.valid.any(1)
+        valid = g.node_valid
         y, s = t[valid], np.asarray(scores.values, np.float64)[valid]
     else:
         y = np.asarray(_truth(truth, g).values, bool)[g.valid]
