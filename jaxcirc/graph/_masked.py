@@ -137,6 +137,7 @@ def run_graph(
     start=0,
     state=None,
     positions=None,
+    tokens=None,
 ) -> tuple[Float[Array, "seq d_vocab"], Float[Array, "n_sources seq d_model"]]:
     """The masked forward pass on one example from its embedding output `x0`.
 
@@ -145,7 +146,9 @@ def run_graph(
     of the output with respect to each target's input. `start` (may be traced) with `state`
     (`(outputs, bias)` of a run, e.g. from `graph_states`) resumes at block `start`: the
     blocks before it are skipped and their outputs taken from `state`. `positions`: unembed
-    only these positions. **Returns:** `(logits, outputs)`, the outputs of every source.
+    only these positions; `tokens`: the example's tokens, which a model with a bigram logit
+    table reads (its `bigram[token]` term is a direct path no edge carries).
+    **Returns:** `(logits, outputs)`, the outputs of every source.
     """
     check_wiring(model)
     seq, d = x0.shape
@@ -167,7 +170,7 @@ def run_graph(
         )
     final = _MaskedWiring(g, g.n_layers, state, kept, base, ablated, probe)
     x = final.inputs(slice(g.n_targets - 1, g.n_targets))[0]
-    return model.logits_at(x, positions), state[0]
+    return model.logits_at(x, positions, tokens), state[0]
 
 
 def graph_states(model, g: Graph, x0: Float[Array, "seq d_model"]):
@@ -281,6 +284,6 @@ def nonfinite_ablated(ablated, g: Graph) -> str | None:
 @eqx.filter_jit
 def _masked_logits(model, g, tokens, weights, ablated):
     def one(t, a):
-        return run_graph(model, g, model.embed_tokens(t)[0], weights, a)[0]
+        return run_graph(model, g, model.embed_tokens(t)[0], weights, a, tokens=t)[0]
 
     return jax.vmap(one)(tokens, ablated)

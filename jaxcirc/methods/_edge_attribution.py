@@ -106,11 +106,14 @@ def _embed(model, tokens):
     return jax.vmap(lambda t: model.embed_tokens(t)[0])(tokens)
 
 
-def _run(model, g, x0, weights, ablated, probe=None):
-    def one(x, a, p):
-        return run_graph(model, g, x, weights, a, p)
+def _run(model, g, x0, weights, ablated, probe=None, tokens=None):
+    """The masked runs of a batch; `tokens` (the runs' own) for a model's bigram table."""
 
-    return jax.vmap(one, (0, 0, None if probe is None else 0))(x0, ablated, probe)
+    def one(x, a, p, t):
+        return run_graph(model, g, x, weights, a, p, tokens=t)
+
+    axes = (0, 0, None if probe is None else 0, None if tokens is None else 0)
+    return jax.vmap(one, axes)(x0, ablated, probe, tokens)
 
 
 def edge_patching(
@@ -164,20 +167,20 @@ def _edge_patching(model, g, clean, ablated, metric, src, dst, chunk, rows=None,
     read = _reader(metric, rows, valid)
     x0 = _embed(model, clean)
     ones = jnp.ones(g.valid.shape)
-    base = read(_run(model, g, x0, ones, ablated)[0])
+    base = read(_run(model, g, x0, ones, ablated, tokens=clean)[0])
 
     def one(edge):
         i, j = edge
-        return read(_run(model, g, x0, ones.at[i, j].set(0.0), ablated)[0]) - base
+        return read(_run(model, g, x0, ones.at[i, j].set(0.0), ablated, tokens=clean)[0]) - base
 
     return jax.lax.map(one, (src, dst), batch_size=chunk)
 
 
-def _input_gradients(model, g, x0, weights, ablated, metric):
+def _input_gradients(model, g, x0, weights, ablated, metric, tokens=None):
     """`∂metric/∂(input of each target)`: `[batch, n_targets, seq, d_model]`."""
 
     def loss(probe):
-        return metric(_run(model, g, x0, weights, ablated, probe)[0])
+        return metric(_run(model, g, x0, weights, ablated, probe, tokens)[0])
 
     return jax.grad(loss)(jnp.zeros((x0.shape[0], g.n_targets) + x0.shape[1:], x0.dtype))
 
@@ -268,26 +271,26 @@ def _eap_ig(model, g, clean, ablated, metric, steps, variant, rows=None, valid=N
     x_clean = _embed(model, clean)
     alphas = jnp.arange(1, steps + 1, dtype=x_clean.dtype) / steps
     if variant == "activations":
-        return _activation_ig(model, g, x_clean, ablated, metric, alphas)
+        return _activation_ig(model, g, x_clean, ablated, metric, alphas, clean)
     x_base = ablated[:, 0]  # the ablated embedding: corrupted, mean or zero
     ones = jnp.ones(g.valid.shape)
 
     def gradient_at(alpha):
         x0 = x_base + alpha * (x_clean - x_base)
-        return _input_gradients(model, g, x0, ones, ablated, metric)
+        return _input_gradients(model, g, x0, ones, ablated, metric, clean)
 
     grads = jax.lax.map(gradient_at, alphas).mean(0)
-    clean_outs = _run(model, g, x_clean, ones, ablated)[1]
+    clean_outs = _run(model, g, x_clean, ones, ablated, tokens=clean)[1]
     return _scores(g, ablated - clean_outs, grads)
 
 
-def _activation_ig(model, g, x0, ablated, metric, alphas):
+def _activation_ig(model, g, x0, ablated, metric, alphas, tokens=None):
     """IG over activations, one layer at a time (as Marks et al. 2024 do for features): the
     inputs of the targets at one place in the computation order are set to
     `ablated + α (clean - ablated)`, everything downstream runs normally, and the gradient at
     those inputs is averaged over `α`. One `lax.map` over (place, α) pairs."""
     ones = jnp.ones(g.valid.shape)
-    clean_outs = _run(model, g, x0, ones, ablated)[1]
+    clean_outs = _run(model, g, x0, ones, ablated, tokens=tokens)[1]
     delta = ablated - clean_outs
     valid = jnp.asarray(g.valid, x0.dtype)
     # clean input minus ablated input of every target: Σ_s valid (z_s - a_s)
@@ -304,7 +307,7 @@ def _activation_ig(model, g, x0, ablated, metric, alphas):
         members = groups[p][None, :, None, None]
 
         def m(probe):
-            return metric(_run(model, g, x0, ones, ablated, probe * members)[0])
+            return metric(_run(model, g, x0, ones, ablated, probe * members, tokens)[0])
 
         return jax.grad(m)(-(1 - a) * gap) * members
 

@@ -339,7 +339,7 @@ def _pairs(model, g, tokens, states, ablated, metric, layers, pair_s, pair_t, pr
         x0 = model.embed_tokens(tokens)[0]
         weights = ones.at[s, t].set(0.0)
         state = (outs, biases[layer])
-        return run_graph(model, g, x0, weights, ablated, start=layer, state=state)[0]
+        return run_graph(model, g, x0, weights, ablated, start=layer, state=state, tokens=tokens)[0]
 
     def one_pair(layer, s, t):
         per_example = jax.vmap(one_example, (None, None, None, 0, 0, 0, 0))

@@ -95,7 +95,7 @@ def _readout(model, g, tokens, metric, rows):
     x = outs.sum(1) + bias[:, None, :]
 
     def total(x):
-        y = metric.per_example(jax.vmap(model.logits_at)(x), rows)
+        y = metric.per_example(jax.vmap(model.logits_at, (0, None, 0))(x, None, tokens), rows)
         return y.sum(), y
 
     grad, y = jax.grad(total, has_aux=True)(x)

@@ -11,6 +11,7 @@ from ._builders import gpt2 as gpt2
 from ._builders import llama as llama
 from ._builders import neox as neox
 from ._builders import state_dict as state_dict
+from ._builders import weight_sparse as weight_sparse
 from ._config import TransformerConfig as TransformerConfig
 from ._layers import Embed as Embed
 from ._layers import Identity as Identity
@@ -18,6 +19,7 @@ from ._layers import LayerNorm as LayerNorm
 from ._layers import PosEmbed as PosEmbed
 from ._layers import RMSNorm as RMSNorm
 from ._layers import Unembed as Unembed
+from ._layers import abs_topk as abs_topk
 from ._mlp import MLP as MLP
 from ._mlp import GatedMLP as GatedMLP
 from ._mlp_classifier import MLPClassifier as MLPClassifier

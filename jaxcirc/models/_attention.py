@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._layers import apply_rotary
+from ._layers import abs_topk, apply_rotary
 from ._site import Site, record
 
 
@@ -36,6 +36,13 @@ class Attention(eqx.Module):
     and values follow the prefix's, rotary and the causal mask use the true positions.
     Head counts come from the arrays' shapes, so a narrowed layer (`jaxcirc.models.narrow`) may
     have fewer heads than its neighbours, or none (then the output is `b_O`).
+
+    Weight-sparse models (Gao et al. 2025, arXiv 2511.13653) may add an attention sink, one
+    learned logit per head for an always-visible key whose value is zero (`sink`: it takes
+    softmax mass without adding anything, so `hook_pattern` rows may sum to less than 1), and
+    AbsTopK activation sparsity on q, k, v (over all heads' channels at a position, before the
+    sites) and on the summed output (`topk_out`; then `b_O` must be absent, so that each head's
+    share in the split form is its output masked by the sum's kept channels).
     """
 
     W_Q: Float[Array, "n_heads d_model d_head"]
@@ -56,6 +63,9 @@ class Attention(eqx.Module):
     rotary_base: float = eqx.field(static=True)
     causal: bool = eqx.field(static=True, default=True)
     rotary_scale: float = eqx.field(static=True, default=1.0)  # linear RoPE scaling
+    sink: Float[Array, " n_heads"] | None = None
+    topk_qkv: tuple[int, int, int] = eqx.field(static=True, default=(0, 0, 0))
+    topk_out: int = eqx.field(static=True, default=0)
 
     def __call__(
         self, x: Float[Array, "seq d_model"], prefix: KVPrefix | None = None
@@ -66,7 +76,7 @@ class Attention(eqx.Module):
         v = jnp.einsum("sm,hmd->shd", x, self.W_V)
         z = self._attend(q, k, v, acts, prefix)
         out = jnp.einsum("qhd,hdm->qm", z, self.W_O)
-        return (out if self.b_O is None else out + self.b_O), acts
+        return abs_topk(out if self.b_O is None else out + self.b_O, self.topk_out), acts
 
     def heads(
         self,
@@ -80,7 +90,11 @@ class Attention(eqx.Module):
         k = jnp.einsum("hsm,hmd->shd", xk, self.W_K)
         v = jnp.einsum("hsm,hmd->shd", xv, self.W_V)
         z = self._attend(q, k, v, {})
-        return jnp.einsum("qhd,hdm->hqm", z, self.W_O)
+        out = jnp.einsum("qhd,hdm->hqm", z, self.W_O)
+        if not self.topk_out:
+            return out
+        kept = abs_topk(out.sum(0), self.topk_out) != 0
+        return jnp.where(kept, out, jnp.zeros((), out.dtype))
 
     def _attend(self, q, k, v, acts: dict, prefix=None) -> Float[Array, "seq n_heads d_head"]:
         """Biases, sites, rotary and (causal) softmax attention from projected q, k, v; keys
@@ -89,9 +103,10 @@ class Attention(eqx.Module):
         def bias(y, b):
             return y if b is None else y + b
 
-        q = record(acts, self.hook_q, bias(q, self.b_Q))
-        k = record(acts, self.hook_k, bias(k, self.b_K))
-        v = record(acts, self.hook_v, bias(v, self.b_V))
+        tq, tk, tv = self.topk_qkv
+        q = record(acts, self.hook_q, abs_topk(bias(q, self.b_Q), tq, axes=2))
+        k = record(acts, self.hook_k, abs_topk(bias(k, self.b_K), tk, axes=2))
+        v = record(acts, self.hook_v, abs_topk(bias(v, self.b_V), tv, axes=2))
         start = 0
         if prefix is not None:
             if not self.causal:
@@ -115,6 +130,12 @@ class Attention(eqx.Module):
             causal = jnp.tril(jnp.ones((q.shape[0], k.shape[0]), dtype=bool), k=start)
             scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
         scores = record(acts, self.hook_attn_scores, scores)
-        pattern = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        if self.sink is None:
+            pattern = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        else:  # a key of value zero that every query sees: its mass is dropped
+            shape = (*scores.shape[:2], 1)
+            sink = jnp.broadcast_to(self.sink.astype(jnp.float32)[:, None, None], shape)
+            pattern = jax.nn.softmax(jnp.concatenate([scores, sink], -1), axis=-1)[..., :-1]
+            pattern = pattern.astype(v.dtype)
         pattern = record(acts, self.hook_pattern, pattern)
         return record(acts, self.hook_z, jnp.einsum("hqk,khd->qhd", pattern, v))

@@ -15,19 +15,25 @@ from jaxtyping import PRNGKeyArray
 from ._attention import Attention
 from ._block import AttnOnlyBlock, ParallelBlock, SequentialBlock
 from ._config import TransformerConfig
-from ._layers import Embed, Identity, LayerNorm, PosEmbed, RMSNorm, Unembed
+from ._layers import Embed, Identity, LayerNorm, PosEmbed, RMSNorm, Unembed, topk_count
 from ._mlp import MLP, GatedMLP
 from ._site import Site, make_site, nearest
 from ._transformer import Transformer
 
 
+def _topk(cfg: TransformerConfig, place: str, dim: int) -> int:
+    """Entries AbsTopK keeps at `place` (0: not sparsified)."""
+    return topk_count(cfg.act_topk, dim) if place in cfg.act_topk_at else 0
+
+
 def _norm(cfg: TransformerConfig, name: str, layer: int | None):
     ones = jnp.ones(cfg.d_model, cfg.jnp_dtype)
     site = make_site(name, layer)
+    topk = _topk(cfg, {"ln1": "attn_in", "ln2": "mlp_in"}.get(name, ""), cfg.d_model)
     if cfg.norm == "layernorm":
-        return LayerNorm(ones, jnp.zeros_like(ones), site, cfg.norm_eps)
+        return LayerNorm(ones, jnp.zeros_like(ones), site, cfg.norm_eps, topk)
     if cfg.norm == "rmsnorm":
-        return RMSNorm(ones, site, cfg.norm_eps)
+        return RMSNorm(ones, site, cfg.norm_eps, topk)
     return Identity()
 
 
@@ -64,6 +70,9 @@ def build(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transformer:
             rotary_base=cfg.rotary_base,
             causal=cfg.causal,
             rotary_scale=cfg.rotary_scale,
+            sink=jnp.zeros(H, dt) if cfg.attn_sink else None,
+            topk_qkv=tuple(_topk(cfg, p, n * D) for p, n in (("q", H), ("k", KV), ("v", KV))),
+            topk_out=_topk(cfg, "attn_out", M),
         )
         sites = {
             f"hook_{k}": make_site(k, layer)
@@ -85,6 +94,7 @@ def build(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transformer:
             "hook_pre": make_site("mlp_pre", layer),
             "hook_post": make_site("mlp_post", layer),
         }
+        mlp_topk = dict(topk_neuron=_topk(cfg, "mlp_neuron", F), topk_out=_topk(cfg, "mlp_out", M))
         if cfg.gated_mlp:
             mlp = GatedMLP(
                 W_gate=normal(M, F),
@@ -96,6 +106,7 @@ def build(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transformer:
                 hook_pre_linear=make_site("mlp_pre_linear", layer),
                 act_fn=cfg.act_fn,
                 **mlp_sites,
+                **mlp_topk,
             )
         else:
             mlp = MLP(
@@ -105,6 +116,7 @@ def build(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transformer:
                 b_out=zeros(M, present=cfg.has_mlp_out_bias),
                 act_fn=cfg.act_fn,
                 **mlp_sites,
+                **mlp_topk,
             )
         if cfg.block == "parallel":
             del sites["hook_resid_mid"]
@@ -132,6 +144,7 @@ def build(cfg: TransformerConfig, *, key: PRNGKeyArray) -> Transformer:
         unembed=Unembed(
             W_E.T if cfg.tied_embeddings else normal(M, cfg.d_vocab),
             zeros(cfg.d_vocab, present=cfg.unembed_bias),
+            zeros(cfg.d_vocab, cfg.d_vocab, present=cfg.bigram),
         ),
     )
 
@@ -200,11 +213,26 @@ attn_only = _preset(
         block="attn_only",
     ),
 )
+weight_sparse = _preset(
+    "weight_sparse",
+    dict(
+        d_model=128, n_layers=2, n_heads=8, d_head=16, d_mlp=512, d_vocab=2048, n_ctx=128,
+        family="weight_sparse", act_fn="gelu_new", norm="rmsnorm", positional="learned",
+        block="sequential", attn_bias=False, attn_out_bias=False, mlp_bias=False,
+        act_topk=0.25, attn_sink=True,
+    ),
+)  # fmt: skip
 for _b, _family in (
     (gpt2, "GPT-2"),
     (neox, "GPT-NeoX / Pythia"),
     (llama, "Llama-style"),
     (attn_only, "attention-only"),
+    (
+        weight_sparse,
+        "Weight-sparse (Gao et al. 2025, arXiv 2511.13653: RMSNorm, AbsTopK 1/4 at "
+        "attention and MLP inputs and outputs, attention sink, no biases; `bigram=True` adds the "
+        "bigram logit table)",
+    ),
 ):
     _b.__doc__ = (
         f"{_family} preset: with `key=`, a random `Transformer`; without, its `TransformerConfig`."

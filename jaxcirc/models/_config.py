@@ -12,10 +12,13 @@ from typing import Literal
 
 import jax.numpy as jnp
 
+from .._checks import nearest_word
+
 Norm = Literal["layernorm", "rmsnorm", "none"]
 Positional = Literal["learned", "rotary", "none"]
 Activation = Literal["gelu_new", "gelu", "relu", "silu"]
 Block = Literal["sequential", "parallel", "attn_only"]
+TOPK_PLACES = ("attn_in", "q", "k", "v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out")
 
 LAYER_FIELDS = ("layer_n_heads", "layer_n_kv_heads", "layer_d_mlp")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -65,6 +68,13 @@ class TransformerConfig:
     layer_d_mlp: tuple[int, ...] | None = None
     mlp_out_bias: bool | None = None  # `None`: as `mlp_bias`; narrowing may add b_out alone
     rotary_scale: float = 1.0  # linear RoPE scaling: positions are divided by it
+    # weight-sparse architecture pieces (Gao et al. 2025, arXiv 2511.13653): AbsTopK activation
+    # sparsity keeping ⌊act_topk · width⌋ entries at each place of `act_topk_at` (0: off), an
+    # attention sink per head, and a bigram logit table read by the current token
+    act_topk: float = 0.0
+    act_topk_at: tuple[str, ...] = ("attn_in", "attn_out", "mlp_in", "mlp_out")
+    attn_sink: bool = False
+    bigram: bool = False
 
     def __post_init__(self):
         def bad(field, value, expected):
@@ -101,6 +111,31 @@ class TransformerConfig:
             if getattr(self, field) not in choices.__args__:
                 bad(field, getattr(self, field), f"one of {choices.__args__}")
         self._check_layer_widths(bad)
+        self._check_sparsity(bad)
+
+    def _check_sparsity(self, bad):
+        if isinstance(self.act_topk_at, str) or not hasattr(self.act_topk_at, "__iter__"):
+            bad("act_topk_at", self.act_topk_at, f"a tuple of places from {TOPK_PLACES}")
+        object.__setattr__(self, "act_topk_at", tuple(self.act_topk_at))
+        for place in self.act_topk_at:
+            if place not in TOPK_PLACES:
+                hint = nearest_word(str(place), TOPK_PLACES)
+                bad("act_topk_at", self.act_topk_at, f"places from {TOPK_PLACES}{hint}")
+        if not (isinstance(self.act_topk, (int, float)) and 0 <= self.act_topk <= 1):
+            bad("act_topk", self.act_topk, "a fraction in [0, 1] (0: no activation sparsity)")
+        if not self.act_topk:
+            return
+        if self.block == "attn_only" and {"mlp_in", "mlp_neuron", "mlp_out"} & set(
+            self.act_topk_at
+        ):
+            bad("act_topk_at", self.act_topk_at, "no MLP places for block='attn_only'")
+        if "attn_in" in self.act_topk_at or "mlp_in" in self.act_topk_at:
+            if self.norm == "none":
+                why = "(AbsTopK acts on the normalised input)"
+                bad("norm", self.norm, f"a norm when act_topk_at sparsifies attn_in/mlp_in {why}")
+        if "attn_out" in self.act_topk_at and self.attn_out_bias:
+            why = "(each head's share of a sparsified sum is its output on the kept channels)"
+            bad("attn_out_bias", True, f"False when act_topk_at has 'attn_out' {why}")
 
     def _check_layer_widths(self, bad):
         for field in LAYER_FIELDS:
@@ -177,6 +212,10 @@ class TransformerConfig:
                 del data[field]
         if data["rotary_scale"] == 1.0:
             del data["rotary_scale"]
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for field in ("act_topk", "act_topk_at", "attn_sink", "bigram"):
+            if data[field] == defaults[field] or (field == "act_topk_at" and not self.act_topk):
+                del data[field]
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod

@@ -24,13 +24,49 @@ class PosEmbed(eqx.Module):
         return self.W_pos[: tokens.shape[0]]
 
 
+def abs_topk(x: Array, k: int, axes: int = 1) -> Array:
+    """AbsTopK (Gao et al. 2025, arXiv 2511.13653): keep the `k` entries of largest magnitude
+    over the last `axes` axes (signs kept), zero the rest; `k = 0` keeps everything. Exactly
+    `k` survive (ties go to the lower index); gradients flow through the kept entries."""
+    if not k:
+        return x
+    shape = x.shape
+    flat = x.reshape(*shape[: len(shape) - axes], -1)
+    _, index = jax.lax.top_k(jnp.abs(flat), k)
+    keep = jax.nn.one_hot(index, flat.shape[-1], dtype=bool).any(-2)
+    return jnp.where(keep, flat, jnp.zeros((), flat.dtype)).reshape(shape)
+
+
+def topk_count(fraction: float, dim: int) -> int:
+    """`⌊fraction · dim⌋` entries kept by AbsTopK (0: off), at least 1 when on."""
+    return max(1, int(fraction * dim)) if fraction else 0
+
+
 class Unembed(eqx.Module):
+    """`x · W_U + b_U`, plus `bigram[token]` when the model has a bigram logit table (Gao et al.
+    2025): a dense `[d_vocab, d_vocab]` table read by the current token, so the layers need not
+    spend weights on bigram statistics. A model with a table needs the tokens to read logits."""
+
     W_U: Float[Array, "d_model d_vocab"]
     b_U: Float[Array, " d_vocab"] | None
+    bigram: Float[Array, "d_vocab d_vocab"] | None = None
 
-    def __call__(self, x: Float[Array, "seq d_model"]) -> Float[Array, "seq d_vocab"]:
+    def __call__(
+        self, x: Float[Array, "seq d_model"], tokens: Int[Array, " seq"] | None = None
+    ) -> Float[Array, "seq d_vocab"]:
         logits = x @ self.W_U
-        return logits if self.b_U is None else logits + self.b_U
+        if self.b_U is not None:
+            logits = logits + self.b_U
+        if self.bigram is None:
+            return logits
+        if tokens is None:
+            raise ValueError(
+                "this model adds a bigram logit table (logits += bigram[token]) and this "
+                "computation reads logits from the residual stream without the tokens; run "
+                "it through model.run / the edge graph (which pass them), or build the model "
+                "with bigram=False"
+            )
+        return logits + self.bigram[tokens].astype(logits.dtype)
 
 
 class LayerNorm(eqx.Module):
@@ -40,13 +76,14 @@ class LayerNorm(eqx.Module):
     b: Float[Array, " d_model"]
     hook_normalized: Site
     eps: float = eqx.field(static=True)
+    topk: int = eqx.field(static=True, default=0)  # AbsTopK on the output (0: off)
 
     def __call__(self, x: Float[Array, "seq d_model"]) -> tuple[Array, dict]:
         acts: dict = {}
         x32 = x.astype(jnp.float32)
         x32 = x32 - x32.mean(-1, keepdims=True)
         y = x32 * jax.lax.rsqrt((x32**2).mean(-1, keepdims=True) + self.eps)
-        y = (y * self.w + self.b).astype(x.dtype)
+        y = abs_topk((y * self.w + self.b).astype(x.dtype), self.topk)
         return record(acts, self.hook_normalized, y), acts
 
 
@@ -56,12 +93,13 @@ class RMSNorm(eqx.Module):
     w: Float[Array, " d_model"]
     hook_normalized: Site
     eps: float = eqx.field(static=True)
+    topk: int = eqx.field(static=True, default=0)  # AbsTopK on the output (0: off)
 
     def __call__(self, x: Float[Array, "seq d_model"]) -> tuple[Array, dict]:
         acts: dict = {}
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt((x32**2).mean(-1, keepdims=True) + self.eps)
-        y = (y * self.w.astype(jnp.float32)).astype(x.dtype)
+        y = abs_topk((y * self.w.astype(jnp.float32)).astype(x.dtype), self.topk)
         return record(acts, self.hook_normalized, y), acts
 
 

@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float
 
+from ._layers import abs_topk
 from ._site import Site, record
 
 ACTIVATIONS = {
@@ -22,7 +23,10 @@ def _affine(x, W, b):
 
 
 class MLP(eqx.Module):
-    """`W_out · act(W_in · x + b_in) + b_out`; sites `hook_pre`, `hook_post`."""
+    """`W_out · act(W_in · x + b_in) + b_out`; sites `hook_pre`, `hook_post`.
+
+    `topk_neuron` / `topk_out`: AbsTopK activation sparsity (Gao et al. 2025, arXiv 2511.13653)
+    on the neurons (before `hook_post`) and on the output (0: off), in both MLP kinds."""
 
     W_in: Float[Array, "d_model d_mlp"]
     b_in: Float[Array, " d_mlp"] | None
@@ -31,12 +35,15 @@ class MLP(eqx.Module):
     hook_pre: Site
     hook_post: Site
     act_fn: str = eqx.field(static=True)
+    topk_neuron: int = eqx.field(static=True, default=0)
+    topk_out: int = eqx.field(static=True, default=0)
 
     def __call__(self, x: Float[Array, "seq d_model"]) -> tuple[Array, dict]:
         acts: dict = {}
         pre = record(acts, self.hook_pre, _affine(x, self.W_in, self.b_in))
-        post = record(acts, self.hook_post, ACTIVATIONS[self.act_fn](pre))
-        return _affine(post, self.W_out, self.b_out), acts
+        post = abs_topk(ACTIVATIONS[self.act_fn](pre), self.topk_neuron)
+        post = record(acts, self.hook_post, post)
+        return abs_topk(_affine(post, self.W_out, self.b_out), self.topk_out), acts
 
 
 class GatedMLP(eqx.Module):
@@ -55,10 +62,13 @@ class GatedMLP(eqx.Module):
     hook_pre_linear: Site
     hook_post: Site
     act_fn: str = eqx.field(static=True)
+    topk_neuron: int = eqx.field(static=True, default=0)
+    topk_out: int = eqx.field(static=True, default=0)
 
     def __call__(self, x: Float[Array, "seq d_model"]) -> tuple[Array, dict]:
         acts: dict = {}
         gate = record(acts, self.hook_pre, _affine(x, self.W_gate, self.b_gate))
         linear = record(acts, self.hook_pre_linear, _affine(x, self.W_in, self.b_in))
-        post = record(acts, self.hook_post, ACTIVATIONS[self.act_fn](gate) * linear)
-        return _affine(post, self.W_out, self.b_out), acts
+        post = abs_topk(ACTIVATIONS[self.act_fn](gate) * linear, self.topk_neuron)
+        post = record(acts, self.hook_post, post)
+        return abs_topk(_affine(post, self.W_out, self.b_out), self.topk_out), acts

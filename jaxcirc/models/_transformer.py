@@ -155,9 +155,12 @@ class Transformer(eqx.Module):
             x = x + record(acts, self.hook_pos_embed, self.pos_embed(tokens))
         return x, acts
 
-    def readout(self, x: Float[Array, "seq d_model"]) -> tuple[Float[Array, "seq d_vocab"], dict]:
+    def readout(
+        self, x: Float[Array, "seq d_model"], tokens: Int[Array, " seq"] | None = None
+    ) -> tuple[Float[Array, "seq d_vocab"], dict]:
+        """Final norm and unembedding; `tokens` (the run's) are needed by a bigram table."""
         x, acts = self.ln_final(x)
-        return self.unembed(x), acts
+        return self.unembed(x, tokens), acts
 
     def run(self, tokens: Int[Array, " seq"]) -> tuple[Float[Array, "seq d_vocab"], Activations]:
         """Logits and every site's activation; unread activations are never materialised.
@@ -241,11 +244,14 @@ class Transformer(eqx.Module):
             tuple(acts[SiteRef("v", i)] for i in layers),
         )
 
-    def logits_at(self, x: Float[Array, "seq d_model"], positions=None) -> Array:
+    def logits_at(self, x: Float[Array, "seq d_model"], positions=None, tokens=None) -> Array:
         """The logits of the final residual stream `x`, only at `positions` if given (the
-        final norm sees every position; only the read ones are unembedded)."""
+        final norm sees every position; only the read ones are unembedded). `tokens`: the
+        run's tokens `[seq]`, needed by a model with a bigram logit table."""
         x = self.ln_final(x)[0]
-        return self.unembed(x if positions is None else x[positions])
+        if positions is None:
+            return self.unembed(x, tokens)
+        return self.unembed(x[positions], None if tokens is None else tokens[positions])
 
     def intervened_sites(self) -> list[Site]:
         """The sites of this model that carry an intervention."""
@@ -313,7 +319,7 @@ def forward(model: Transformer, tokens: Int[Array, " seq"]) -> tuple[Array, Acti
     for block in model.blocks:
         x, block_acts = block(x)
         acts.update(block_acts)  # dict order is computation order
-    logits, final_acts = model.readout(x)
+    logits, final_acts = model.readout(x, tokens)
     return logits, Activations({**acts, **final_acts})
 
 
