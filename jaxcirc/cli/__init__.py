@@ -1,4 +1,4 @@
-"""The `jaxcirc` command: `jaxcirc patch|trace|iia|bench|lasso|prune|sae …`, `jaxcirc --version`.
+"""The `jaxcirc` command (`jaxcirc patch|trace|iia|bench|lasso|prune|sae|shift|sparse …`).
 
 A thin `argparse` layer; each subcommand lives in its own module and imports JAX only when
 it runs, so `jaxcirc --help` is instant.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _bench, _iia, _lasso, _patch, _prune, _sae, _shift, _trace
+from . import _bench, _iia, _lasso, _patch, _prune, _sae, _shift, _sparse, _trace
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     _prune.add_parser(commands)
     _sae.add_parser(commands)
     _shift.add_parser(commands)
+    _sparse.add_parser(commands)
     return root
 
 

@@ -27,7 +27,9 @@ from ._ioi import ioi as ioi
 from ._ioi import ioi_names as ioi_names
 from ._python_tasks import PYTHON_TASKS as PYTHON_TASKS
 from ._python_tasks import bracket_task as bracket_task
+from ._python_tasks import python_rows as python_rows
 from ._python_tasks import python_source as python_source
+from ._python_tasks import python_tasks as python_tasks
 from ._python_tasks import quote_task as quote_task
 from ._python_tasks import set_or_string_task as set_or_string_task
 from ._task import Task as Task

@@ -44,6 +44,30 @@ def python_source(root: str | Path | None = None, *, max_chars: int | None = Non
         yield text
 
 
+def python_rows(tokenizer, seq: int, n_train: int, n_eval: int, *, hold_out_every: int = 25):
+    """`(train [≤ n_train, seq], held-out [n_eval, seq], held-out file names)`: the standard
+    library's source as BOS-opened rows (`token_sequences`); every `hold_out_every`-th file of
+    the sorted list is held out. When the other files hold fewer than `n_train` rows, all of
+    them are returned (training then repeats them)."""
+    import sysconfig
+
+    from ._corpus import token_sequences
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = stdlib_files(root)
+    read = lambda f: f.read_text(encoding="utf-8", errors="replace")  # as python_source()
+    train_files = [f for i, f in enumerate(files) if i % hold_out_every]
+    held = files[::hold_out_every]
+    try:
+        train = token_sequences(tokenizer, seq, n_train, texts=map(read, train_files))
+    except ValueError:  # the corpus is shorter than asked: every row it has
+        texts = [read(f) for f in train_files]
+        total = sum(len(tokenizer.encode(t, add_special_tokens=False)) + 1 for t in texts)
+        train = token_sequences(tokenizer, seq, total // (seq - 1), texts=texts)
+    held_rows = token_sequences(tokenizer, seq, n_eval, texts=map(read, held))
+    return train, held_rows, [f.relative_to(root).as_posix() for f in held]
+
+
 def _generate(tokenizer, n: int, seed, make, answers, name: str) -> Task:
     """`n` rows from `make(rng) -> (clean, contrast)`, both orders of the pair (half the rows
     answer `answers[0]`, half `answers[1]`), drawing again when the two differ in length."""
@@ -113,3 +137,11 @@ def set_or_string_task(tokenizer, n: int = 64, *, seed=0) -> Task:
 
 
 PYTHON_TASKS = {"quote": quote_task, "bracket": bracket_task, "set_or_string": set_or_string_task}
+
+
+def python_tasks(tokenizer, n: int, seed=0, names=tuple(PYTHON_TASKS)) -> dict[str, Task]:
+    """`{name: Task}` of the Python-code tasks `names`, `n` prompts each."""
+    unknown = [x for x in names if x not in PYTHON_TASKS]
+    if unknown:
+        raise ValueError(f"unknown Python task {unknown[0]!r}; choose from {sorted(PYTHON_TASKS)}")
+    return {name: PYTHON_TASKS[name](tokenizer, n, seed=seed) for name in names}
