@@ -44,8 +44,14 @@ def _completes(task_name, prompt, token):
     """Whether `prompt + token` is right, asked of Python (parse, or run on lists of str)."""
     if task_name == "quote":
         text = prompt + token
-    elif task_name == "bracket":
+    elif task_name == "square_bracket":
         text = prompt + token + (")" if "([" in prompt else "")
+    elif task_name == "bracket":  # names need not exist: compiling decides
+        try:
+            compile(prompt + token, "<task>", "exec")
+        except SyntaxError:
+            return False
+        return True
     else:
         loop = prompt.split("for ")[1].split(" in")[0]
         text = prompt + token + (f"add({loop})" if token == "." else f" {loop}")
@@ -93,7 +99,9 @@ def test_tokens_missing_from_the_tokenizer_are_a_clear_error():
     hf.decoder = decoders.ByteLevel()
     bytes_only = Tokenizer(hf)
     assert pt.quote_task(bytes_only, 4).batch == 4  # one-byte answers exist
-    with pytest.raises(ValueError, match=r"bracket answer '\]\]' is 2 tokens"):
+    with pytest.raises(ValueError, match=r"square_bracket answer '\]\]' is 2 tokens"):
+        pt.square_bracket_task(bytes_only, 4)
+    with pytest.raises(ValueError, match=r"bracket answer '\)\)' is 2 tokens"):
         pt.bracket_task(bytes_only, 4)
     with pytest.raises(ValueError, match=r"set_or_string (answer|distractor) ' \+=' is 3 tokens"):
         pt.set_or_string_task(bytes_only, 4)

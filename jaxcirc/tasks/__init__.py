@@ -3,8 +3,8 @@
 `ioi` (Wang et al. 2023), `induction` (Olsson et al. 2022), `greater_than` (Hanna et al. 2023),
 `factual` (Meng et al. 2022), and `from_strings` for your own; each returns a `Task`.
 `agreement`: subject–verb agreement (Marks et al. 2025's styles).
-`quote_task`, `bracket_task`, `set_or_string_task`: Gao et al. 2025's Python next-token tasks
-(`python_source`: the standard library's code).
+`quote_task`, `bracket_task`, `set_or_string_task`, `square_bracket_task`: Gao et al. 2025's
+Python next-token tasks (`python_source`: the standard library's code).
 `bios`: templated biographies with a spurious gender cue (for SHIFT), a `Bios`.
 `TRACR_CASES`: RASP programs with known circuits, compiled and cached by `jaxcirc.io.tracr_case`.
 """
@@ -32,6 +32,7 @@ from ._python_tasks import python_source as python_source
 from ._python_tasks import python_tasks as python_tasks
 from ._python_tasks import quote_task as quote_task
 from ._python_tasks import set_or_string_task as set_or_string_task
+from ._python_tasks import square_bracket_task as square_bracket_task
 from ._task import Task as Task
 from ._task import from_strings as from_strings
 from ._task import single_token as single_token

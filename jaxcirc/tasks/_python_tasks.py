@@ -6,7 +6,8 @@
 contrast prompt of the same token length that differs in the one thing the answer depends on:
 
 - `quote_task`: close a string with its quote type (`x = "abc` -> `"`, `x = 'abc` -> `'`);
-- `bracket_task`: nesting depth (`x = [[a, b` -> `]]`, `x = ([a, b` -> `]`);
+- `bracket_task`: nesting depth (`x = f(g(a, b` -> `))`, `x = f + g(a, b` -> `)`), and
+  `square_bracket_task`, the paper's form with `]]` vs `]`;
 - `set_or_string_task`: what a variable holds (`x = set()` ... `x` -> `.` for `.add`,
   `x = str()` ... `x` -> ` +=`).
 
@@ -110,16 +111,35 @@ def quote_task(tokenizer, n: int = 64, *, seed=0) -> Task:
     return _generate(tokenizer, n, seed, make, ('"', "'"), "quote")
 
 
+FUNCTIONS = ("len", "str", "int", "list", "sorted", "max", "min", "sum", "print", "repr", "tuple",
+             "set", "abs", "f", "g", "join", "get", "run")  # fmt: skip
+
+
 def bracket_task(tokenizer, n: int = 64, *, seed=0) -> Task:
-    """Bracket nesting depth: `x = [[a, b` -> `]]` (contrast `x = ([a, b` -> `]`), Gao et al.'s
-    `bracket_counting`."""
+    """Bracket nesting depth: `x = f(g(a, b` -> `))` (contrast `x = f + g(a, b` -> `)`). Gao et
+    al.'s `bracket_counting` asks `]` vs `]]`; in the standard library `]]` is rare (the Python
+    BPE's last merge, about 100 times in 3.5 M tokens) while `))` is common, so the depth
+    question is asked of parentheses here (`square_bracket_task` is the paper's form)."""
+
+    def make(rng):
+        var = _pick(rng, VARIABLES)
+        f, g = _pick(rng, FUNCTIONS), _pick(rng, FUNCTIONS)
+        items = ", ".join(_pick(rng, ITEMS) for _ in range(int(rng.integers(1, 5))))
+        return f"{var} = {f}({g}({items}", f"{var} = {f} + {g}({items}"
+
+    return _generate(tokenizer, n, seed, make, ("))", ")"), "bracket")
+
+
+def square_bracket_task(tokenizer, n: int = 64, *, seed=0) -> Task:
+    """Square-bracket nesting depth, Gao et al.'s `bracket_counting`: `x = [[a, b` -> `]]`
+    (contrast `x = ([a, b` -> `]`)."""
 
     def make(rng):
         var = _pick(rng, VARIABLES)
         items = ", ".join(_pick(rng, ITEMS) for _ in range(int(rng.integers(1, 5))))
         return f"{var} = [[{items}", f"{var} = ([{items}"
 
-    return _generate(tokenizer, n, seed, make, ("]]", "]"), "bracket")
+    return _generate(tokenizer, n, seed, make, ("]]", "]"), "square_bracket")
 
 
 def set_or_string_task(tokenizer, n: int = 64, *, seed=0) -> Task:
@@ -136,7 +156,12 @@ def set_or_string_task(tokenizer, n: int = 64, *, seed=0) -> Task:
     return _generate(tokenizer, n, seed, make, (".", " +="), "set_or_string")
 
 
-PYTHON_TASKS = {"quote": quote_task, "bracket": bracket_task, "set_or_string": set_or_string_task}
+PYTHON_TASKS = {
+    "quote": quote_task,
+    "bracket": bracket_task,
+    "set_or_string": set_or_string_task,
+    "square_bracket": square_bracket_task,
+}
 
 
 def python_tasks(tokenizer, n: int, seed=0, names=tuple(PYTHON_TASKS)) -> dict[str, Task]:
