@@ -1,7 +1,8 @@
 """The `jaxcirc` command (`jaxcirc patch|trace|iia|bench|lasso|prune|sae|shift|sparse …`).
 
 A thin `argparse` layer; each subcommand lives in its own module and imports JAX only when
-it runs, so `jaxcirc --help` is instant.
+it runs, so `jaxcirc --help` is instant. Every parser is a `_parsing.Parser` (no
+abbreviations, suggestions for typos, errors with the subcommand's own usage).
 """
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ import argparse
 import sys
 
 from . import _bench, _iia, _lasso, _patch, _prune, _sae, _shift, _sparse, _trace
+from ._parsing import Parser
 
 
 def parser() -> argparse.ArgumentParser:
     """The `jaxcirc` argument parser with its subcommands."""
     from .. import __version__
 
-    root = argparse.ArgumentParser(
+    root = Parser(
         prog="jaxcirc", description="Causal, mechanistic interpretability in JAX."
     )
     root.add_argument("--version", action="version", version=f"jaxcirc {__version__}")
-    commands = root.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    commands = root.add_subparsers(
+        title="commands", dest="command", metavar="COMMAND", parser_class=Parser
+    )
     _patch.add_parser(commands)
     _iia.add_parser(commands)
     _trace.add_parser(commands)

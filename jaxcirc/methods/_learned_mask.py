@@ -4,8 +4,11 @@ Subnetwork probing (Cao et al. 2021) and the pruning of Gao et al. 2025 ("Weight
 transformers have interpretable circuits"): each edge (or node) has a logit `θ`; the forward
 pass uses the hard mask `H(θ) = [θ ≥ 0]`, and the backward pass the straight-through gradient
 of `σ(θ / T)` (`H - stop_gradient(H - σ) `). The loss is the divergence from the clean model
-plus `penalty` times the mean kept fraction. Pruned units carry their mean ablation by
-default. All `steps` run in one compiled `lax.scan`. The method value is `LearnedMask(...)`
+plus `penalty` times the mean kept fraction; by default the penalty is `AUTO_PENALTY` times the
+divergence of the empty circuit, so keeping every unit costs that share of the behaviour.
+The divergence's gradient vanishes at the full model, so equal starting logits would all cross
+zero at the same step (the empty circuit): the start is jittered by a seeded uniform draw.
+Pruned units carry their mean ablation by default. All `steps` run in one compiled `lax.scan`. The method value is `LearnedMask(...)`
 (`jaxcirc.methods.discover`); `learned_mask(...)` is its function form.
 """
 
@@ -29,6 +32,8 @@ from ._discover import DiscoveryMethod
 from ._task_args import task_arguments
 
 LEVELS = ("edge", "node")
+AUTO_PENALTY = 0.2
+"""The default penalty, as a fraction of the empty circuit's divergence from the clean model."""
 
 
 def hard_concrete_ste(theta: Array, temperature: float | Array) -> Array:
@@ -42,17 +47,21 @@ class LearnedMask(DiscoveryMethod):
     """Train an edge or node mask: `divergence(masked, clean) + penalty · mean(kept)`.
 
     `ablation`: `"mean"` (over `corrupt`, or over `clean` when there is no `corrupt`),
-    `"corrupt"` or `"zero"`. `init`: the starting logit (positive: start with everything kept).
-    The circuit is the hard mask; its scores are the learned logits `θ` (larger keeps); `info`
-    holds `losses` (`[steps]`) and the final circuit's `divergence`.
+    `"corrupt"` or `"zero"`. `penalty`: `None` (default) is `AUTO_PENALTY` times the empty
+    circuit's divergence. `init`: the starting logit (positive: start with everything kept),
+    jittered by `U(-jitter, jitter)` drawn from `seed`. The circuit is the hard mask; its
+    scores are the learned logits `θ` (larger keeps); `info` holds `losses` (`[steps]`), the
+    final circuit's `divergence` and the `penalty` used.
     """
 
     level: str = "edge"
-    penalty: float = 1.0
+    penalty: float | None = None
     steps: int = 300
     learning_rate: float = 0.05
     temperature: float = 1.0
     init: float = 1.0
+    jitter: float = 0.5
+    seed: int = 0
     ablation: str = "mean"
     divergence: Callable = kl_divergence
 
@@ -60,10 +69,13 @@ class LearnedMask(DiscoveryMethod):
         check_choices((self.level,), LEVELS, "level", one="level")
         check_choices((self.ablation,), ABLATIONS, "ablation", one="ablation")
         check_int(self.steps, "LearnedMask steps", 1)
-        check_float(self.penalty, "LearnedMask penalty", 0.0)
+        if self.penalty is not None:
+            check_float(self.penalty, "LearnedMask penalty", 0.0)
         check_float(self.temperature, "LearnedMask temperature", 0.0, low_open=True)
         check_float(self.learning_rate, "LearnedMask learning_rate", 0.0, low_open=True)
         check_float(self.init, "LearnedMask init")
+        check_float(self.jitter, "LearnedMask jitter", 0.0)
+        check_int(self.seed, "LearnedMask seed", 0)
         if not callable(self.divergence):
             raise TypeError(
                 f"divergence must be a function (logits, clean_logits) -> scalar such as "
@@ -82,9 +94,16 @@ class LearnedMask(DiscoveryMethod):
         )
         clean_logits = jax.vmap(model)(clean)
         shape = g.valid.shape if self.level == "edge" else (g.n_sources,)
-        theta = jnp.full(shape, float(self.init))
+        theta = float(self.init) + jax.random.uniform(
+            jax.random.key(self.seed), shape, minval=-self.jitter, maxval=self.jitter
+        )
+        penalty = self.penalty
+        if penalty is None:
+            penalty = AUTO_PENALTY * _empty_divergence(
+                model, g, clean, ablated, clean_logits, self.divergence
+            )
         hyper = (jnp.asarray(x, jnp.float32)
-                 for x in (self.learning_rate, self.penalty, self.temperature))  # fmt: skip
+                 for x in (self.learning_rate, penalty, self.temperature))  # fmt: skip
         theta, losses, div = _train(
             model, g, clean, ablated, clean_logits, theta, self.divergence, *hyper,
             int(self.steps),
@@ -94,7 +113,7 @@ class LearnedMask(DiscoveryMethod):
             axes={"loss": ("step",)}, names=None,
             diagnose=lambda: model.nonfinite_report(clean) or nonfinite_ablated(ablated, g),
         )  # fmt: skip
-        info = {"losses": losses, "divergence": div}
+        info = {"losses": losses, "divergence": div, "penalty": jnp.asarray(penalty)}
         return Circuit(theta >= 0, g, Scores(theta, g), info)
 
 
@@ -105,6 +124,13 @@ def learned_mask(model, clean, corrupt=None, **hyperparameters) -> Circuit:
 
 def _weights(theta, g):
     return theta if theta.ndim == 2 else jnp.broadcast_to(theta[:, None], g.valid.shape)
+
+
+@eqx.filter_jit
+def _empty_divergence(model, g, clean, ablated, clean_logits, divergence):
+    """The divergence from the clean model with every unit ablated."""
+    empty = jnp.zeros(g.valid.shape, jnp.float32)
+    return divergence(_masked_logits(model, g, clean, empty, ablated), clean_logits)
 
 
 @eqx.filter_jit

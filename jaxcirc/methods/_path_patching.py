@@ -112,28 +112,49 @@ def _index(name: str, names: Sequence[str], what: str) -> int:
         raise KeyError(f"unknown {what} {name!r}{nearest(name, names)}") from None
 
 
-def _select(spec, names: tuple[str, ...], default: tuple[str, ...], what: str) -> list[int]:
+def _head_aliases(g: Graph) -> tuple[tuple[str, ...], ...]:
+    """Per target, the names it answers to: its own, and under grouped-query attention the
+    head-level names of the key/value group (`L1KV2.k` is also `L1H4.k`, `L1H5.k`: the heads
+    that read it)."""
+    return tuple(
+        (name, *(f"{g.sources[o]}.{node.port}" for o in owners))
+        if node.kind == "kv" else (name,)
+        for name, node, owners in zip(g.targets, g.target_nodes, g.target_sources)
+    )  # fmt: skip
+
+
+def _select(
+    spec, names: tuple[str, ...], default: tuple[str, ...], what: str,
+    aliases: tuple[tuple[str, ...], ...] | None = None,
+) -> list[int]:  # fmt: skip
     """Indices into `names` of `spec`: `None` (the default), a name, a glob such as `"L1H*.k"`,
-    or a sequence of those; unknown names raise with the nearest name."""
+    or a sequence of those; `aliases[i]` are further names of `names[i]` (matched too);
+    unknown names raise with the nearest name."""
     if spec is None:
         return [names.index(n) for n in default]
+    if aliases is None:
+        aliases = tuple((n,) for n in names)
+    every = [a for group in aliases for a in group]
     items = [spec] if isinstance(spec, str) else list(spec)
     chosen: list[int] = []
     for item in items:
         if not isinstance(item, str):
             raise TypeError(f"{what}s are names like {names[1]!r}; got {item!r}")
         if any(c in item for c in "*?["):
-            hits = [i for i, n in enumerate(names) if fnmatch.fnmatchcase(n, item)]
+            hits = [
+                i for i, group in enumerate(aliases)
+                if any(fnmatch.fnmatchcase(a, item) for a in group)
+            ]  # fmt: skip
             if not hits:
                 raise ValueError(
-                    f"{what} pattern {item!r} matches no {what}{nearest(item, names)}; "
+                    f"{what} pattern {item!r} matches no {what}{nearest(item, every)}; "
                     f"{what}s: {', '.join(names[:4])}, …, {names[-1]}"
                 )
-        elif item in names:
-            hits = [names.index(item)]
+        elif item in every:
+            hits = [i for i, group in enumerate(aliases) if item in group]
         else:
             raise ValueError(
-                f"unknown {what} {item!r}{nearest(item, names)}; {what}s: "
+                f"unknown {what} {item!r}{nearest(item, every)}; {what}s: "
                 f"{', '.join(names[:4])}, …, {names[-1]}"
             )
         chosen += [i for i in hits if i not in chosen]
@@ -194,6 +215,8 @@ def path_patch(
     - `senders`: names or glob patterns (`"L0H*"`); default every head and MLP (`"embed"`, the
       embedding output, on request).
     - `receivers`: names or patterns (`"L1H*.k"`, `"MLP*"`, `"logits"`); default all inputs.
+      With grouped-query attention a head-level key/value name selects the group that head
+      reads (`"L1H5.k"` is `"L1KV2.k"` when heads 4 and 5 share group 2).
     - `direction`: `"noise"` (default; the paper's): senders take their corrupted output in
       the clean run; `"denoise"`: senders take their clean output in the corrupted run.
     - `chunk_size`: pairs evaluated at once (vmapped); default fills `memory_budget`.
@@ -219,7 +242,7 @@ def path_patch(
     limit = _budget.budget(memory_budget)
     heads_mlps = tuple(s for s in g.sources if s != "embed")
     s_idx = _select(senders, g.sources, heads_mlps, "sender")
-    r_idx = _select(receivers, g.targets, g.targets, "receiver")
+    r_idx = _select(receivers, g.targets, g.targets, "receiver", _head_aliases(g))
     valid = _valid_pairs(g, s_idx, r_idx)
     if not valid.any():
         raise ValueError(

@@ -1,0 +1,122 @@
+"""A new user's first hour (issue 17): grouped-query receivers by head name, `learned_mask`'s
+defaults on the shipped induction model, CLI typos/usage/abbreviations, one-line dropped-column
+warnings, no citations of documents outside the repository."""
+
+import argparse
+
+import jax
+import numpy as np
+import pytest
+from conftest import logit_diff, tiny
+
+import jaxcirc as jc
+from jaxcirc import cli
+from jaxcirc.methods import learned_mask, path_patch
+from jaxcirc.metrics._divergence import kl_divergence
+
+# ---------------------------------------------------------------------------------------------
+# grouped-query attention: head-level key/value receivers
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gqa():
+    return tiny("llama", n_layers=2, n_heads=4, n_kv_heads=2)
+
+
+def test_gqa_head_level_receivers_select_their_groups(gqa, tokens):
+    clean, corrupt = tokens
+    n_heads, n_kv = gqa.cfg.n_heads, gqa.cfg.n_kv_heads
+    group = n_heads // n_kv  # heads 2g, 2g+1 read key/value group g
+    by_head = path_patch(gqa, clean, corrupt, logit_diff, senders="L0H*", receivers="L1H*.k")
+    by_group = path_patch(gqa, clean, corrupt, logit_diff, senders="L0H*", receivers="L1KV*.k")
+    assert by_head.receivers == tuple(f"L1KV{g}.k" for g in range(n_kv))
+    assert by_head.receivers == by_group.receivers
+    np.testing.assert_array_equal(np.asarray(by_head.values), np.asarray(by_group.values))
+    for h in range(n_heads):
+        one = path_patch(gqa, clean, corrupt, logit_diff, senders="L0H0", receivers=f"L1H{h}.v")
+        assert one.receivers == (f"L1KV{h // group}.v",)
+    # queries stay per head; an unknown name still names the nearest valid one
+    assert path_patch(gqa, clean, corrupt, logit_diff, receivers="L1H3.q").receivers == (
+        "L1H3.q",
+    )
+    with pytest.raises(ValueError, match=r"unknown receiver 'L1H9\.k' \(did you mean 'L1H"):
+        path_patch(gqa, clean, corrupt, logit_diff, receivers="L1H9.k")
+    with pytest.raises(ValueError, match=r"pattern 'L7H\*\.k' matches no receiver"):
+        path_patch(gqa, clean, corrupt, logit_diff, receivers="L7H*.k")
+
+
+# ---------------------------------------------------------------------------------------------
+# learned_mask: the default call finds the induction circuit
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def induction():
+    return jc.zoo.induction_model(), jc.zoo.induction_task(16, 8, seed=0)
+
+
+def test_learned_mask_default_finds_induction_circuit(induction):
+    model, task = induction
+    found = learned_mask(model, task)
+    edges = set(found.edges())
+    # the shipped model's previous-token heads are L0H0 and L0H2, its induction heads L1H*
+    assert any(s in ("L0H0", "L0H2") and t.startswith("L1H") and t.endswith(".k") for s, t in edges)
+    assert any(s.startswith("L1H") and t == "logits" for s, t in edges)
+    assert len(edges) < 0.5 * found.graph.n_edges
+    # the default penalty is AUTO_PENALTY times the divergence of the empty circuit
+    g = found.graph
+    empty = jc.graph.masked_logits(
+        model, task.clean, jc.graph.Circuit(np.zeros(g.valid.shape, bool), g),
+        jc.graph.ablation_values(model, task.clean, task.corrupt, "mean"),
+    )  # fmt: skip
+    d0 = float(kl_divergence(empty, jax.vmap(model)(task.clean)))
+    np.testing.assert_allclose(float(found.info["penalty"]), 0.2 * d0, rtol=1e-4)
+    # most of the behaviour survives: far below the empty circuit's divergence
+    assert float(found.info["divergence"]) < 0.3 * d0
+    # the README's explicit penalty no longer collapses to the empty circuit
+    assert len(learned_mask(model, task, penalty=1.0).edges()) > 0
+
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line: suggestions, the subcommand's own usage, no abbreviations
+# ---------------------------------------------------------------------------------------------
+
+
+def _parsers(parser, path=("jaxcirc",)):
+    """Every parser under `parser`, with its command path."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_cli_every_parser_refuses_abbreviations():
+    found = dict(_parsers(cli.parser()))
+    assert ("jaxcirc", "sae", "train") in found and ("jaxcirc", "patch") in found
+    for path, p in found.items():
+        assert p.allow_abbrev is False, path
+        assert p.prog == " ".join(path), (p.prog, path)
+
+
+@pytest.mark.parametrize(
+    "argv, usage, message",
+    [
+        (["pach"], "usage: jaxcirc [", "unknown command 'pach'; did you mean 'patch'?"),
+        (["sae", "trian"], "usage: jaxcirc sae [",
+         "unknown command 'trian'; did you mean 'train'?"),
+        (["patch", "--n-prompt", "4"], "usage: jaxcirc patch [",
+         "unrecognized arguments: --n-prompt 4 (--n-prompt; did you mean '--n-prompts'?)"),
+        (["lasso", "--bogus-flag"], "usage: jaxcirc lasso [",
+         "jaxcirc lasso: error: unrecognized arguments: --bogus-flag"),
+        (["sae", "train", "--site", "resid_pre", "--batch-row", "3"],
+         "usage: jaxcirc sae train [", "did you mean '--batch-rows'?"),
+    ],
+)  # fmt: skip
+def test_cli_errors_name_the_fix_with_the_subcommands_usage(capsys, argv, usage, message):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage), err
+    assert message in err, err
