@@ -3,6 +3,7 @@ defaults on the shipped induction model, CLI typos/usage/abbreviations, one-line
 warnings, no citations of documents outside the repository."""
 
 import argparse
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -11,7 +12,7 @@ from conftest import logit_diff, tiny
 
 import jaxcirc as jc
 from jaxcirc import cli
-from jaxcirc.methods import learned_mask, path_patch
+from jaxcirc.methods import feature_ranking, learned_mask, path_patch
 from jaxcirc.metrics._divergence import kl_divergence
 
 # ---------------------------------------------------------------------------------------------
@@ -120,3 +121,59 @@ def test_cli_errors_name_the_fix_with_the_subcommands_usage(capsys, argv, usage,
     err = capsys.readouterr().err
     assert err.startswith(usage), err
     assert message in err, err
+
+
+# ---------------------------------------------------------------------------------------------
+# the README's logit difference with per-example answers; no citations of absent documents
+# ---------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_logit_diff_is_per_example():
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("# Activation patching sweeps")
+    snippet = readme[start : readme.index("grid = jc.patching.sweep", start)]
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 4, 11)).astype(np.float32)
+    answer, wrong = rng.permutation(11)[:5], rng.permutation(11)[5:10]
+    scope = {"jc": jc, "answer": answer, "wrong": wrong}
+    exec(snippet, scope)
+    want = np.mean([logits[b, -1, answer[b]] - logits[b, -1, wrong[b]] for b in range(5)])
+    np.testing.assert_allclose(float(scope["logit_diff"](jax.numpy.asarray(logits))), want,
+                               rtol=1e-5)  # fmt: skip
+
+
+def test_no_citations_of_documents_outside_the_repository():
+    files = [ROOT / "README.md", *sorted((ROOT / "jaxcirc").rglob("*.py")),
+             *sorted((ROOT / "tests").glob("*.py"))]  # fmt: skip
+    absent = ("METHODS" + ".md", "ARCHITECTURE" + ".md", "STYLE" + ".md", "PEERS" + ".md")
+    hits = [
+        f"{f.relative_to(ROOT)}:{i}"
+        for f in files
+        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1)
+        if any(name in line for name in absent)
+    ]
+    assert not hits, hits
+    help_text = "\n".join(p.format_help() for _, p in _parsers(cli.parser()))
+    assert not any(name in help_text for name in absent)
+
+
+# ---------------------------------------------------------------------------------------------
+# constant columns: one short warning per call, at the caller's line
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dropped_columns_one_short_warning_per_call():
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(size=(40, 3)), np.ones((40, 300))], 1)
+    y = z[:, 0] - 2 * z[:, 2] + 0.01 * rng.normal(size=40)
+    with pytest.warns(UserWarning, match=r"dropped 300 zero-variance column\(s\)") as caught:
+        ranking = feature_ranking(z, y, n_alphas=4)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert "\n" not in message and len(message) < 300, message
+    assert "feature3, feature4, feature5, feature6, …" in message and "feature7" not in message
+    assert caught[0].filename == __file__  # the user's line, not one inside jaxcirc
+    assert set(ranking.order[:2].tolist()) == {0, 2}  # the columns y was made from
+    assert not np.asarray(ranking.dataset)[3:].any()  # constant columns get no score

@@ -1,8 +1,8 @@
-"""`prune_model`, interventional-risk pruning of a whole model (Asiaee 2026, arXiv 2602.24266;
-METHODS.md §1.8): the driver against the same steps done by hand (closed-form curvature of the
-digits MLP's readout, last site first), compiled abstraction == masked model, accuracy kept,
-baselines, the induction transformer's neurons and heads, the iterative schedule, compile-once
-and bad inputs."""
+"""`prune_model`, interventional-risk pruning of a whole model (Asiaee 2026, arXiv 2602.24266,
+the procedure with its interchange check): the driver against the same steps done by hand
+(closed-form curvature of the digits MLP's readout, last site first), compiled abstraction ==
+masked model, accuracy kept, baselines, the induction transformer's neurons and heads, the
+iterative schedule, compile-once and bad inputs."""
 
 import equinox as eqx
 import jax
@@ -51,7 +51,8 @@ def close_to_masked(result, x):
 
 def readout_curvature(model: MLPClassifier, a, y):
     """g and the exact Hessian diagonal of CE for the last hidden layer, in closed form
-    (METHODS.md §1.4: the readout is linear, so Hessian = GGN = Wᵀ(diag p − ppᵀ)W)."""
+    (Asiaee 2026, second-order expansion: the readout is linear, so Hessian = GGN =
+    Wᵀ(diag p − ppᵀ)W)."""
     W, b = np.asarray(model.weights[-1], np.float64), np.asarray(model.biases[-1], np.float64)
     a = np.asarray(a, np.float64)
     z = a @ W.T + b

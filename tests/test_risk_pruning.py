@@ -1,4 +1,4 @@
-"""Interventional-risk pruning on arrays (Asiaee 2026, arXiv 2602.24266; METHODS.md §1.4–1.7):
+"""Interventional-risk pruning on arrays (Asiaee 2026, arXiv 2602.24266):
 closed forms against brute force, the second-order prediction against measured losses, the
 constructed case where variance pruning fails, damping, compile-once and bad inputs."""
 
@@ -100,7 +100,7 @@ def test_constant_is_the_minimiser_of_the_quadratic_model():
     W2, b2 = rng.normal(size=(4, 6)), rng.normal(size=4)
     y = jnp.asarray(rng.integers(0, 4, size=150))
     g, h = grads(a, y, W2, b2)
-    # for a linear readout the Hessian diagonal is the GGN diagonal (METHODS.md §1.4)
+    # for a linear readout the Hessian diagonal is the GGN diagonal (Asiaee 2026)
     p = jax.nn.softmax(a @ W2.T + b2)
     np.testing.assert_allclose(h, p @ (W2 * W2) - (p @ W2) ** 2, atol=1e-5)
     score, c = rp.constant_scores(a, g, h, damping=None, clip=False)

@@ -48,6 +48,7 @@ import numpy as np
 
 from .._checks import check_choices, check_float, check_index, check_int
 from ..graph import Circuit, Scores, graph
+from ..patching._stable import user_stacklevel
 from . import _task_circuit as _task
 from ._discover import DiscoveryMethod
 
@@ -178,7 +179,8 @@ def _standardise(blocks, names, scale, what, dropped):
 
 def _warn_dropped(dropped):
     """One short warning per call: how many constant columns were left out (in how many
-    blocks) and the first few names; the full list is the result's `dropped`."""
+    blocks) and the first few names; the full list is the result's `dropped`. It names the
+    user's line that called jaxcirc, not a line inside it."""
     if not dropped:
         return
     blocks = {d.rsplit("[", 1)[0] for d in dropped if "[" in d}
@@ -188,7 +190,7 @@ def _warn_dropped(dropped):
         f"CircuitLasso: dropped {len(dropped)} zero-variance column(s){where} (constant over "
         f"the samples, so no edge can be learned from them), e.g. {shown}; all are listed in "
         f"the result's `dropped`",
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
 
 
