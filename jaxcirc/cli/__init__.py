@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _bench, _iia, _lasso, _patch, _prune, _sae, _shift, _sparse, _trace
+from . import _bench, _discover, _iia, _lasso, _patch, _prune, _sae, _shift, _sparse, _trace
 from ._parsing import Parser
 
 
@@ -25,6 +25,7 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(
         title="commands", dest="command", metavar="COMMAND", parser_class=Parser
     )
+    _discover.add_parser(commands)
     _patch.add_parser(commands)
     _iia.add_parser(commands)
     _trace.add_parser(commands)
