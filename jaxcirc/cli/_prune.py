@@ -15,7 +15,9 @@ task accuracy, agreement with the full model and the KL from it. Writes, each at
 - `OUT/prune.json`: settings and one record per (method, keep);
 - `OUT/iia.png`: IIA against sparsity (one line per `p` and method, one panel per site);
 - `OUT/abstraction`: the compiled abstraction of the first method at the last keep fraction
-  (`jaxcirc.save` for a transformer, `OUT/abstraction.safetensors` + `.json` for the MLP).
+  (`jaxcirc.save` for a transformer, read by `jaxcirc.load`; for the MLP the two files
+  `OUT/abstraction.safetensors` + `.json`, read by `jaxcirc.zoo.digits_mlp(OUT/abstraction)`);
+  `prune.json`'s `checkpoint` lists the files written and the call that reads them.
 """
 
 from __future__ import annotations
@@ -319,14 +321,17 @@ def run(args) -> int:
             bar.update(1)
     out = args.out
     ckpt = out / "abstraction"
-    if setup.is_mlp:
+    if setup.is_mlp:  # two files beside each other, read by jaxcirc.zoo.digits_mlp(ckpt)
         from ..zoo._digits import save as save_mlp
 
         save_mlp(ckpt, saved.abstraction)
+        written = [out / "abstraction.safetensors", out / "abstraction.json"]
+        reader = f"jaxcirc.zoo.digits_mlp({str(ckpt)!r})"
     else:
         from .. import save
 
         save(ckpt, saved.abstraction)
+        written, reader = [ckpt], f"jaxcirc.load({str(ckpt)!r})"
     record = {
         "model": args.model,
         "sites": sites,
@@ -341,7 +346,10 @@ def run(args) -> int:
         "evaluation": int(setup.eval.shape[0]),
         "task": setup.task,
         "n_params_full": saved.n_params_before,
-        "checkpoint": {"path": str(ckpt), "method": methods[0], "keep": keeps[-1]},
+        "checkpoint": {
+            "path": str(ckpt), "files": [str(f) for f in written], "load": reader,
+            "method": methods[0], "keep": keeps[-1],
+        },  # fmt: skip
         "results": records,
     }
     js = atomic_write(
@@ -358,5 +366,5 @@ def run(args) -> int:
         )
         print(f"{r['method']:>8} keep {r['keep']:<6g} {iia}{acc}, KL {r['kl']:.4g}")
     print(saved.summary())
-    print(f"wrote {js}, {png} and {ckpt}")
+    print(f"wrote {js}, {png} and {' + '.join(map(str, written))} (read it with {reader})")
     return 0
