@@ -43,7 +43,7 @@ th{background:#eef1f4}caption{caption-side:bottom;text-align:left;color:#47515c;
 .number{background:#fff;border:1px solid #e3e7eb;padding:.6em .8em}
 .number .label{font-size:.85em;color:#47515c}.number .value{font-size:1.5em;font-weight:600}
 .number p{margin:.3em 0 0;font-size:.9em}
-pre{background:#1d232b;color:#f3f5f7;padding:.8em;white-space:pre-wrap;word-break:break-all}
+pre{background:#1d232b;color:#f3f5f7;padding:.8em;white-space:pre-wrap;overflow-wrap:anywhere}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em .8em}
 """
 
