@@ -15,8 +15,9 @@ the end on 512 fresh prompts (seed 1).
 
 Writes `jaxcirc/data/python_sparse_2l.{json,safetensors}` and
 `jaxcirc/data/python_dense_2l.{json,safetensors}` (float32, the format of the zoo's shipped
-models), dense snapshots at every evaluation to `--work` (to choose a dense model at the
-sparse model's pretraining loss later: "matched pretraining loss") and the record
+models), dense snapshots at every evaluation to `--work`, the one whose held-out loss is nearest
+the sparse model's as `jaxcirc/data/python_dense_matched_2l.*` ("matched pretraining loss"),
+and the record
 `jaxcirc/data/python_models.json` (settings, held-out files, curves, snapshot losses, final
 accuracies). Checkpoints in `--work` make a killed run resumable: run the same command again.
 
@@ -41,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(1, str(HERE.parent))  # run from a checkout without installing jaxcirc
 
 DATA = HERE.parent / "jaxcirc" / "data"
-TASKS = ("quote", "bracket", "set_or_string")
+TASKS = ("quote", "bracket", "set_or_string", "square_bracket")
 HOLD_OUT_EVERY = 25
 
 
@@ -143,6 +144,16 @@ def run(args, kind: str, tok, train, held, record: dict) -> None:
     print(f"[{kind}] final: {final} ({size / 2**20:.2f} MiB)", flush=True)
 
 
+def ship_matched(snapshot: Path, out: Path) -> None:
+    """Copy the dense snapshot at matched pretraining loss to `out/python_dense_matched_2l.*`."""
+    from jaxcirc._atomic import atomic_write
+
+    for suffix in (".json", ".safetensors"):
+        data = snapshot.with_name(snapshot.name + suffix).read_bytes()
+        target = out / f"python_dense_matched_2l{suffix}"
+        atomic_write(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
+
+
 def main(argv=None) -> int:
     args = _args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -173,6 +184,7 @@ def main(argv=None) -> int:
             snaps = record["dense"]["snapshots"]
             best = min(snaps, key=lambda s: abs(s["loss"] - target))
             record["matched"] = {"sparse_loss": target, **best}
+            ship_matched(Path(best["path"]), args.out)
         text = json.dumps(record, indent=1) + "\n"
         atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
     print(f"wrote {path}")

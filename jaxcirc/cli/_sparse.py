@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from ._patch import choice
@@ -27,7 +26,7 @@ from ._prune import keep_fraction
 
 TASKS = ("quote", "bracket", "set_or_string")
 PRESETS = ("weight_sparse", "gpt2", "llama", "neox", "attn_only")
-SHIPPED_SPARSE = "python_sparse_2l"
+SHIPPED_SPARSE = "python_sparse_2l"  # jaxcirc.zoo.python_model("sparse")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -250,14 +249,14 @@ def load_model(path: Path | None):
     from ..zoo._induction import _load
 
     if path is None:
-        import importlib.resources
+        from ..zoo import python_model
 
-        data = Path(os.fspath(importlib.resources.files("jaxcirc").joinpath("data")))
-        path = data / SHIPPED_SPARSE
-        if not Path(f"{path}.safetensors").is_file():
-            raise FileNotFoundError(f"the shipped weight-sparse model {path}.safetensors is "
-                                    "missing; train one with `jaxcirc sparse train --fraction "
-                                    "0.0625` and pass --model OUT/model")  # fmt: skip
+        try:
+            return python_model("sparse")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"the shipped weight-sparse model is missing ({e}); train "
+                                    "one with `jaxcirc sparse train --fraction 0.0625` and pass "
+                                    "--model OUT/model") from None  # fmt: skip
     if path.is_dir():
         from .. import load
 

@@ -5,7 +5,8 @@
 `induction_task(n, half_len, seed)` gives its clean/corrupt prompts and default metric;
 `toy_model()` is the planted `S = a + b` network for interchange interventions;
 `digits_mlp()` is a 64 → 128 → 128 → 10 ReLU classifier of scikit-learn's digits
-(`digits_data()`), the model of the pruning reproduction.
+(`digits_data()`), the model of the pruning reproduction; `python_model("sparse" | "dense" |
+"dense_matched")` are the weight-sparse and dense models pretrained on Python code.
 """
 
 from .._lazy import lazy_exports
@@ -23,6 +24,8 @@ _EXPORTS = {
     "digits_mlp": "._digits",
     "digits_data": "._digits",
     "digits_accuracy": "._digits",
+    "python_model": "._python_models",
+    "python_models_record": "._python_models",
 }
 __all__ = sorted(_EXPORTS)
 
