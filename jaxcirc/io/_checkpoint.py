@@ -233,45 +233,58 @@ def save_checkpoint(path: str | os.PathLike, model: Transformer) -> None:
     if intervened:
         raise ValueError(f"model carries interventions at {intervened[:3]}; save "
                          "`jaxcirc.clear(model)` (the model without them) instead")
+    config, arrays = model.cfg.to_json(), state_dict(model)
+    replace_dir(path, lambda tmp: _fill(tmp, config, arrays), _marked,
+                f"a jaxcirc checkpoint (it has no {MARKER} file)")
+
+
+def replace_dir(path: str | os.PathLike, fill, ours, what: str) -> Path:
+    """Write the directory `path` atomically: `fill(tmp)` fills a hidden sibling, which then
+    replaces `path` (the swap in the module docstring). Under the parent's lock, leftovers of
+    killed saves go first; `path` may only be a directory where `ours(path)` holds, an empty
+    one, or missing (`what` names what it should be). Returns `path`."""
     path = Path(path).expanduser()
     if path.name in ("", ".", ".."):
         path = path.absolute().resolve()
-    arrays = state_dict(model)
-    config = model.cfg.to_json()
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path.parent):
         _recover(path)
         if path.is_symlink():
             raise FileExistsError(f"{path} is a symlink; save to the directory it points to "
                                   f"({os.readlink(path)}) or remove the link")
-        if path.exists() and not (_marked(path) or (path.is_dir() and not any(path.iterdir()))):
-            raise FileExistsError(
-                f"{path} exists and is not a jaxcirc checkpoint (it has no {MARKER} file); "
-                "refusing to replace it: choose a new path, or delete it yourself")
-        _write(path, config, arrays)
+        if path.exists() and not (ours(path) or (path.is_dir() and not any(path.iterdir()))):
+            raise FileExistsError(f"{path} exists and is not {what}; refusing to replace it: "
+                                  "choose a new path, or delete it yourself")
+        _swap(path, fill)
+    return path
 
 
-def _write(path: Path, config: str, arrays: dict) -> None:
+def _fill(tmp: Path, config: str, arrays: dict) -> None:
+    _fsync_write(tmp / "config.json", config)
+    _stage("config")
+    _write_arrays(tmp / "arrays", arrays)
+    _fsync_tree(tmp / "arrays")
+    _stage("arrays")
+    marker = {
+        "kind": "transformer",
+        "format": FORMAT,
+        "config_sha256": _sha256(config.encode()),
+        "files": {f.relative_to(tmp / "arrays").as_posix(): _file_sha256(f)
+                  for f in _files(tmp / "arrays")},
+        "arrays": {name: {"shape": list(value.shape), "dtype": str(value.dtype),
+                          "sha256": _array_sha256(value)}
+                   for name, value in arrays.items()},
+    }
+    _fsync_write(tmp / MARKER, json.dumps(marker, indent=1, sort_keys=True))  # complete
+
+
+def _swap(path: Path, fill) -> None:
     tag = uuid.uuid4().hex[:8]
     tmp = path.parent / f".{path.name}.tmp-{tag}"
     old = path.parent / f".{path.name}.old-{tag}"
     try:
         tmp.mkdir()
-        _fsync_write(tmp / "config.json", config)
-        _stage("config")
-        _write_arrays(tmp / "arrays", arrays)
-        _fsync_tree(tmp / "arrays")
-        _stage("arrays")
-        marker = {
-            "format": FORMAT,
-            "config_sha256": _sha256(config.encode()),
-            "files": {f.relative_to(tmp / "arrays").as_posix(): _file_sha256(f)
-                      for f in _files(tmp / "arrays")},
-            "arrays": {name: {"shape": list(value.shape), "dtype": str(value.dtype),
-                              "sha256": _array_sha256(value)}
-                       for name, value in arrays.items()},
-        }
-        _fsync_write(tmp / MARKER, json.dumps(marker, indent=1, sort_keys=True))  # complete
+        fill(tmp)
         _fsync(tmp)
         _stage("marker")
         if path.exists():
@@ -292,6 +305,20 @@ def _write(path: Path, config: str, arrays: dict) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_interrupted(path: str | os.PathLike) -> bool:
+    """When `path` is missing: clean up what killed saves of it left, moving a previous version
+    back into place (with a warning). Returns whether a killed save was found."""
+    path = Path(path).expanduser()
+    if path.exists() or path.is_symlink() or not path.parent.is_dir():
+        return False
+    with _locked(path.parent):
+        interrupted = has_interrupted_save(path)
+        if not path.exists() and _recover(path):
+            warnings.warn(f"a save of {path} was interrupted; the previous checkpoint was "
+                          "moved back into place", stacklevel=3)
+    return interrupted
 
 
 def _read_marker(path: Path) -> dict:
@@ -419,13 +446,7 @@ def load_checkpoint(path: str | os.PathLike, dtype: str | None = None, *,
     symlink inside, a non-finite weight).
     """
     path = Path(path).expanduser()
-    interrupted = False
-    if not path.exists() and not path.is_symlink() and path.parent.is_dir():
-        with _locked(path.parent):
-            interrupted = has_interrupted_save(path)
-            if not path.exists() and _recover(path):
-                warnings.warn(f"a save of {path} was interrupted; the previous checkpoint was "
-                              "moved back into place", stacklevel=2)
+    interrupted = recover_interrupted(path)
     if not path.is_dir():
         raise FileNotFoundError(
             f"no checkpoint directory at {path}"
