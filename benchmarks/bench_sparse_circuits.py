@@ -13,8 +13,10 @@ lr 3e-3, k_coef 1e-4, τ ~ N(0.1, 0.01²)) on 256 prompts (seed 0), then on 256 
 (seed 1): the full model, the circuit with everything else mean-ablated, and the circuit itself
 mean-ablated. One target per task for every model: the larger of `--target-loss` (the paper's
 0.15) and 1.25 × the worse of the two compared models' own task losses (after the fitted logit
-scale), so both can reach it. A model that cannot reach the target has no circuit there: the
-row says so. Edges: nonzero weights between two kept nodes.
+scale), so both can reach it; a task is pruned only where both compared models answer at
+least `--min-accuracy` (0.8) of its training prompts (a circuit of a task the model does not
+solve means nothing). A model that cannot reach the target has no circuit there: the row says
+so. Edges: nonzero weights between two kept nodes.
 
     python benchmarks/bench_sparse_circuits.py          # ~10 min on 2 CPU cores
 """
@@ -33,7 +35,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "jaxcirc" / "data"
-TASKS = ("quote", "bracket", "set_or_string")
+TASKS = ("quote", "bracket", "set_or_string", "square_bracket")
 
 
 def _args():
@@ -43,6 +45,12 @@ def _args():
         type=float,
         default=0.15,
         help="the floor of each task's target (see the module docstring)",
+    )
+    p.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=0.8,
+        help="prune a task only where both compared models reach this accuracy",
     )
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--prompts", type=int, default=256)
@@ -85,6 +93,9 @@ def one(model, task_name, tok, held, args, label, target) -> dict:
     row["full_train_fitted"] = _fitted_loss(model, train, means)
     total = int(sum(np.size(m) for m in means.values()))
     row["total_nodes"], row["total_edges"] = total, sparse.circuit_edges(model, full)
+    if target is None:
+        row["circuit"], row["why"] = None, "a compared model does not solve the task"
+        return row
     t0 = time.perf_counter()
     try:
         c = sparse.prune(model, train, means, target_loss=target, steps=args.steps, key=0,
@@ -151,15 +162,22 @@ def main() -> None:
     results: dict = {}
     t0 = time.perf_counter()
     zoo = models(record, args.data)
-    targets = {}
+    targets, solved = {}, {}
+    compared = ("weight-sparse", "dense (matched loss)")
     for t in args.tasks:
         train = python_tasks(tok, args.prompts, 0, (t,))[t]
-        own = [_fitted_loss(zoo[k], train, sparse.node_means(zoo[k], held))
-               for k in ("weight-sparse", "dense (matched loss)")]  # fmt: skip
+        own = [_fitted_loss(zoo[k], train, sparse.node_means(zoo[k], held)) for k in compared]
+        accuracy = [sparse.task_scores(zoo[k], train)["accuracy"] for k in compared]
         targets[t] = max(args.target_loss, 1.25 * max(own))
+        solved[t] = min(accuracy) >= args.min_accuracy
+        if not solved[t]:
+            print(f"{t}: not pruned, accuracy {accuracy} < {args.min_accuracy}", flush=True)
     print("targets:", targets, flush=True)
     for label, model in zoo.items():
-        results[label] = {t: one(model, t, tok, held, args, label, targets[t]) for t in args.tasks}
+        results[label] = {
+            t: one(model, t, tok, held, args, label, targets[t] if solved[t] else None)
+            for t in args.tasks
+        }
     wall = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"targets": targets, **results},
