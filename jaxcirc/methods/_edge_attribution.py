@@ -23,6 +23,9 @@ Every score is linear in the metric, so prompts that do not fit `memory_budget` 
 in chunks when the metric is a mean over examples (`jaxcirc.metrics.is_example_mean`): one
 compiled program per chunk, the metric replaced by the sum of its per-example values over the
 chunk, the chunks' scores summed and divided by the batch size (`jaxcirc.patching._budget`).
+Given `mesh=` (and `batch_axis=`), the prompts are split the same way over a mesh axis, each
+device scoring its own and one all-reduce adding the sums (`jaxcirc._mesh`); the metric must
+then be a mean over examples.
 """
 
 from __future__ import annotations
@@ -33,10 +36,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from jaxtyping import Array, Float, Int
 
+from .. import _mesh
 from ..graph import Graph, Scores, ablation_values, graph, source_outputs
 from ..graph._masked import check_ablation, run_graph
+from ..metrics import is_example_mean
 from ..metrics._check import check_metric
 from ..patching import _budget
 from ..patching._stable import stable
@@ -47,13 +53,16 @@ Metric = Callable[[Float[Array, "batch seq d_vocab"]], Float[Array, ""]]
 VARIANTS = ("inputs", "activations")
 
 
-def _prepare(model, clean, corrupt, metric, ablation):
+def _prepare(method, model, clean, corrupt, metric):
     clean, corrupt, metric = task_arguments(clean, corrupt, metric)
     g = graph(model)
     clean = model.check_tokens(clean, name="clean", ndim=2)
     check_metric(metric, (*clean.shape, model.cfg.d_vocab), differentiable=True)
+    if method.mesh is not None:
+        _mesh.check_mesh(method.mesh, method.batch_axis)
+        _mesh.check_splittable(is_example_mean(metric), metric, type(method).__name__)
     metric = stable(metric)  # a fresh closure of the same code and values: the same program
-    check_ablation(model, clean, corrupt, ablation)  # the ablation's checks, without running it
+    check_ablation(model, clean, corrupt, method.ablation)  # its checks, without running it
     corrupt = None if corrupt is None else jnp.asarray(corrupt)
     return g, clean, corrupt, metric
 
@@ -69,6 +78,16 @@ def _prompt_bytes(model, g: Graph, seq: int, runs: int, grad: bool) -> int:
     return 4 * (2 * sources + runs * run)
 
 
+def _ablated(model, g, tokens, corrupt, how, mean):
+    """The ablated source outputs of a chunk: its corrupted rows' (`"corrupt"`), the
+    corrupted batch's `mean`, or zero."""
+    if how == "corrupt":
+        return source_outputs(model, corrupt, g)
+    if how == "mean":
+        return jnp.broadcast_to(mean, (tokens.shape[0], *mean.shape))
+    return ablation_values(model, tokens, None, how, g)
+
+
 def _over_prompts(model, g, clean, corrupt, how, size, fn):
     """`fn(clean rows, their ablated outputs, rows, valid)` summed over chunks of `size`
     prompts and divided by the batch size."""
@@ -80,15 +99,40 @@ def _over_prompts(model, g, clean, corrupt, how, size, fn):
 
     def run(rows, valid):
         tokens = jnp.take(clean, rows, axis=0)
-        if how == "corrupt":
-            ablated = source_outputs(model, jnp.take(corrupt, rows, axis=0), g)
-        elif how == "mean":
-            ablated = jnp.broadcast_to(mean, (rows.shape[0], *mean.shape))
-        else:
-            ablated = ablation_values(model, tokens, None, how, g)
-        return fn(tokens, ablated, rows, valid)
+        part = None if how != "corrupt" else jnp.take(corrupt, rows, axis=0)
+        return fn(tokens, _ablated(model, g, tokens, part, how, mean), rows, valid)
 
     return _budget.mean_over_prompts(run, clean.shape[0], size)
+
+
+def _over_mesh(method, model, g, clean, corrupt, per_prompt, engine):
+    """`_over_prompts` with the prompts split over `method.batch_axis` of `method.mesh`
+    (`jaxcirc._mesh`): `engine = (name in _ENGINES, its settings)`; each device runs as many
+    prompts at once as fit `method.memory_budget` at `per_prompt` bytes each."""
+    mesh, how, limit = method.mesh, method.ablation, _budget.budget(method.memory_budget)
+    axes = _mesh.check_mesh(mesh, method.batch_axis)
+    batch = clean.shape[0]
+    size = _budget.prompts_per_chunk(-(-batch // _mesh.axis_size(mesh, axes)), per_prompt, limit)
+    mean = None
+    if how == "mean":  # the mean over every corrupted prompt, split the same way
+        n = corrupt.shape[0]
+        mean = _mesh.mean_over_mesh(_outputs_rows, (model, g), corrupt, n, size, mesh, axes)
+    prompts = (clean, corrupt if how == "corrupt" else None)
+    args = (model, g, how, mean, engine)
+    return _mesh.mean_over_mesh(_engine_rows, args, prompts, batch, size, mesh, axes)
+
+
+def _outputs_rows(args, corrupt, rows, valid):
+    model, g = args
+    return _masked_outputs(model, g, corrupt, valid)
+
+
+def _engine_rows(args, prompts, rows, valid):
+    """An engine's sums over the `valid` prompts of a device's chunk (`jaxcirc._mesh`)."""
+    model, g, how, mean, (name, settings) = args
+    tokens, corrupt = prompts
+    ablated = _ablated(model, g, tokens, corrupt, how, mean)
+    return _ENGINES[name](model, g, tokens, ablated, *settings, rows, valid)
 
 
 @eqx.filter_jit
@@ -125,14 +169,23 @@ def edge_patching(
     ablation: str = "corrupt",
     chunk_size: int = 64,
     memory_budget: int | None = None,
+    mesh: Mesh | None = None,
+    batch_axis: str | tuple[str, ...] | None = None,
 ) -> Scores:
     """Exact edge patching: `metric` with one edge ablated minus `metric` of the clean run.
 
     The slow reference the attribution methods approximate. One compiled program: edges are
     array indices, `chunk_size` of them vmapped at a time under `lax.map`; prompts chunked to
-    fit `memory_budget` bytes (default 1 GiB) when the metric has a per-example form.
+    fit `memory_budget` bytes (default 1 GiB) when the metric has a per-example form, and
+    split over `batch_axis` of `mesh` when one is given (see the module docstring).
     """
-    method = EdgePatching(ablation=ablation, chunk_size=chunk_size, memory_budget=memory_budget)
+    method = EdgePatching(
+        ablation=ablation,
+        chunk_size=chunk_size,
+        memory_budget=memory_budget,
+        mesh=mesh,
+        batch_axis=batch_axis,
+    )
     return method.scores(model, clean, corrupt, metric)
 
 
@@ -142,19 +195,26 @@ class EdgePatching(ScoringMethod):
     ablation: str = "corrupt"
     chunk_size: int = 64
     memory_budget: int | None = None
+    mesh: Mesh | None = eqx.field(default=None, static=True)
+    batch_axis: str | tuple[str, ...] | None = eqx.field(default=None, static=True)
 
     def scores(self, model, clean, corrupt=None, metric=None) -> Scores:
-        g, clean, corrupt, metric = _prepare(model, clean, corrupt, metric, self.ablation)
+        g, clean, corrupt, metric = _prepare(self, model, clean, corrupt, metric)
         edges = tuple(jnp.asarray(i) for i in np.nonzero(g.valid))
         chunk = int(self.chunk_size)
         batch, seq = clean.shape
         per_prompt = _prompt_bytes(model, g, seq, min(chunk, len(edges[0])), grad=False)
         limit = _budget.budget(self.memory_budget)
-        size = _budget.prompts_per_chunk(batch, per_prompt, limit, metric, what="edge_patching")
+        if self.mesh is not None:
+            engine = ("edge_patching", (metric, *edges, chunk))
+            flat = _over_mesh(self, model, g, clean, corrupt, per_prompt, engine)
+            size = None
+        else:
+            size = _budget.prompts_per_chunk(batch, per_prompt, limit, metric, what="edge_patching")
         if size == batch:
             ablated = ablation_values(model, clean, corrupt, self.ablation, g)
             flat = _edge_patching(model, g, clean, ablated, metric, *edges, chunk)
-        else:
+        elif size is not None:
             fn = lambda t, a, r, v: _edge_patching(model, g, t, a, metric, *edges, chunk, r, v)
             flat = _over_prompts(model, g, clean, corrupt, self.ablation, size, fn)
         return Scores.from_effects(jnp.zeros(g.valid.shape).at[np.nonzero(g.valid)].set(flat), g)
@@ -197,9 +257,13 @@ def eap(
     *,
     ablation: str = "corrupt",
     memory_budget: int | None = None,
+    mesh: Mesh | None = None,
+    batch_axis: str | tuple[str, ...] | None = None,
 ) -> Scores:
-    """Edge attribution patching (Syed et al. 2023): every edge from one forward and backward."""
-    return EAP(ablation=ablation, memory_budget=memory_budget).scores(model, clean, corrupt, metric)
+    """Edge attribution patching (Syed et al. 2023): every edge from one forward and backward;
+    prompts split over `batch_axis` of `mesh` when one is given."""
+    method = EAP(ablation=ablation, memory_budget=memory_budget, mesh=mesh, batch_axis=batch_axis)
+    return method.scores(model, clean, corrupt, metric)
 
 
 class EAPIG(ScoringMethod):
@@ -209,6 +273,8 @@ class EAPIG(ScoringMethod):
     variant: str = "inputs"
     ablation: str = "corrupt"
     memory_budget: int | None = None
+    mesh: Mesh | None = eqx.field(default=None, static=True)
+    batch_axis: str | tuple[str, ...] | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
         if self.variant not in VARIANTS:
@@ -217,17 +283,21 @@ class EAPIG(ScoringMethod):
             raise ValueError(f"steps must be >= 1; got {self.steps}")
 
     def scores(self, model, clean, corrupt=None, metric=None) -> Scores:
-        g, clean, corrupt, metric = _prepare(model, clean, corrupt, metric, self.ablation)
+        g, clean, corrupt, metric = _prepare(self, model, clean, corrupt, metric)
         batch, seq = clean.shape
         limit = _budget.budget(self.memory_budget)
-        size = _budget.prompts_per_chunk(
-            batch, _prompt_bytes(model, g, seq, 1, grad=True), limit, metric, what="eap"
-        )
+        per_prompt = _prompt_bytes(model, g, seq, 1, grad=True)
         args = (int(self.steps), self.variant)
+        if self.mesh is not None:
+            engine = ("eap_ig", (metric, *args))
+            values = _over_mesh(self, model, g, clean, corrupt, per_prompt, engine)
+            size = None
+        else:
+            size = _budget.prompts_per_chunk(batch, per_prompt, limit, metric, what="eap")
         if size == batch:
             ablated = ablation_values(model, clean, corrupt, self.ablation, g)
             values = _eap_ig(model, g, clean, ablated, metric, *args)
-        else:
+        elif size is not None:
             fn = lambda t, a, r, v: _eap_ig(model, g, t, a, metric, *args, r, v)
             values = _over_prompts(model, g, clean, corrupt, self.ablation, size, fn)
         return Scores.from_effects(values, g)
@@ -250,6 +320,8 @@ def eap_ig(
     variant: str = "inputs",
     ablation: str = "corrupt",
     memory_budget: int | None = None,
+    mesh: Mesh | None = None,
+    batch_axis: str | tuple[str, ...] | None = None,
 ) -> Scores:
     """EAP-IG (Hanna et al. 2024): EAP with the gradient averaged along `steps` points.
 
@@ -257,9 +329,17 @@ def eap_ig(
     corrupted prompt's, their mean, or zero) to the clean prompt's; `"activations"`
     interpolates the targets' inputs between their ablated and clean values, one place in
     the computation order at a time
-    (`steps` × places gradients). The steps run as one compiled `lax.map`.
+    (`steps` × places gradients). The steps run as one compiled `lax.map`; the prompts are
+    split over `batch_axis` of `mesh` when one is given.
     """
-    method = EAPIG(steps=steps, variant=variant, ablation=ablation, memory_budget=memory_budget)
+    method = EAPIG(
+        steps=steps,
+        variant=variant,
+        ablation=ablation,
+        memory_budget=memory_budget,
+        mesh=mesh,
+        batch_axis=batch_axis,
+    )
     return method.scores(model, clean, corrupt, metric)
 
 
@@ -315,6 +395,9 @@ def _activation_ig(model, g, x0, ablated, metric, alphas, tokens=None):
     return _scores(g, delta, grads)
 
 
+_ENGINES = {"edge_patching": _edge_patching, "eap_ig": _eap_ig}  # for `_engine_rows`
+
+
 def atp(
     model,
     clean: Int[Array, "batch seq"],
@@ -323,9 +406,13 @@ def atp(
     *,
     ablation: str = "corrupt",
     memory_budget: int | None = None,
+    mesh: Mesh | None = None,
+    batch_axis: str | tuple[str, ...] | None = None,
 ) -> Scores:
-    """Node attribution patching: `(a_s - z_s) · ∂m/∂z_s` for every source node `s`."""
-    return AtP(ablation=ablation, memory_budget=memory_budget).scores(model, clean, corrupt, metric)
+    """Node attribution patching: `(a_s - z_s) · ∂m/∂z_s` for every source node `s`; prompts
+    split over `batch_axis` of `mesh` when one is given."""
+    method = AtP(ablation=ablation, memory_budget=memory_budget, mesh=mesh, batch_axis=batch_axis)
+    return method.scores(model, clean, corrupt, metric)
 
 
 class AtP(ScoringMethod):
@@ -334,8 +421,15 @@ class AtP(ScoringMethod):
 
     ablation: str = "corrupt"
     memory_budget: int | None = None
+    mesh: Mesh | None = eqx.field(default=None, static=True)
+    batch_axis: str | tuple[str, ...] | None = eqx.field(default=None, static=True)
 
     def scores(self, model, clean, corrupt=None, metric=None) -> Scores:
-        method = EAP(ablation=self.ablation, memory_budget=self.memory_budget)
+        method = EAP(
+            ablation=self.ablation,
+            memory_budget=self.memory_budget,
+            mesh=self.mesh,
+            batch_axis=self.batch_axis,
+        )
         edges = method.scores(model, clean, corrupt, metric)
         return Scores.from_effects(edges.signed.sum(1), edges.graph)

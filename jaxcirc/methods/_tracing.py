@@ -14,7 +14,9 @@ layer `l` skips the `l` blocks before it (a restored `resid_post` of layer `l` s
 `l + 1`). In a causal model nothing before the first subject position differs between the
 clean and the corrupted run, so those cells are the corrupted probability and are not run.
 Every value is a mean over prompts, so prompts that do not fit `memory_budget` together run in
-chunks of one compiled program (`jaxcirc.patching._budget`), their sums averaged.
+chunks of one compiled program (`jaxcirc.patching._budget`), their sums averaged; given
+`mesh=`, the prompts are split over a mesh axis the same way, each device tracing its own
+(`jaxcirc._mesh`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from .. import _mesh
 from .._checks import check_choices, check_int
 from .._finite import finite_result
 from .._progress import progress_bar, tick
@@ -193,6 +196,8 @@ def causal_trace(
     memory_budget: int | None = None,
     progress: bool = False,
     token_labels=None,
+    mesh: jax.sharding.Mesh | None = None,
+    batch_axis: str | tuple[str, ...] | None = None,
 ) -> TraceResult:
     """Causal tracing (Meng et al. 2022): restored answer probability per layer and position.
 
@@ -216,6 +221,9 @@ def causal_trace(
     - `chunk_size`: positions evaluated at once; `progress`: a progress bar over layers.
     - `memory_budget`: bytes of activations to keep live (default 1 GiB): positions are
       chunked, and prompts when their cached runs do not fit.
+    - `mesh`, `batch_axis`: split the prompts over the devices of this `jax.sharding.Mesh`
+      along `batch_axis` (default its first axis; a tuple of names splits over all of them);
+      a batch that does not divide the axis size is padded and masked (see `jaxcirc._mesh`).
     """
     tokens, mask, answer = _check(model, tokens, subject_mask, answer, kinds, window, n_samples)
     check_int(chunk_size, "causal_trace chunk_size", 1, allow_none=True)
@@ -234,13 +242,20 @@ def causal_trace(
     start = int(np.asarray(mask).any(0).argmax()) if model.cfg.causal else 0
     stop = int(lengths.max()) if model.cfg.causal else tokens.shape[1]
     batch, seq = tokens.shape
-    size = _budget.prompts_per_chunk(batch, _prompt_bytes(model, seq, int(n_samples), kinds), limit)
+    axes = None if mesh is None else _mesh.check_mesh(mesh, batch_axis)
+    per_device = batch if mesh is None else -(-batch // _mesh.axis_size(mesh, axes))
+    per_prompt = _prompt_bytes(model, seq, int(n_samples), kinds)
+    size = _budget.prompts_per_chunk(per_device, per_prompt, limit)
     rows = (tokens, mask, answer, jnp.asarray(lengths), keys)
     static = (tuple(kinds), jnp.int32(window), chunk_size, bool(progress), start, stop, limit)
     std = jnp.asarray(std, jnp.float32)
-    total = n_layers * len(kinds) * -(-batch // size)
+    total = n_layers * len(kinds) * -(-per_device // size) * (1 if mesh is None else mesh.size)
     with progress_bar(progress, total=total, desc="causal tracing", unit="layer"):
-        if size == batch:
+        if mesh is not None:
+            args = (model, std, static)
+            out = _mesh.mean_over_mesh(_trace_rows, args, rows, batch, size, mesh, axes)
+            clean, corrupt, grids = out
+        elif size == batch:
             clean, corrupt, grids = _trace(model, *rows, std, *static)
         else:  # chunks of prompts, each the sums over its prompts
             chunk = lambda r, valid: _trace(model, *_budget.take(rows, r), std, *static, valid)
@@ -274,6 +289,12 @@ def _prompt_bytes(model, seq: int, n_samples: int, kinds) -> int:
     cfg = model.cfg
     cached = 4 * cfg.n_layers * seq * cfg.d_model * (2 * n_samples + len(kinds))
     return cached + _position_bytes(model, n_samples, seq)
+
+
+def _trace_rows(args, prompts, rows, valid):
+    """`_trace`'s sums over the `valid` prompts of a device's chunk (`jaxcirc._mesh`)."""
+    model, std, static = args
+    return _trace(model, *prompts, std, *static, valid)
 
 
 @eqx.filter_jit

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .. import _mesh
 from .. import metrics as metrics_module
 from .._checks import check_index
 from .._finite import finite_result
@@ -106,6 +107,8 @@ def sweep(
     buckets: int | None = None,
     memory_budget: int | None = None,
     progress: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    batch_axis: str | tuple[str, ...] | None = None,
 ) -> Float[Array, "n_layers ..."]:
     """Patch each unit's clean activation into the corrupted run; return `metric` per unit.
 
@@ -133,6 +136,10 @@ def sweep(
     - `memory_budget`: bytes of activations to keep live (default 1 GiB): units are chunked,
       and, for a metric with a per-example form, prompts too (see the module docstring).
     - `progress`: show a progress bar over blocks.
+    - `mesh`, `batch_axis`: split the prompts over the devices of this `jax.sharding.Mesh`
+      along `batch_axis` (default its first axis; a tuple of names splits over all of them);
+      a batch that does not divide the axis size is padded and masked (see `jaxcirc._mesh`).
+      The metric must be a mean over examples (`jaxcirc.metrics.is_example_mean`).
 
     **Returns:** `[n_layers, seq]` for `"position"`, `[n_layers, n_heads]` for `"head"`,
     `[n_layers, seq, n_heads]` for `"position_head"` (`n_kv_heads` for `k`, `v`),
@@ -149,6 +156,20 @@ def sweep(
     vocab = model.cfg.d_vocab
     check_metric(metric.on_positions if read == "declared" else metric, (batch, n_read, vocab))
     fixed, units = _prompt_bytes(model, site, per, seq, n_read, read, buckets, chunk_size)
+    if mesh is not None:
+        axes = _mesh.check_mesh(mesh, batch_axis)
+        declared = read == "declared"
+        splittable = metrics_module.is_example_mean(metric, on_positions=declared)
+        _mesh.check_splittable(splittable, metric, "sweep")
+        per_device = -(-batch // _mesh.axis_size(mesh, axes))
+        size = _budget.prompts_per_chunk(per_device, fixed + units, limit)
+        plan = _plan(model, site, per, size, seq, n_read, buckets, chunk_size, limit - fixed * size)
+        total = plan.steps * plan.n_chunks * -(-per_device // size) * mesh.size
+        args = (model, metric, site, read, plan, progress)
+        prompts = (clean, corrupt, positions)
+        with progress_bar(progress, total=total, desc=f"patching {site} per {per}", unit="block"):
+            out = _mesh.mean_over_mesh(_sweep_rows, args, prompts, batch, size, mesh, axes)
+            return jax.block_until_ready(out)
     size = _budget.prompts_per_chunk(
         batch, fixed + units, limit, metric, on_positions=read == "declared", what="sweep"
     )
@@ -472,6 +493,13 @@ def _sweep(
     out = jnp.concatenate(outs, axis=1)[:, order]
     values = _read_rows(model, out, reader, plan.budget) if gather else out
     return values.reshape(n_layers, *plan.grid)
+
+
+def _sweep_rows(args, prompts, rows, valid):
+    """The sweep's sums over the `valid` prompts of a device's chunk (`jaxcirc._mesh`)."""
+    model, metric, site, read, plan, progress = args
+    clean, corrupt, positions = prompts
+    return _sweep(model, clean, corrupt, metric, positions, site, read, plan, progress, rows, valid)
 
 
 def _chunked(plan: _Plan, bucket: _Bucket) -> dict[str, Int[Array, "n_chunks chunk"]]:
