@@ -43,14 +43,12 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'jaxcirc' has no attribute {name!r}")
 
 
-def load(path, **kwargs):
-    """Load a model: a Hugging Face directory, a `.gguf` file, a checkpoint, or `hf://org/name`.
-
-    See `jaxcirc.io.load`.
-    """
+def load(path, kind=None, **kwargs):
+    """Load what `jaxcirc.save` wrote (a model, SAE, circuit or mask), a Hugging Face directory,
+    a `.gguf` file, or `hf://org/name`; `kind` names what you expect. See `jaxcirc.io.load`."""
     from .io import load as _load
 
-    return _load(path, **kwargs)
+    return _load(path, kind, **kwargs)
 
 
 def discover(method, model, task):
@@ -61,8 +59,9 @@ def discover(method, model, task):
     return _discover(method, model, task)
 
 
-def save(path, model) -> None:
-    """Save `model` atomically as a checkpoint directory; see `jaxcirc.io.save`."""
+def save(path, obj):
+    """Save a model, SAE, circuit or mask atomically as a self-describing folder; see
+    `jaxcirc.io.save`."""
     from .io import save as _save
 
-    _save(path, model)
+    return _save(path, obj)

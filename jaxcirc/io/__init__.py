@@ -1,6 +1,8 @@
-"""Model files: Hugging Face safetensors, verified orbax checkpoints, GGUF (`load` picks the
-reader; the hub only as `hf://org/name`); compiled tracr programs (`from_tracr`) and the shipped
-tracr benchmarks (`tracr_case`); SAELens SAE folders (`load_saelens`, `save_saelens`)."""
+"""Saved objects and model files: `save`/`load` for every kind jaxcirc saves (`KINDS`:
+transformers, MLP classifiers, SAEs, circuits, masks), Hugging Face safetensors, GGUF (`load`
+picks the reader; the hub only as `hf://org/name`); compiled tracr programs (`from_tracr`) and
+the shipped tracr benchmarks (`tracr_case`); SAELens SAE folders (`load_saelens`,
+`save_saelens`)."""
 
 from ._bpe import python_bpe as python_bpe
 from ._bpe import train_python_bpe as train_python_bpe
@@ -15,6 +17,7 @@ from ._load import load as load
 from ._load import save as save
 from ._saelens import load_saelens as load_saelens
 from ._saelens import save_saelens as save_saelens
+from ._saved import KINDS as KINDS
 from ._tokenizer import load_tokenizer as load_tokenizer
 from ._tracr import TRACR_CASE_NAMES as TRACR_CASE_NAMES
 from ._tracr import TracrCaseInfo as TracrCaseInfo
