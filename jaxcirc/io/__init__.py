@@ -2,7 +2,7 @@
 transformers, MLP classifiers, SAEs, circuits, masks), Hugging Face safetensors, GGUF (`load`
 picks the reader; the hub only as `hf://org/name`); compiled tracr programs (`from_tracr`) and
 the shipped tracr benchmarks (`tracr_case`); SAELens SAE folders (`load_saelens`,
-`save_saelens`)."""
+`save_saelens`); penzai Llama-like and GPT-NeoX models (`from_penzai`, `to_penzai`)."""
 
 from ._bpe import python_bpe as python_bpe
 from ._bpe import train_python_bpe as train_python_bpe
@@ -15,6 +15,8 @@ from ._hf import hf_config_to_jaxcirc as hf_config_to_jaxcirc
 from ._hf import load_hf as load_hf
 from ._load import load as load
 from ._load import save as save
+from ._penzai import from_penzai as from_penzai
+from ._penzai import to_penzai as to_penzai
 from ._saelens import load_saelens as load_saelens
 from ._saelens import save_saelens as save_saelens
 from ._saved import KINDS as KINDS
