@@ -29,6 +29,7 @@ from ._processing import center_writing_weights as center_writing_weights
 from ._processing import fold_layer_norm as fold_layer_norm
 from ._replacement import Replacement as Replacement
 from ._replacement import ReplaceUnits as ReplaceUnits
+from ._scan import scan_layers as scan_layers
 from ._site import SITE_KINDS as SITE_KINDS
 from ._site import AbstractIntervention as AbstractIntervention
 from ._site import Site as Site

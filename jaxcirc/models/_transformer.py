@@ -16,6 +16,7 @@ from ._attention import KVPrefix
 from ._block import STREAM_SITES, Block, Norm
 from ._config import TransformerConfig
 from ._layers import Embed, PosEmbed, Unembed
+from ._scan import run_blocks
 from ._site import SITE_KINDS, Site, SiteRef, nearest, record
 
 
@@ -75,7 +76,8 @@ class Transformer(eqx.Module):
     """A decoder-only transformer on one example: `model(tokens) -> logits`.
 
     Build one with a family builder (`jaxcirc.models.gpt2`, `neox`, `llama`, `attn_only`) or
-    load one with `jaxcirc.load`. Batches: `jax.vmap(model)(tokens)`.
+    load one with `jaxcirc.load`. Batches: `jax.vmap(model)(tokens)`. `scan`: run identical
+    layers as one `lax.scan` (set it with `jaxcirc.models.scan_layers`).
     """
 
     cfg: TransformerConfig = eqx.field(static=True)
@@ -86,6 +88,7 @@ class Transformer(eqx.Module):
     blocks: tuple[Block, ...]
     ln_final: Norm
     unembed: Unembed
+    scan: bool = eqx.field(static=True, default=False)
 
     def check_tokens(
         self, tokens, *, name: str = "tokens", ndim: int | None = None
@@ -225,6 +228,14 @@ class Transformer(eqx.Module):
                     f"resume(start={start}) needs {len(self.blocks)} layers of at least {start}"
                 )
         static = isinstance(layer, (int, np.integer))
+        if self.scan:
+            first = max(int(layer), 0) if static else 0
+            blocks = self.blocks[first:until]
+            layers = range(first, first + len(blocks))
+            prefixes = [cache.prefix(i, start) if start else None for i in layers]
+            traced = None if static else layer
+            return run_blocks(blocks, x, first=first, layer=traced, prefixes=prefixes,
+                              collect=False)[0]  # fmt: skip
         for i, block in enumerate(self.blocks[:until]):
             if static and i < layer:
                 continue
@@ -316,9 +327,13 @@ def _bad_token(name: str, value: int, index: tuple[int, ...], d_vocab: int) -> s
 def forward(model: Transformer, tokens: Int[Array, " seq"]) -> tuple[Array, Activations]:
     """The uncompiled forward pass; its activations keep computation order until flattened."""
     x, acts = model.embed_tokens(tokens)
-    for block in model.blocks:
-        x, block_acts = block(x)
-        acts.update(block_acts)  # dict order is computation order
+    if model.scan:
+        x, block_acts = run_blocks(model.blocks, x)
+        acts.update(block_acts)
+    else:
+        for block in model.blocks:
+            x, block_acts = block(x)
+            acts.update(block_acts)  # dict order is computation order
     logits, final_acts = model.readout(x, tokens)
     return logits, Activations({**acts, **final_acts})
 

@@ -54,6 +54,7 @@ from ..interventions._library import AbstractSelectiveIntervention, Chain, Funct
 from ..metrics._check import check_metric
 from ..models._attention import KVPrefix
 from ..models._replacement import get_site
+from ..models._scan import stack_form as _stack_form
 from ..models._site import SITE_KINDS, AbstractIntervention, Site, SiteRef, nearest
 from ..models._transformer import Transformer
 from . import _budget
@@ -281,19 +282,6 @@ def _windowable(model: Transformer, site: str, per: str) -> bool:
     if "position" not in PER[site][per] or not model.cfg.causal:
         return False
     return all("position" in s.axes and _positionwise(s.intervention) for s in _intervened(model))
-
-
-def _stack_form(block):
-    """`block` with its sites renamed `blocks.*.…`: equal for equal blocks of any layer."""
-    return jax.tree_util.tree_map(
-        lambda x: (
-            Site("blocks.*." + x.name.split(".", 2)[2], x.axes, x.intervention)
-            if isinstance(x, Site)
-            else x
-        ),
-        block,
-        is_leaf=lambda x: isinstance(x, Site),
-    )
 
 
 def _stackable(model: Transformer) -> bool:
