@@ -23,7 +23,6 @@ import numpy as np
 
 from ._site import Site
 
-
 if TYPE_CHECKING:
     from ._attention import KVPrefix
     from ._transformer import Transformer
