@@ -130,6 +130,8 @@ def _fitted_loss(model, task, means) -> float:
 
 def control(results: dict, t: str) -> str:
     r, s = results["random init"][t]["circuit"], results["weight-sparse"][t]["circuit"]
+    if results["random init"][t].get("why", "").startswith("a compared model"):
+        return f"{t}: not pruned (the compared models do not solve it)"
     if r is None:
         return f"{t}: no circuit of the random model reaches the target"
     if s is None:
