@@ -44,7 +44,7 @@ def test_prune_digits(tmp_path, capsys):
     assert runs["fold", 0.25]["accuracy"] > runs["variance", 0.25]["accuracy"]
     assert "wrote" in capsys.readouterr().out
     # the checkpoint is the abstraction prune_model builds with the same settings
-    loaded = jaxcirc.zoo.digits_mlp(tmp_path / "abstraction")
+    loaded = jaxcirc.load(tmp_path / "abstraction")
     assert loaded.widths == (64, 128, 32, 10)
     data = jaxcirc.zoo.digits_data()
     again = prune_model(

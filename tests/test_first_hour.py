@@ -191,10 +191,8 @@ def test_prune_mlp_reports_what_it_wrote(tmp_path, capsys):
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     record = json.loads((tmp_path / "prune.json").read_text())["checkpoint"]
-    assert record["files"] == [str(tmp_path / "abstraction.safetensors"),
-                               str(tmp_path / "abstraction.json")]  # fmt: skip
-    assert all(Path(f).is_file() for f in record["files"])
-    assert not (tmp_path / "abstraction").exists()  # never reported as such any more
+    assert record["files"] == [str(tmp_path / "abstraction")]  # one jaxcirc.save folder
+    assert (tmp_path / "abstraction").is_dir() and record["load"].startswith("jaxcirc.load(")
     for f in record["files"]:
         assert f in printed
     assert record["load"] in printed

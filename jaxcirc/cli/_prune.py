@@ -15,9 +15,8 @@ task accuracy, agreement with the full model and the KL from it. Writes, each at
 - `OUT/prune.json`: settings and one record per (method, keep);
 - `OUT/iia.png`: IIA against sparsity (one line per `p` and method, one panel per site);
 - `OUT/abstraction`: the compiled abstraction of the first method at the last keep fraction
-  (`jaxcirc.save` for a transformer, read by `jaxcirc.load`; for the MLP the two files
-  `OUT/abstraction.safetensors` + `.json`, read by `jaxcirc.zoo.digits_mlp(OUT/abstraction)`);
-  `prune.json`'s `checkpoint` lists the files written and the call that reads them.
+  (`jaxcirc.save`, read by `jaxcirc.load`, for the transformer and the MLP alike);
+  `prune.json`'s `checkpoint` lists what was written and the call that reads it.
 """
 
 from __future__ import annotations
@@ -321,17 +320,10 @@ def run(args) -> int:
             bar.update(1)
     out = args.out
     ckpt = out / "abstraction"
-    if setup.is_mlp:  # two files beside each other, read by jaxcirc.zoo.digits_mlp(ckpt)
-        from ..zoo._digits import save as save_mlp
+    from .. import save
 
-        save_mlp(ckpt, saved.abstraction)
-        written = [out / "abstraction.safetensors", out / "abstraction.json"]
-        reader = f"jaxcirc.zoo.digits_mlp({str(ckpt)!r})"
-    else:
-        from .. import save
-
-        save(ckpt, saved.abstraction)
-        written, reader = [ckpt], f"jaxcirc.load({str(ckpt)!r})"
+    save(ckpt, saved.abstraction)  # a transformer or the MLP classifier: one folder
+    written, reader = [ckpt], f"jaxcirc.load({str(ckpt)!r})"
     record = {
         "model": args.model,
         "sites": sites,
