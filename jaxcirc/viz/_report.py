@@ -220,11 +220,16 @@ def plot_curves(
         ax.axhline(reference, color="0.4", ls="--", lw=1, label=f"target {reference:g}")
     if log_x:
         ax.set_xscale("log")
+    return _finish(fig, ax, x_label, y_label, title, 6.4, path)
+
+
+def _finish(fig, ax, x_label: str, y_label: str, title: str, width: float, path):
+    """Label the axes, grid, legend and a title wrapped to `width` inches; save."""
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(wrap_title(title, 6.4), fontsize=10)
+    ax.set_title(wrap_title(title, width), fontsize=10)
     return _save(fig, path)
 
 
@@ -265,12 +270,7 @@ def plot_scatter(
     )
     for label, (x, y) in pairs.items():
         ax.scatter(x, y, s=18, alpha=0.8, label=label)
-    ax.set_xlabel(x_label)
-    ax.set_ylabel(y_label)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title(wrap_title(title, 5.6), fontsize=10)
-    return _save(fig, path)
+    return _finish(fig, ax, x_label, y_label, title, 5.6, path)
 
 
 def plot_circuits(
