@@ -140,7 +140,8 @@ def _add_prune(commands) -> None:
         default=0.15,
         help="task loss (binary cross-entropy) the circuit must reach",
     )
-    p.add_argument("--steps", type=positive("steps"), default=500, help="mask training steps")
+    p.add_argument("--steps", type=positive("steps"), default=2000,
+                   help="mask training steps (Gao et al.: 2000)")  # fmt: skip
     p.add_argument("--k-coef", type=float, default=1e-4, help="cost per kept node")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate of the node logits")
     p.add_argument(

@@ -256,7 +256,7 @@ def prune(
     means,
     *,
     target_loss: float = 0.15,
-    steps: int = 500,
+    steps: int = 2000,
     k_coef: float = 1e-4,
     lr: float = 3e-3,
     temperature: float = 1.0,
