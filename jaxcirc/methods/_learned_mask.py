@@ -8,8 +8,9 @@ plus `penalty` times the mean kept fraction; by default the penalty is `AUTO_PEN
 divergence of the empty circuit, so keeping every unit costs that share of the behaviour.
 The divergence's gradient vanishes at the full model, so equal starting logits would all cross
 zero at the same step (the empty circuit): the start is jittered by a seeded uniform draw.
-Pruned units carry their mean ablation by default. All `steps` run in one compiled `lax.scan`. The method value is `LearnedMask(...)`
-(`jaxcirc.methods.discover`); `learned_mask(...)` is its function form.
+Pruned units carry their mean ablation by default. All `steps` run in one compiled `lax.scan`.
+The method value is `LearnedMask(...)` (`jaxcirc.methods.discover`); `learned_mask(...)` is its
+function form.
 """
 
 from __future__ import annotations
