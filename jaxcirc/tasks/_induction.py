@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._task import Task, as_seed
+from ._task import Task, _evaluate, as_seed
 
 MIN_LEN = 2
 
@@ -58,6 +58,12 @@ class InductionTask(eqx.Module):
     def labels(self) -> tuple[str, ...]:
         """Position labels: `A0 … A{L-1}` for both halves (the same token in each)."""
         return tuple(f"A{i % self.half_len}" for i in range(2 * self.half_len))
+
+    def evaluate(self, model) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        """`(metric on the clean run, metric on the corrupt run)`, as `Task.evaluate`."""
+        return _evaluate(model, self.clean, self.metric), _evaluate(
+            model, self.corrupt, self.metric
+        )
 
 
 def induction_task(
