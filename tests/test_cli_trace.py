@@ -73,6 +73,7 @@ def test_trace_writes_figure_and_json(saved, tmp_path, capsys):
     assert record["windows"] == {"resid": 1, "mlp": 2, "attn": 2}
     assert record["settings"] == {
         "samples": 2,
+        "kinds": ["resid", "mlp", "attn"],
         "window": 2,
         "noise_scale": 3.0,
         "noise_std": pytest.approx(record["settings"]["noise_std"]),
@@ -141,10 +142,13 @@ def test_smollm2_default(tmp_path, capsys):
         smollm2_gguf_path()
     except FileNotFoundError as e:
         pytest.skip(f"SmolLM2 GGUF not available: {e}")
-    assert main(["trace", "--samples", "1", "--out", str(tmp_path), "--no-progress"]) == 0
+    # the restored residual stream alone: test_tracing checks the three kinds on SmolLM2
+    assert main(["trace", "--samples", "1", "--kinds", "resid", "--out", str(tmp_path),
+                 "--no-progress"]) == 0  # fmt: skip
     record = json.loads((tmp_path / "trace.json").read_text())
     assert record["answer"] == " Paris"
     subject = [record["token_labels"][i] for i in record["subject_positions"]]
     assert subject == [" E", "iffel", " Tower"]
     assert record["shape"] == [30, len(record["tokens"])]
     assert record["clean_prob"] > record["corrupt_prob"]
+    assert list(record["indirect"]) == ["resid"] == record["settings"]["kinds"]

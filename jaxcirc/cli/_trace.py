@@ -49,6 +49,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--samples", type=int, default=10, help="noise samples, averaged")
     parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=("resid", "mlp", "attn"),
+        default=["resid", "mlp", "attn"],
+        help="what is restored: the residual stream, MLP outputs, attention outputs",
+    )
+    parser.add_argument(
         "--window", type=int, default=10, help="consecutive layers restored for MLP and attention"
     )
     parser.add_argument(
@@ -169,7 +176,7 @@ def run(args) -> int:
     result = causal_trace(
         model, tokens, subject_mask(len(ids), positions), jnp.array([answer]),
         noise_scale=args.noise_scale, n_samples=args.samples, key=jax.random.key(args.seed),
-        window=args.window, chunk_size=args.chunk_size, progress=not args.no_progress,
+        kinds=tuple(dict.fromkeys(args.kinds)), window=args.window, chunk_size=args.chunk_size, progress=not args.no_progress,
         token_labels=labels,
     )  # fmt: skip
     timing["trace_s"] = time.perf_counter() - t
@@ -197,6 +204,7 @@ def run(args) -> int:
         "windows": dict(result.windows),
         "settings": {
             "samples": args.samples,
+            "kinds": list(result.indirect),
             "window": args.window,
             "noise_scale": args.noise_scale,
             "noise_std": noise_std,
