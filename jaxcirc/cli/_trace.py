@@ -204,7 +204,7 @@ def run(args) -> int:
         "windows": dict(result.windows),
         "settings": {
             "samples": args.samples,
-            "kinds": list(result.indirect),
+            "kinds": list(dict.fromkeys(args.kinds)),
             "window": args.window,
             "noise_scale": args.noise_scale,
             "noise_std": noise_std,
