@@ -15,6 +15,7 @@ import pytest
 import jaxcirc as jc
 
 OPTIMIZED = os.environ.get("JAXCIRC_TEST_OPTIMIZED") == "1"
+UNOPTIMIZED = os.environ.get("JAXCIRC_TEST_OPTIMIZED") == "0"  # not even `slow` tests
 if not OPTIMIZED:
     jax.config.update("jax_disable_most_optimizations", True)
 
@@ -23,7 +24,7 @@ if not OPTIMIZED:
 def _optimise_slow_tests(request):
     """Tests marked `slow` run a real model (SmolLM2-135M) or long loops: there optimised
     programs pay for their compile."""
-    if OPTIMIZED or request.node.get_closest_marker("slow") is None:
+    if OPTIMIZED or UNOPTIMIZED or request.node.get_closest_marker("slow") is None:
         yield
         return
     jax.config.update("jax_disable_most_optimizations", False)

@@ -62,19 +62,23 @@ def brute_eap_ig(model, clean, corrupt, metric, steps):
         e_clean, ablated
     )
     delta = ablated - clean_outs
-    for j in range(g.n_targets):
 
-        def m_probe(p, x0, j=j):
+    @jax.jit  # one compiled gradient; the target j is an argument, the loop stays in Python
+    def grad_probe(p, x0, j):
+        def m_probe(p):
             def one(x, a, p_):
                 probe = jnp.zeros((g.n_targets,) + x.shape).at[j].set(p_)
                 return run_graph(model, g, x, jnp.ones(g.valid.shape), a, probe)[0]
 
             return metric(jax.vmap(one)(x0, ablated, p))
 
+        return jax.grad(m_probe)(p)
+
+    for j in range(g.n_targets):
         total = 0.0
         for k in range(1, steps + 1):
             x0 = e_corrupt + k / steps * (e_clean - e_corrupt)
-            total = total + jax.grad(m_probe)(jnp.zeros(x0.shape), x0)
+            total = total + grad_probe(jnp.zeros(x0.shape), x0, j)
         grad_j = total / steps
         for i in range(g.n_sources):
             if g.valid[i, j]:
