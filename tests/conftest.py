@@ -7,12 +7,37 @@ benchmarks always optimise).
 """
 
 import os
+import shutil
+import tempfile
 
 import equinox as eqx
 import jax
 import pytest
 
 import jaxcirc as jc
+
+# One on-disk cache of compiled programs for the whole run, shared by the xdist workers and the
+# notebooks' kernels: each module drops its in-memory programs (below), and later modules,
+# the other worker and the notebooks often compile the very same ones again. The controller
+# makes the directory before the workers start (they inherit the variable) and removes it.
+if "JAXCIRC_TEST_XLA_CACHE" not in os.environ:
+    os.environ["JAXCIRC_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="jaxcirc-xla-cache-")
+    _OWN_CACHE = True
+else:
+    _OWN_CACHE = False
+for _option, _value in {
+    "jax_compilation_cache_dir": os.environ["JAXCIRC_TEST_XLA_CACHE"],
+    "jax_persistent_cache_min_compile_time_secs": 0.0,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+}.items():
+    os.environ[_option.upper()] = str(_value)  # read by child processes (notebook kernels)
+    jax.config.update(_option, _value)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ["JAXCIRC_TEST_XLA_CACHE"], ignore_errors=True)
+
 
 OPTIMIZED = os.environ.get("JAXCIRC_TEST_OPTIMIZED") == "1"
 UNOPTIMIZED = os.environ.get("JAXCIRC_TEST_OPTIMIZED") == "0"  # not even `slow` tests
