@@ -176,7 +176,8 @@ def run(args) -> int:
     result = causal_trace(
         model, tokens, subject_mask(len(ids), positions), jnp.array([answer]),
         noise_scale=args.noise_scale, n_samples=args.samples, key=jax.random.key(args.seed),
-        kinds=tuple(dict.fromkeys(args.kinds)), window=args.window, chunk_size=args.chunk_size, progress=not args.no_progress,
+        kinds=tuple(dict.fromkeys(args.kinds)), window=args.window, chunk_size=args.chunk_size,
+        progress=not args.no_progress,
         token_labels=labels,
     )  # fmt: skip
     timing["trace_s"] = time.perf_counter() - t
