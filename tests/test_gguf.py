@@ -134,6 +134,51 @@ def test_missing_garbage_and_truncated_files(tmp_path):
             load_gguf(cut)
 
 
+def test_reader_equals_gguf_packages_reader(tmp_path):
+    """Our one-pass parser against `gguf.GGUFReader`: every field, every tensor's bytes."""
+    from jaxcirc.io._gguf_file import read
+
+    source = tiny_llama()
+    path = write_llama_gguf(tmp_path / "mixed.gguf", source, dtype=np.float16)
+    ours, theirs = read(path), gguf.GGUFReader(path)
+    assert set(ours.fields) == set(theirs.fields) - {"GGUF.version", "GGUF.tensor_count",
+                                                      "GGUF.kv_count"}
+    for key, value in ours.fields.items():
+        assert value == pytest.approx(theirs.fields[key].contents()), key
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    for a, b in zip(ours.tensors, theirs.tensors):
+        assert a.tensor_type == b.tensor_type and a.shape == tuple(int(n) for n in b.shape)
+        np.testing.assert_array_equal(a.data, b.data, err_msg=a.name)
+        assert a.data.dtype == b.data.dtype and a.data.shape == b.data.shape
+
+
+def test_quantized_tensors_dequantize_like_the_gguf_package(tmp_path):
+    from gguf.quants import quantize
+
+    from jaxcirc.io._gguf_file import dequantize, read
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "q.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    values = {}
+    for kind in ("Q8_0", "Q4_0", "Q4_1", "Q5_0"):  # Q5_0: the `gguf` package's fallback
+        qtype = gguf.GGMLQuantizationType[kind]
+        values[kind] = rng.standard_normal((3, 64)).astype(np.float32)
+        writer.add_tensor(kind, quantize(values[kind], qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    theirs = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    for tensor in read(path).tensors:
+        got = dequantize(tensor)
+        want = gguf.quants.dequantize(theirs[tensor.name].data, tensor.tensor_type)
+        assert got.dtype == np.float32 and got.shape == (3, 64)
+        np.testing.assert_array_equal(got, want)
+        step = {"Q8_0": 0.03, "Q4_0": 0.4, "Q4_1": 0.25, "Q5_0": 0.2}[tensor.name]  # rounding
+        np.testing.assert_allclose(got, values[tensor.name], atol=step)
+
+
 # --- the real SmolLM2-135M-Instruct (Q4_1) -------------------------------------------------
 
 

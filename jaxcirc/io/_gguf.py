@@ -19,6 +19,7 @@ import numpy as np
 from ..models import Transformer, TransformerConfig, from_state_dict
 from ..models._config import DTYPES
 from ..models._site import nearest
+from ._gguf_file import GGUFFile, dequantize, read
 from ._hf import check_finite
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -46,10 +47,10 @@ def smollm2_gguf_path() -> pathlib.Path:
 
 
 def open_gguf(path: str | os.PathLike):
-    """A `gguf.GGUFReader` on `path`; a missing file is `FileNotFoundError`, a bad one `ValueError`.
+    """`path` parsed (`GGUFFile`); a missing file is `FileNotFoundError`, a bad one `ValueError`.
 
-    Parsing the metadata of a large vocabulary takes seconds, so the last reader is reused while
-    the file is unchanged (same size and modification time): a model and its tokenizer share it.
+    The last file read is reused while it is unchanged (same size and modification time): a
+    model and its tokenizer share it.
     """
     path = pathlib.Path(path)
     if not path.exists():
@@ -61,13 +62,13 @@ def open_gguf(path: str | os.PathLike):
 
 
 @functools.lru_cache(maxsize=1)
-def _open(path: pathlib.Path, size: int, mtime_ns: int):
+def _open(path: pathlib.Path, size: int, mtime_ns: int) -> GGUFFile:
     try:
-        import gguf
+        import gguf  # noqa: F401  (its quantization tables)
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("reading GGUF files needs `gguf`: `pip install gguf`") from e
     try:
-        return gguf.GGUFReader(path)
+        return read(path)
     except Exception as e:
         raise ValueError(
             f"{str(path)!r} ({size} bytes) is not a readable GGUF file: it is truncated, corrupt "
@@ -75,23 +76,17 @@ def _open(path: pathlib.Path, size: int, mtime_ns: int):
         ) from e
 
 
-def _name(reader) -> str:
-    return str(getattr(reader.data, "filename", "?"))
+def _name(reader: GGUFFile) -> str:
+    return str(reader.path)
 
 
-def metadata(reader, key: str, default: Any = _MISSING) -> Any:
+def metadata(reader: GGUFFile, key: str, default: Any = _MISSING) -> Any:
     """The value of metadata field `key` (strings decoded, arrays as lists)."""
-    field = reader.fields.get(key)
-    if field is None:
+    if key not in reader.fields:
         if default is _MISSING:
             raise ValueError(f"GGUF file {_name(reader)!r} lacks metadata {key!r}")
         return default
-    try:
-        return field.contents()
-    except Exception as e:
-        raise ValueError(
-            f"GGUF file {_name(reader)!r}: metadata {key!r} is corrupt ({e})"
-        ) from e
+    return reader.fields[key]
 
 
 def _architecture(reader, path) -> str:
@@ -150,13 +145,10 @@ def _config(reader, path, arch: str, d_vocab: int, dtype: str) -> TransformerCon
 def _dequantize(tensor, path, dtype: str = "float32", allow_nonfinite: bool = False):
     """A tensor as float32 in NumPy (Hugging Face) axis order (ggml's shape reversed), checked
     to be finite."""
-    from gguf.quants import dequantize
-
-    shape = tuple(int(n) for n in reversed(tensor.shape))
     try:
-        values = dequantize(tensor.data, tensor.tensor_type)
-        values = np.asarray(values, dtype=np.float32).reshape(shape)
+        values = dequantize(tensor)
     except Exception as e:
+        shape = tuple(int(n) for n in reversed(tensor.shape))
         raise ValueError(
             f"GGUF file {str(path)!r}: tensor {tensor.name!r} ({tensor.tensor_type.name}, shape "
             f"{shape}) cannot be dequantized; the file is truncated or corrupt ({e})"
