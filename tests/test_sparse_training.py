@@ -165,10 +165,14 @@ def _train(model, opt, steps=4):
 
 def test_masked_training_equals_dense_at_fraction_one():
     model = tiny_model()
-    dense, _ = _train(model, optax.adamw(1e-2))
-    masked, state = _train(model, optax.chain(optax.adamw(1e-2), sparse.keep_topk(1.0)))
+    # SGD, not Adam: some gradients are zero up to round-off (the key bias's, as softmax is
+    # shift-invariant), and Adam's normalisation inflates that round-off into lr-sized steps.
+    # Equal up to float32 round-off: the two chains compile to different programs, and XLA may
+    # fuse (and so round) their arithmetic differently; a zeroed entry would differ by ~1e-2
+    dense, _ = _train(model, optax.sgd(0.3, momentum=0.9))
+    masked, state = _train(model, optax.chain(optax.sgd(0.3, momentum=0.9), sparse.keep_topk(1.0)))
     for a, b in zip(jax.tree_util.tree_leaves(dense), jax.tree_util.tree_leaves(masked)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
     assert all(bool(m.all()) for m in sparse.masks(state))
     # the paper's chain at target 1 is the dense chain too, and sparse at a target below 1
     sparse_params, _ = _train(model, sparse.sparse_adamw(4, target=0.25, anneal=(0.0, 0.5)))
