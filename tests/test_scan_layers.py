@@ -127,3 +127,64 @@ def test_sweep_of_a_model_carrying_an_intervention(tokens):
     want = sweep(model, clean, corrupt, logit_diff)
     got = sweep(jc.models.scan_layers(model), clean, corrupt, logit_diff)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# the edge graph's engine (`jaxcirc.graph.run_graph`) scans the same runs of blocks
+
+
+def _graph_run(model, tokens, weights_seed=0, start=0):
+    g = jc.graph.graph(model)
+    x0 = model.embed_tokens(tokens)[0]
+    weights = jax.random.uniform(jax.random.key(weights_seed), (g.n_sources, g.n_targets))
+    ablated = jax.random.normal(jax.random.key(9), (g.n_sources, tokens.shape[0], x0.shape[1]))
+    probe = jax.random.normal(jax.random.key(8), (g.n_targets, tokens.shape[0], x0.shape[1]))
+    run = lambda m, p: jc.graph.run_graph(m, g, x0, weights, ablated, p, start=start)
+    return run, probe
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "neox", "attn_only"])
+def test_masked_run_and_its_gradient_equal_unrolled(family):
+    model = tiny(family, n_layers=4)
+    scanned = jc.models.scan_layers(model)
+    run, probe = _graph_run(model, TOKENS)
+    (want, want_outs), (got, got_outs) = run(model, probe), run(scanned, probe)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got_outs, want_outs, atol=1e-5)
+    grad = lambda m: jax.grad(lambda p: run(m, p)[0][-1].sum())(probe)
+    np.testing.assert_allclose(grad(scanned), grad(model), atol=1e-4)
+    text = str(jax.make_jaxpr(lambda m: run(m, probe))(scanned))
+    assert text.count("scan[") == 1  # four blocks, one body
+
+
+def test_masked_run_resumed_at_a_traced_layer_equals_unrolled():
+    model = tiny("llama", n_layers=4)
+    g = jc.graph.graph(model)
+    x0 = model.embed_tokens(TOKENS)[0]
+    outs, biases = jc.graph.graph_states(model, g, x0)
+    got_outs, got_biases = jc.graph.graph_states(jc.models.scan_layers(model), g, x0)
+    np.testing.assert_allclose(got_outs, outs, atol=1e-5)
+    np.testing.assert_allclose(got_biases, biases, atol=1e-5)
+    weights = jnp.ones((g.n_sources, g.n_targets)).at[3].set(0.0)  # one head's edges ablated
+    ablated = jnp.zeros_like(outs)
+
+    @jax.jit
+    def resumed(m, layer):
+        return jc.graph.run_graph(m, g, x0, weights, ablated, start=layer, state=(outs, biases[0]))
+
+    for layer in (0, 2):
+        want = resumed(model, layer)[0]
+        np.testing.assert_allclose(resumed(jc.models.scan_layers(model), layer)[0], want, atol=1e-5)
+
+
+def test_edge_methods_on_a_scanned_model_equal_unrolled(tokens):
+    model = jc.intervene(tiny("gpt2", n_layers=3), {"blocks.1.attn.hook_z": Scale(0.5, head=1)})
+    clean, corrupt = tokens
+    scanned = jc.models.scan_layers(model)
+    for score in (jc.methods.eap, jc.methods.edge_patching):
+        want = score(model, clean, corrupt, logit_diff).values
+        np.testing.assert_allclose(score(scanned, clean, corrupt, logit_diff).values, want,
+                                   atol=1e-5, err_msg=score.__name__)  # fmt: skip
+    circuit = jc.methods.eap(model, clean, corrupt, logit_diff).top(10)
+    want = jc.metrics.faithfulness(model, clean, corrupt, logit_diff, circuit)
+    got = jc.metrics.faithfulness(scanned, clean, corrupt, logit_diff, circuit)
+    np.testing.assert_allclose(got, want, atol=1e-5)

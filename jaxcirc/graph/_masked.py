@@ -18,6 +18,7 @@ from jaxtyping import Array, Float, Int
 
 from .._checks import nearest_word
 from .._finite import check_finite, first_nonfinite
+from ..models._scan import groups, stack_form
 from ._circuit import Circuit
 from ._graph import Graph, graph
 
@@ -86,31 +87,120 @@ def _weights(mask, g: Graph) -> Float[Array, "n_sources n_targets"]:
 
 
 class _MaskedWiring:
-    """The `Wiring` of the masked forward pass: every input reads its mixture of sources."""
+    """The `Wiring` of the masked forward pass: every input reads its mixture of sources.
 
-    def __init__(self, g: Graph, layer: int, state, kept, base, ablated, probe):
-        self.g, self.layer, (self.outs, self.bias) = g, layer, state
+    `targets` / `sources`: the block's input / output ports `(name, start, stop)`, offset by
+    `t0` / `s0` (traced inside a scan over layers, where the ports are those of the first).
+    """
+
+    def __init__(self, ports, offsets, state, kept, base, ablated, probe):
+        (self.targets, self.sources), (self.t0, self.s0) = ports, offsets
+        self.outs, self.bias = state
         self.kept, self.base, self.ablated, self.probe = kept, base, ablated, probe
 
     def read(self, port: str) -> Float[Array, "n seq d_model"]:
-        return self.inputs(_slot(self.g.layer_targets[self.layer], port))
+        start, stop = _slot(self.targets, port)
+        return self.inputs(self.t0 + start, stop - start)
 
-    def inputs(self, t: slice) -> Float[Array, "n seq d_model"]:
-        mixed = jnp.einsum("st,sld->tld", self.kept[:, t], self.outs - self.ablated)
-        x = self.base[t] + mixed + self.bias
-        return x if self.probe is None else x + self.probe[t]
+    def inputs(self, start, size: int) -> Float[Array, "n seq d_model"]:
+        take = lambda a, axis: jax.lax.dynamic_slice_in_dim(a, start, size, axis)
+        mixed = jnp.einsum("st,sld->tld", take(self.kept, 1), self.outs - self.ablated)
+        x = take(self.base, 0) + mixed + self.bias
+        return x if self.probe is None else x + take(self.probe, 0)
 
     def write(self, output: str, values, bias=None) -> None:
-        self.outs = self.outs.at[_slot(self.g.layer_sources[self.layer], output)].set(values)
+        start, _ = _slot(self.sources, output)
+        self.outs = jax.lax.dynamic_update_slice_in_dim(self.outs, values, self.s0 + start, 0)
         if bias is not None:
             self.bias = self.bias + bias
 
 
-def _slot(ports, name: str) -> slice:
+def _slot(ports, name: str) -> tuple[int, int]:
     for port, start, stop in ports:
         if port == name:
-            return slice(start, stop)
+            return start, stop
     raise KeyError(f"the block has no port {name!r}; its ports: {[p for p, _, _ in ports]}")
+
+
+def _ports(g: Graph, layer: int):
+    return g.layer_targets[layer], g.layer_sources[layer]
+
+
+def _shifted(ports, by: int):
+    return tuple((name, start - by, stop - by) for name, start, stop in ports)
+
+
+def _layer_runs(model, g: Graph) -> list[range]:
+    """Block indices as runs that one `lax.scan` can run: with `model.scan`, consecutive
+    blocks of one form (`jaxcirc.models.scan_layers`) whose ports repeat at a fixed stride;
+    otherwise one block per run."""
+    if not getattr(model, "scan", False):
+        return [range(i, i + 1) for i in range(len(model.blocks))]
+    runs = []
+    for group in groups(model.blocks):
+        for i in group:
+            if i > group.start and _repeats(g, runs[-1], i):
+                runs[-1] = range(runs[-1].start, i + 1)
+            else:
+                runs.append(range(i, i + 1))
+    return runs
+
+
+def _stride(g: Graph, a: int, b: int) -> tuple[int, int]:
+    """How far block `b`'s input and output ports lie after block `a`'s."""
+    return tuple(pb[0][1] - pa[0][1] for pa, pb in zip(_ports(g, a), _ports(g, b)))
+
+
+def _repeats(g: Graph, run: range, layer: int) -> bool:
+    """Whether block `layer` has the ports of `run`'s first block, shifted by the run's stride."""
+    if not all(_ports(g, run.start)) or not all(_ports(g, layer)):
+        return False
+    stride = _stride(g, run.start, run.start + 1 if len(run) > 1 else layer)
+    steps = layer - run.start
+    return all(
+        _shifted(here, steps * s) == first
+        for first, here, s in zip(_ports(g, run.start), _ports(g, layer), stride)
+    )
+
+
+def _run_blocks(model, g: Graph, state, make_wiring, start, collect: bool = False):
+    """Run every block's `split` form through `make_wiring(ports, offsets, state)`, each run of
+    `_layer_runs` as one scan; blocks before `start` (may be traced) keep `state`. `collect`:
+    also return the stream bias before each block `[n_layers + 1, d]` (the last: after all)."""
+
+    def step(block, ports, offsets, layer, state):
+        def run(state):
+            wiring = make_wiring(ports, offsets, state)
+            block.split(wiring)
+            return wiring.outs, wiring.bias
+
+        if isinstance(start, int) and start <= 0:
+            return run(state)
+        return jax.lax.cond(layer >= start, run, lambda s: s, state)
+
+    biases = []
+    for run in _layer_runs(model, g):
+        if len(run) == 1:
+            biases.append(state[1][None])
+            state = step(model.blocks[run.start], _ports(g, run.start), (0, 0), run.start, state)
+            continue
+        first, stride = _ports(g, run.start), _stride(g, run.start, run.start + 1)
+        base = tuple(p[0][1] for p in first)
+        ports = tuple(_shifted(p, b) for p, b in zip(first, base))
+        dynamic, static = eqx.partition([stack_form(model.blocks[i]) for i in run], eqx.is_array)
+        stacked = jax.tree_util.tree_map(lambda *w: jnp.stack(w), *dynamic)
+
+        def body(state, xs, ports=ports, base=base, stride=stride, static=static[0], run=run):
+            weights, layer = xs
+            offsets = tuple(b + (layer - run.start) * s for b, s in zip(base, stride))
+            return step(eqx.combine(weights, static), ports, offsets, layer, state), state[1]
+
+        layers = jnp.arange(run.start, run.stop, dtype=jnp.int32)
+        state, run_biases = jax.lax.scan(body, state, (stacked, layers))
+        biases.append(run_biases)
+    if collect:
+        return state, jnp.concatenate(biases + [state[1][None]])
+    return state
 
 
 def check_wiring(model) -> None:
@@ -141,7 +231,10 @@ def run_graph(
 ) -> tuple[Float[Array, "seq d_vocab"], Float[Array, "n_sources seq d_model"]]:
     """The masked forward pass on one example from its embedding output `x0`.
 
-    Each block runs its own `split` form (`jaxcirc.models`), reading through `weights`.
+    Each block runs its own `split` form (`jaxcirc.models`), reading through `weights`; on a
+    model with scanned layers (`jaxcirc.models.scan_layers`, the default for loaded pretrained
+    models) consecutive identical blocks run as one `lax.scan`, so a deep model compiles one
+    block body.
     `probe` is added to every target's input (zeros by default): its gradient is the gradient
     of the output with respect to each target's input. `start` (may be traced) with `state`
     (`(outputs, bias)` of a run, e.g. from `graph_states`) resumes at block `start`: the
@@ -158,18 +251,10 @@ def run_graph(
         state = (jnp.zeros((g.n_sources, seq, d), x0.dtype).at[0].set(x0), jnp.zeros(d, x0.dtype))
     base = jnp.einsum("st,sld->tld", valid, ablated)  # what a fully ablated target reads
 
-    for layer, block in enumerate(model.blocks):
-
-        def run(state, layer=layer, block=block):
-            wiring = _MaskedWiring(g, layer, state, kept, base, ablated, probe)
-            block.split(wiring)
-            return wiring.outs, wiring.bias
-
-        state = run(state) if isinstance(start, int) and start <= 0 else jax.lax.cond(
-            layer >= start, run, lambda s: s, state
-        )
-    final = _MaskedWiring(g, g.n_layers, state, kept, base, ablated, probe)
-    x = final.inputs(slice(g.n_targets - 1, g.n_targets))[0]
+    make = lambda ports, offsets, st: _MaskedWiring(ports, offsets, st, kept, base, ablated, probe)
+    state = _run_blocks(model, g, state, make, start)
+    final = _MaskedWiring(((), ()), (0, 0), state, kept, base, ablated, probe)
+    x = final.inputs(g.n_targets - 1, 1)[0]
     return model.logits_at(x, positions, tokens), state[0]
 
 
@@ -180,13 +265,11 @@ def graph_states(model, g: Graph, x0: Float[Array, "seq d_model"]):
     seq, d = x0.shape
     ones = jnp.asarray(g.valid, x0.dtype)
     zeros = jnp.zeros((g.n_sources, seq, d), x0.dtype)
-    state, biases = (zeros.at[0].set(x0), jnp.zeros(d, x0.dtype)), []
-    for layer, block in enumerate(model.blocks):
-        biases.append(state[1])
-        wiring = _MaskedWiring(g, layer, state, ones, jnp.zeros((g.n_targets, 1, 1)), zeros, None)
-        block.split(wiring)
-        state = (wiring.outs, wiring.bias)
-    return state[0], jnp.stack(biases + [state[1]])
+    no_base = jnp.zeros((g.n_targets, 1, 1), x0.dtype)
+    make = lambda ports, offsets, st: _MaskedWiring(ports, offsets, st, ones, no_base, zeros, None)
+    state = (zeros.at[0].set(x0), jnp.zeros(d, x0.dtype))
+    (outs, _), biases = _run_blocks(model, g, state, make, 0, collect=True)
+    return outs, biases
 
 
 def source_outputs(model, tokens: Int[Array, "batch seq"], g: Graph | None = None):

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models import Transformer, TransformerConfig, from_state_dict
+from ..models import Transformer, TransformerConfig, from_state_dict, scan_layers
 from ..models._config import DTYPES
 from ..models._site import nearest
 from ._gguf_file import GGUFFile, dequantize, read
@@ -197,7 +197,9 @@ def load_gguf(path: str | os.PathLike, dtype: str = "float32", *,
 
     Quantized tensors are dequantized to float32, then cast to `dtype` (one of `"float32"`,
     `"bfloat16"`, `"float16"`). The output embedding is tied when the file has no `output.weight`.
-    A tensor holding NaN or inf is refused with its name unless `allow_nonfinite=True`.
+    A tensor holding NaN or inf is refused with its name unless `allow_nonfinite=True`. The
+    identical layers run as one scan (`jaxcirc.models.scan_layers`: the same results, and a deep
+    model compiles one block body; `scan_layers(model, False)` unrolls them).
 
     **Raises:** `FileNotFoundError` for a missing file; `ValueError` for a truncated or corrupt
     file, an unsupported architecture or rope scaling, unexpected or non-finite tensors.
@@ -232,6 +234,6 @@ def load_gguf(path: str | os.PathLike, dtype: str = "float32", *,
             f"{sorted(weights)[:5]}"
         )
     try:
-        return from_state_dict(cfg, arrays)
+        return scan_layers(from_state_dict(cfg, arrays))
     except ValueError as e:
         raise ValueError(f"GGUF file {str(path)!r}: {e}") from e

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models import Transformer, TransformerConfig, from_state_dict
+from ..models import Transformer, TransformerConfig, from_state_dict, scan_layers
 from ..models._config import DTYPES
 from ..models._site import nearest
 
@@ -439,7 +439,9 @@ def load_hf(directory: str | os.PathLike, dtype: str = "float32", *,
     - `allow_nonfinite`: load weights holding NaN or inf (or overflowing `dtype`) instead of
       raising `NonFiniteWeightError`.
 
-    **Returns:** a `Transformer` whose logits match the `transformers` model's.
+    **Returns:** a `Transformer` whose logits match the `transformers` model's, its identical
+    layers run as one scan (`jaxcirc.models.scan_layers`: the same results, and a deep model
+    compiles one block body; `scan_layers(model, False)` unrolls them).
     """
     directory = Path(directory).expanduser()
     if not directory.is_dir():
@@ -467,4 +469,4 @@ def load_hf(directory: str | os.PathLike, dtype: str = "float32", *,
     if leftover:
         raise ValueError(f"{len(leftover)} weights in {directory} are not used by a "
                          f"{cfg.family} model as config.json describes it: {leftover[:5]}")
-    return from_state_dict(cfg, arrays)
+    return scan_layers(from_state_dict(cfg, arrays))
