@@ -334,9 +334,7 @@ def _trace(
     def restored_resid(layer, position, clean_site, resid_post, a, n):
         # the clean resid_post of `layer` at `position` in the corrupted stream; layers after it
         x = jnp.where((jnp.arange(seq) == position)[:, None], clean_site[layer], resid_post[layer])
-        for i, block in enumerate(model.blocks):
-            x = jax.lax.cond(i > layer, lambda x, b=block: b(x)[0], lambda x: x, x)
-        return _prob(model, x, a, n)
+        return _prob(model, model.resume(x, layer + 1), a, n)
 
     grids = {}
     for kind in kinds:
@@ -350,10 +348,7 @@ def _trace(
                 for i in range(n_layers)
             }
             patched = intervene(model, patches)
-            x = resid[lo]
-            for i, block in enumerate(patched.blocks):
-                x = jax.lax.cond(i >= lo, lambda x, b=block: b(x)[0], lambda x: x, x)
-            return _prob(patched, x, a, n)
+            return _prob(patched, patched.resume(resid[lo], lo), a, n)
 
         def one_cell(layer, position, clean_site=clean_sites[kind], one=one, kind=kind):
             fn, states = (restored_resid, post) if kind == "resid" else (one, cache)
