@@ -505,6 +505,7 @@ def shift(
         )
     check_int(n_attribution, "n_attribution", 2, n_train)
     used = upstream(saes, probe_site)
+    model = _through(model, _layer(probe_site))
     clock: dict[str, float] = {}
     say = print if progress else (lambda *a, **k: None)
     sets = [
@@ -608,6 +609,17 @@ def shift(
         "seconds": {k: round(v, 2) for k, v in clock.items()},
     }
     return ShiftResult(rows, flags, top_rows, info)
+
+
+def _through(model, layer: int):
+    """`model` without the blocks after `layer`. Every site SHIFT reads is at or before the
+    probe's layer; an unrolled program drops the later blocks by itself (XLA removes unread
+    work), a scanned one (`jaxcirc.models.scan_layers`) would run them all."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or layer + 1 >= len(blocks):
+        return model
+    return dataclasses.replace(model, blocks=blocks[: layer + 1],
+                               cfg=model.cfg.replace(n_layers=layer + 1))  # fmt: skip
 
 
 def _first(data, n: int):
