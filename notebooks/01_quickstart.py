@@ -103,8 +103,6 @@ assert any(src.startswith("L0H") and dst.startswith("L1H") and dst.endswith(".k"
 # small circuits fail; EAP-IG finds them.
 
 # %%
-import matplotlib.pyplot as plt  # noqa: E402
-
 sizes = [4, 8, 12, 16, 20, 24, 32, 40]
 curves = {name: jc.metrics.faithfulness_curve(model, task.clean, task.corrupt, task.metric,
                                               found.scores, sizes)
@@ -113,14 +111,10 @@ for name, curve in curves.items():
     print(f"{name:>6}:", dict(zip(sizes, [round(float(v), 2) for v in curve])))
 assert curves["EAP-IG"][sizes.index(24)] > 0.8
 
-fig, ax = plt.subplots(figsize=(5.5, 3.2))
-for name, curve in curves.items():
-    ax.plot(sizes, curve, marker="o", label=name)
-ax.axhline(1, color="grey", lw=0.5)
-ax.set(xlabel="edges kept (top by score)", ylabel="faithfulness (1 = the full model)",
-       title="Induction circuit: faithfulness vs size")
-ax.legend()
-plt.show()
+Image(jc.viz.plot_curves({name: (sizes, curve) for name, curve in curves.items()},
+                        "faithfulness.png", title="Induction circuit: faithfulness vs size",
+                        x_label="edges kept (top by score)",
+                        y_label="faithfulness (1 = the full model)"))
 
 # %%
 Image(jc.viz.plot_circuit(circuit, None, "circuit.png", title="EAP-IG: top 20 edges"))

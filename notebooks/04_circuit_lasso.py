@@ -133,17 +133,12 @@ curves = {name: np.asarray(jc.metrics.faithfulness_curve(
           for name, found in (("CircuitLasso", lasso_circuit), ("EAP-IG", eapig))}
 for name, curve in curves.items():
     print(f"{name:>12}:", {k: round(float(v), 2) for k, v in zip(sizes, curve)})
-fig, ax = plt.subplots(figsize=(5.5, 3.2))
-for name, curve in curves.items():
-    ax.plot(sizes, curve, marker="o", label=name)
-ax.axhline(1, color="grey", lw=0.5)
-ax.set(xlabel="edges kept (top by score)", ylabel="faithfulness",
-       title="Induction model: task circuits by size")
-ax.legend()
-plt.show()
 # the previous-token head feeds an induction head's key in the lasso's circuit too
 assert any(s.startswith("L0H") and t.startswith("L1H") and t.endswith(".k")
            for s, t in lasso_circuit.scores.top(24).edges())
+Image(jc.viz.plot_curves({name: (sizes, curve) for name, curve in curves.items()},
+                        "task_circuits.png", title="Induction model: task circuits by size",
+                        x_label="edges kept (top by score)", y_label="faithfulness"))
 
 # %% [markdown]
 # On trained models the task circuit from observational data is less faithful at a given size
