@@ -42,22 +42,6 @@ for _option, _value in {
     jax.config.update(_option, _value)
 
 
-# The slowest modules first (worker-seconds of a full run, most first), the rest in file order:
-# xdist (`--dist loadfile --no-loadscope-reorder`) hands whole modules to whichever worker is
-# free, so a long module started last would leave the other worker idle until it ends.
-SLOWEST_FIRST = (
-    "test_notebooks.py", "test_readme.py", "test_tracing.py", "test_scan_layers.py",
-    "test_scorecard.py", "test_cli_trace.py", "test_padding.py", "test_patching.py",
-    "test_circuit_lasso_task.py", "test_discover.py", "test_edge_attribution.py",
-    "test_sharding.py",
-)  # fmt: skip
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
-
-
 def pytest_unconfigure(config):
     if _OWN_CACHE and not hasattr(config, "workerinput"):
         shutil.rmtree(os.environ["JAXCIRC_TEST_XLA_CACHE"], ignore_errors=True)
