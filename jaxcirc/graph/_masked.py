@@ -18,7 +18,7 @@ from jaxtyping import Array, Float, Int
 
 from .._checks import nearest_word
 from .._finite import check_finite, first_nonfinite
-from ..models._scan import groups, stack_form
+from ..models._scan import groups, stack_blocks
 from ._circuit import Circuit
 from ._graph import Graph, graph
 
@@ -187,10 +187,9 @@ def _run_blocks(model, g: Graph, state, make_wiring, start, collect: bool = Fals
         first, stride = _ports(g, run.start), _stride(g, run.start, run.start + 1)
         base = tuple(p[0][1] for p in first)
         ports = tuple(_shifted(p, b) for p, b in zip(first, base))
-        dynamic, static = eqx.partition([stack_form(model.blocks[i]) for i in run], eqx.is_array)
-        stacked = jax.tree_util.tree_map(lambda *w: jnp.stack(w), *dynamic)
+        stacked, static = stack_blocks([model.blocks[i] for i in run])
 
-        def body(state, xs, ports=ports, base=base, stride=stride, static=static[0], run=run):
+        def body(state, xs, ports=ports, base=base, stride=stride, static=static, run=run):
             weights, layer = xs
             offsets = tuple(b + (layer - run.start) * s for b, s in zip(base, stride))
             return step(eqx.combine(weights, static), ports, offsets, layer, state), state[1]

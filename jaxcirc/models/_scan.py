@@ -113,9 +113,15 @@ def run_blocks(
     return x, acts
 
 
+def stack_blocks(blocks):
+    """`(weights, static)`: the array leaves of `blocks` (one form, see `same_form`) stacked on
+    a new leading axis, and the non-array part they share; `eqx.combine` rebuilds one block."""
+    dynamic, static = eqx.partition([stack_form(b) for b in blocks], eqx.is_array)
+    return jax.tree_util.tree_map(lambda *w: jnp.stack(w), *dynamic), static[0]
+
+
 def _scan(members, x, first: int, layer, prefixes, collect: bool):
-    dynamic, static = eqx.partition([stack_form(b) for b in members], eqx.is_array)
-    weights = jax.tree_util.tree_map(lambda *w: jnp.stack(w), *dynamic)
+    weights, static = stack_blocks(members)
     if any(p is not None for p in prefixes):
         prefix = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *prefixes)
     else:
@@ -124,7 +130,7 @@ def _scan(members, x, first: int, layer, prefixes, collect: bool):
 
     def body(y, xs):
         w, p, i = xs
-        block = eqx.combine(w, static[0])
+        block = eqx.combine(w, static)
         if layer is None:
             y, block_acts = block(y, p)
             return y, block_acts if collect else None
