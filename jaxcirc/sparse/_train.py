@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_float, check_int
+from .._mesh import check_mesh, replicate, split_along
 from ..sae._checkpoint import _load_dir, _recover, _save_dir
 from ._masked import default_include, l0_schedule
 from ._optimizer import sparse_adamw, warmup_linear_decay
@@ -190,6 +191,8 @@ def train_lm(
     progress: bool = True,
     callback: Callable | None = None,
     on_eval: Callable | None = None,
+    mesh=None,
+    batch_axis=None,
 ):
     """Train `model` on next-token prediction over the rows of `tokens [n, ≥ seq]` (their first
     `seq` columns); returns `(model, history)`.
@@ -206,6 +209,11 @@ def train_lm(
       settings continues from it (bitwise the uninterrupted run).
     - `callback(step, record)` after each step (`record`: that step's history values);
       `on_eval(step, model, record)` at each evaluation (e.g. to keep snapshots).
+    - `mesh` (a `jax.sharding.Mesh`): data parallelism. Each batch of rows is split over the
+      mesh axis `batch_axis` (default: its first; `batch` must divide evenly), the weights
+      and optimizer state are replicated, and the compiled step runs as one SPMD program
+      whose gradients are all-reduced (GSPMD); the same run as without a mesh, to float32
+      round-off.
 
     `history`: `step`, `loss` (the batch loss before the update), `fraction` (the scheduled
     nonzero fraction), `nonzero` (the nonzero fraction of the sparsified matrices after the
@@ -242,6 +250,10 @@ def train_lm(
         if loaded is not None:
             (params, opt_state), start, history = loaded
 
+    if mesh is not None:
+        axes = check_mesh(mesh, batch_axis)
+        split_along(mesh, axes, np.zeros((batch, 1)), what="batch")  # refuse before training
+        params, opt_state = replicate(mesh, (params, opt_state))
     sizes = sum(x.size for x in _included(params))
     lr_at = warmup_linear_decay(config.lr, steps, config.warmup)
     frac_at = (lambda s: 1.0) if fraction is None else l0_schedule(
@@ -262,7 +274,8 @@ def train_lm(
 
         for step in range(start, steps):
             rows = tokens[batch_rows(config.seed, step, batch, tokens.shape[0])]
-            params, opt_state, loss, nonzero = step_fn(params, opt_state, jnp.asarray(rows))
+            rows = jnp.asarray(rows) if mesh is None else split_along(mesh, axes, rows)
+            params, opt_state, loss, nonzero = step_fn(params, opt_state, rows)
             loss = float(loss)
             if not math.isfinite(loss):
                 raise FloatingPointError(
