@@ -1,0 +1,116 @@
+"""Several processes under `jax.distributed`: the same programs give the same numbers.
+
+Two local CPU processes, each owning 2 devices (`--xla_force_host_platform_device_count=2`),
+join one run with `jax.distributed.initialize` (CPU collectives over gloo) and build one mesh
+over all 4 devices. A data-parallel patching sweep and a data-parallel SAE training run on that
+mesh give, in both processes, what one plain process without a mesh gives: the sweep's effects
+and the SAE's loss curve and weights.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+STEPS = 12
+
+
+def work(process: int, processes: int, port: int) -> dict:
+    """One process's share (with `processes > 1`) or the whole run on one process."""
+    import jax
+
+    if processes > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(f"localhost:{port}", num_processes=processes, process_id=process)
+    import jax.numpy as jnp
+    from conftest import tiny
+    from jax.sharding import Mesh
+
+    import jaxcirc as jc
+    from jaxcirc.metrics import bind, logit_diff
+    from jaxcirc.patching import sweep
+
+    jax.config.update("jax_disable_most_optimizations", True)
+    mesh = Mesh(np.array(jax.devices()), ("b",)) if processes > 1 else None
+    kw = {} if mesh is None else {"mesh": mesh}
+    model = tiny("gpt2", seed=3, n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32,
+                 d_vocab=20, n_ctx=8)  # fmt: skip
+    clean = jax.random.randint(jax.random.key(1), (7, 5), 0, 20)
+    corrupt = jax.random.randint(jax.random.key(2), (7, 5), 0, 20)
+    metric = bind(logit_diff, answer=jnp.arange(7) % 20, distractor=(3 * jnp.arange(7) + 1) % 20)
+    effects = sweep(model, clean, corrupt, metric, buckets=1, **kw)
+
+    rng = np.random.default_rng(0)
+    atoms = rng.standard_normal((16, 8))  # each row a mix of 2 of 16 planted directions
+    codes = [rng.random((32, 16)) * (rng.random((32, 16)) < 2 / 16) for _ in range(STEPS)]
+    batches = [(c @ atoms).astype(np.float32) for c in codes]
+    sae = jc.sae.init("topk", 8, 16, k=2, key=jax.random.key(3))
+    config = jc.sae.TrainConfig(lr=1e-2, warmup_steps=2, dead_tokens=64, log_every=1)
+    res = jc.sae.train(sae, iter(batches), steps=STEPS, config=config, **kw)
+    return {
+        "devices": len(jax.devices()),
+        "local devices": len(jax.local_devices()),
+        "effects": np.asarray(effects).tolist(),
+        "losses": [h["saes"][0]["loss"] for h in res.history],
+        "W_dec": np.asarray(res.saes[0].W_dec).tolist(),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _launch(process: int, processes: int, port: int, devices: int) -> subprocess.Popen:
+    env = dict(os.environ)
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    here = os.path.dirname(os.path.abspath(__file__))
+    cmd = [sys.executable, os.path.abspath(__file__), str(process), str(processes), str(port)]
+    return subprocess.Popen(cmd, env=env, cwd=here, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs():
+    port = _free_port()
+    procs = [_launch(0, 1, 0, 1), _launch(0, 2, port, 2), _launch(1, 2, port, 2)]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-4000:]
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def test_two_processes_form_one_mesh(runs):
+    single, *pair = runs
+    assert single["devices"] == 1
+    assert [(r["devices"], r["local devices"]) for r in pair] == [(4, 2), (4, 2)]
+
+
+def test_two_process_sweep_equals_one_process(runs):
+    single, *pair = runs
+    for r in pair:
+        np.testing.assert_allclose(r["effects"], single["effects"], rtol=1e-5, atol=1e-6)
+
+
+def test_two_process_sae_training_equals_one_process(runs):
+    single, *pair = runs
+    losses = single["losses"]
+    assert len(losses) == STEPS and np.mean(losses[-4:]) < np.mean(losses[:4])  # it learns
+    for r in pair:
+        np.testing.assert_allclose(r["losses"], single["losses"], rtol=1e-5)
+        np.testing.assert_allclose(r["W_dec"], single["W_dec"], rtol=1e-5, atol=1e-6)
+
+
+if __name__ == "__main__":
+    process, processes, port = (int(a) for a in sys.argv[1:4])
+    print(json.dumps(work(process, processes, port)))
