@@ -131,3 +131,33 @@ def smollm2_lm():
     except Exception as e:  # noqa: BLE001 - the package is an optional test dependency
         pytest.skip(f"SmolLM2 GGUF not available: {e}")
     return jc.load(path), jc.io.load_tokenizer(path)
+
+
+def device_env(n_devices: int) -> dict:
+    """This process's environment for a child that sees `n_devices` virtual CPU devices."""
+    import re
+
+    env = dict(os.environ)
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n_devices}".strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def run_on_devices(script: str, n_devices: int, *args: str, timeout: int = 900) -> dict:
+    """Run the test module `script` as a program with `n_devices` virtual CPU devices (the rest
+    of the suite keeps one) and return the JSON its last line of output holds."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, os.path.abspath(script), *args],
+        env=device_env(n_devices),
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

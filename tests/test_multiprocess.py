@@ -9,7 +9,6 @@ and the SAE's loss curve and weights.
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -68,13 +67,11 @@ def _free_port() -> int:
 
 
 def _launch(process: int, processes: int, port: int, devices: int) -> subprocess.Popen:
-    env = dict(os.environ)
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
-    env["JAX_PLATFORMS"] = "cpu"
+    from conftest import device_env
+
     here = os.path.dirname(os.path.abspath(__file__))
     cmd = [sys.executable, os.path.abspath(__file__), str(process), str(processes), str(port)]
-    return subprocess.Popen(cmd, env=env, cwd=here, stdout=subprocess.PIPE,
+    return subprocess.Popen(cmd, env=device_env(devices), cwd=here, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 

@@ -15,10 +15,7 @@ The compiled SAE step takes only its device's rows (checked in the HLO).
 """
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -188,22 +185,9 @@ def main() -> dict:
 
 @pytest.fixture(scope="module")
 def report():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    here = os.path.dirname(os.path.abspath(__file__))
-    done = subprocess.run(
-        [sys.executable, os.path.abspath(__file__)],
-        env=env,
-        cwd=here,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from conftest import run_on_devices
+
+    return run_on_devices(__file__, 8)
 
 
 @pytest.mark.parametrize("mesh", MESHES)

@@ -11,10 +11,7 @@ the checker's negative control).
 """
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 
 import jax
@@ -183,22 +180,9 @@ def main() -> dict:
 
 @pytest.fixture(scope="module")
 def report():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    here = os.path.dirname(os.path.abspath(__file__))
-    done = subprocess.run(
-        [sys.executable, os.path.abspath(__file__)],
-        env=env,
-        cwd=here,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from conftest import run_on_devices
+
+    return run_on_devices(__file__, 8)
 
 
 @pytest.mark.parametrize(
