@@ -19,7 +19,7 @@ import pytest
 STEPS = 12
 
 
-def work(process: int, processes: int, port: int) -> dict:
+def work(process: int, processes: int, port: int, checkpoint: str) -> dict:
     """One process's share (with `processes > 1`) or the whole run on one process."""
     import jax
 
@@ -50,7 +50,8 @@ def work(process: int, processes: int, port: int) -> dict:
     batches = [(c @ atoms).astype(np.float32) for c in codes]
     sae = jc.sae.init("topk", 8, 16, k=2, key=jax.random.key(3))
     config = jc.sae.TrainConfig(lr=1e-2, warmup_steps=2, dead_tokens=64, log_every=1)
-    res = jc.sae.train(sae, iter(batches), steps=STEPS, config=config, **kw)
+    res = jc.sae.train(sae, iter(batches), steps=STEPS, config=config, checkpoint=checkpoint,
+                       checkpoint_every=4, **kw)  # fmt: skip
     return {
         "devices": len(jax.devices()),
         "local devices": len(jax.local_devices()),
@@ -66,19 +67,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(process: int, processes: int, port: int, devices: int) -> subprocess.Popen:
+def _launch(process, processes, port, devices, checkpoint) -> subprocess.Popen:
     from conftest import device_env
 
     here = os.path.dirname(os.path.abspath(__file__))
-    cmd = [sys.executable, os.path.abspath(__file__), str(process), str(processes), str(port)]
+    cmd = [sys.executable, os.path.abspath(__file__), str(process), str(processes), str(port),
+           str(checkpoint)]  # fmt: skip
     return subprocess.Popen(cmd, env=device_env(devices), cwd=here, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def runs():
+def folders(tmp_path_factory):
+    return tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
+
+
+@pytest.fixture(scope="module")
+def runs(folders):
     port = _free_port()
-    procs = [_launch(0, 1, 0, 1), _launch(0, 2, port, 2), _launch(1, 2, port, 2)]
+    one, two = (f / "ckpt" for f in folders)  # the two processes share one folder
+    procs = [_launch(0, 1, 0, 1, one), _launch(0, 2, port, 2, two), _launch(1, 2, port, 2, two)]
     out = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=600)
@@ -108,6 +116,15 @@ def test_two_process_sae_training_equals_one_process(runs):
         np.testing.assert_allclose(r["W_dec"], single["W_dec"], rtol=1e-5, atol=1e-6)
 
 
+def test_one_checkpoint_written_by_process_zero(runs, folders):
+    one, two = folders
+    # one complete checkpoint, no temporary or replaced copies left by a second writer
+    assert sorted(p.name for p in two.iterdir()) == ["ckpt"]
+    single = json.loads((one / "ckpt" / "state.json").read_text())
+    pair = json.loads((two / "ckpt" / "state.json").read_text())
+    assert pair["step"] == single["step"] == STEPS
+
+
 if __name__ == "__main__":
     process, processes, port = (int(a) for a in sys.argv[1:4])
-    print(json.dumps(work(process, processes, port)))
+    print(json.dumps(work(process, processes, port, sys.argv[4])))

@@ -40,7 +40,15 @@ def _sha(x: np.ndarray) -> str:
 def _write_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
     import orbax.checkpoint as ocp
 
-    with ocp.PyTreeCheckpointer() as checkpointer:
+    if jax.process_count() == 1:
+        checkpointer = ocp.PyTreeCheckpointer()
+    else:  # host arrays written by this process alone (the others wait at `_save_dir`'s barrier)
+        me = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()}
+        )
+        handler = ocp.PyTreeCheckpointHandler(multiprocessing_options=me)
+        checkpointer = ocp.Checkpointer(handler, multiprocessing_options=me)
+    with checkpointer:
         checkpointer.save(directory.absolute(), arrays)
 
 
@@ -70,6 +78,20 @@ def _recover(path: Path) -> None:
 
 
 def _save_dir(path: Path, meta_name: str, meta: dict, arrays: dict, marker: str) -> Path:
+    """Write atomically. Under `jax.distributed` (several processes, one shared folder) only
+    process 0 writes, and every process returns once it has (a barrier)."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}  # replicated arrays: every process
+    if jax.process_count() == 1:
+        return _write_dir(path, meta_name, meta, arrays, marker)
+    if jax.process_index() == 0:
+        _write_dir(path, meta_name, meta, arrays, marker)
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f"jaxcirc: saved {Path(path).name}")
+    return Path(path)
+
+
+def _write_dir(path: Path, meta_name: str, meta: dict, arrays: dict, marker: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _recover(path)
