@@ -201,18 +201,22 @@ def mean_over_mesh(
     return jax.tree_util.tree_map(lambda x: x / batch, run(*inputs))
 
 
-def split_along(mesh: Mesh, axes: tuple[str, ...], x, dim: int = 0, *, what: str = "batch"):
-    """`x` placed on `mesh` with dimension `dim` split over `axes` (the rest replicated): the
-    data-parallel layout of the trainers and solvers, whose compiled step then runs as one
-    SPMD program (GSPMD inserts the reductions). The dimension must divide evenly."""
+def check_divides(mesh: Mesh, axes: tuple[str, ...], size: int, what: str = "batch") -> None:
+    """Refuse a `size` that does not split evenly over `axes`, naming the nearest that do."""
     n = axis_size(mesh, axes)
-    size = np.shape(x)[dim]
     if size % n:
         nearest = sorted({m for m in (size // n * n, -(-size // n) * n) if m > 0})
         raise ValueError(
             f"the {what} of {size} does not split evenly over the {n} devices of mesh axes "
             f"{axes}; use a multiple of {n} (nearest: {' or '.join(map(str, nearest))})"
         )
+
+
+def split_along(mesh: Mesh, axes: tuple[str, ...], x, dim: int = 0, *, what: str = "batch"):
+    """`x` placed on `mesh` with dimension `dim` split over `axes` (the rest replicated): the
+    data-parallel layout of the trainers and solvers, whose compiled step then runs as one
+    SPMD program (GSPMD inserts the reductions). The dimension must divide evenly."""
+    check_divides(mesh, axes, np.shape(x)[dim], what)
     spec = [None] * np.ndim(x)
     spec[dim] = axes
     return jax.device_put(x, NamedSharding(mesh, P(*spec)))

@@ -169,6 +169,7 @@ def main() -> dict:
     errors = {}
     for name, call in {
         "sae batch": lambda: _sae_run(mesh=Mesh(np.array(jax.devices()[:3]), ("b",))),
+        "lm batch": lambda: _lm_run(mesh=Mesh(np.array(jax.devices()[:3]), ("b",))),
         "lasso group": lambda: solvers.lasso(X, Y, 0.05, penalty="group_l1", mesh=mesh),
         "lasso logistic 7": lambda: solvers.lasso(
             X, labels[:, :7], 0.02, loss="logistic", mesh=mesh
@@ -224,6 +225,8 @@ def test_bad_splits_are_refused_with_the_nearest_valid_size(report):
     e = report["errors"]
     assert "batch of 64 does not split evenly over the 3 devices" in e["sae batch"]
     assert "nearest: 63 or 66" in e["sae batch"]
+    assert "batch of 16 does not split evenly over the 3 devices" in e["lm batch"]
+    assert "nearest: 15 or 18" in e["lm batch"]
     assert "needs penalty='l1'" in e["lasso group"]
     assert (
         "number of targets of 7 does not split evenly over the 8 devices" in e["lasso logistic 7"]

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_float, check_int
-from .._mesh import check_mesh, replicate, split_along
+from .._mesh import check_divides, check_mesh, replicate, split_along
 from ..sae._checkpoint import _load_dir, _recover, _save_dir
 from ._masked import default_include, l0_schedule
 from ._optimizer import sparse_adamw, warmup_linear_decay
@@ -252,7 +252,7 @@ def train_lm(
 
     if mesh is not None:
         axes = check_mesh(mesh, batch_axis)
-        split_along(mesh, axes, np.zeros((batch, 1)), what="batch")  # refuse before training
+        check_divides(mesh, axes, batch)  # refused before any training
         params, opt_state = replicate(mesh, (params, opt_state))
     sizes = sum(x.size for x in _included(params))
     lr_at = warmup_linear_decay(config.lr, steps, config.warmup)
