@@ -21,7 +21,7 @@ from jaxcirc.tasks._induction import InductionMetric
 
 BATCH, SEQ, VOCAB, CHUNK = 7, 6, 20, 3  # 3 chunks of 3, the last padded with 2 repeats
 SIZES = dict(d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=VOCAB, n_ctx=8)
-MODEL = tiny("attn_only", n_layers=2, **SIZES)  # the sweep: its lanes pair two layers
+MODEL = tiny("attn_only", n_layers=2, **SIZES)  # two layers: the unrolled sweep engine
 ONE_LAYER = tiny("gpt2", n_layers=1, **SIZES)  # the other engines: one layer compiles faster
 CLEAN = jax.random.randint(jax.random.key(1), (BATCH, SEQ), 0, VOCAB)
 CORRUPT = jax.random.randint(jax.random.key(2), (BATCH, SEQ), 0, VOCAB)

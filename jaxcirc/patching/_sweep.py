@@ -16,11 +16,12 @@ the patch can change:
   positions a metric declares, `jaxcirc.metrics.read_positions`); positions before a bucket's
   start read the corrupted run's.
 
-A run patched at layer `l` takes blocks `l..n-1`. When every block has the same form (no
-intervention inside, same shapes), runs are paired into lanes of equal length (`l` with
-`n - 1 - l`) and one block body, its weights indexed by layer, is scanned over the lanes'
-steps: each step is one batched product per weight, and the program holds one block per
-bucket. Otherwise the blocks are unrolled, block `i` taking the runs patched at layers `<= i`
+A run patched at layer `l` takes blocks `l..n-1`. The engine follows the model's layer form
+(`jaxcirc.models.scan_layers`). A scanned model whose blocks all have one form (no
+intervention inside, same shapes) runs one block body scanned over the layers: step `i` runs
+block `i` on every run at once (runs patched later than `i` compute values their start
+discards), so the program holds one block per bucket and compiles in about the same time at
+any depth. Otherwise the blocks are unrolled, block `i` taking the runs patched at layers `<= i`
 as one batch. Units are chunked under `lax.map`; the whole sweep traces once.
 
 **Prompts.** When the prompts' cached runs and the smallest chunk of units would not fit
@@ -54,6 +55,7 @@ from ..interventions._library import AbstractSelectiveIntervention, Chain, Funct
 from ..metrics._check import check_metric
 from ..models._attention import KVPrefix
 from ..models._replacement import get_site
+from ..models._scan import stack_blocks
 from ..models._scan import stack_form as _stack_form
 from ..models._site import SITE_KINDS, AbstractIntervention, Site, SiteRef, nearest
 from ..models._transformer import Transformer
@@ -255,7 +257,7 @@ class _Plan:
     buckets: tuple[_Bucket, ...]
     n_chunks: int
     stacked: bool  # one block body scanned for every layer (`_scanned`), else unrolled
-    steps: int  # progress ticks per chunk: lane steps, or every bucket's blocks
+    steps: int  # progress ticks per chunk: the layers, or every bucket's blocks
     prefixed: tuple[str, ...]  # sites whose interventions see the cached prefix
     budget: int  # bytes the chunks of units may keep live
 
@@ -285,43 +287,13 @@ def _windowable(model: Transformer, site: str, per: str) -> bool:
 
 
 def _stackable(model: Transformer) -> bool:
-    """Whether every block has the same class, settings and array shapes and no intervention:
-    then one block body, indexed by layer, serves every layer (`_lanes`)."""
-    if any(s.name.startswith("blocks.") for s in _intervened(model)):
+    """Whether the model runs its layers scanned and every block has the same class, settings
+    and array shapes and no intervention: then one block body serves every layer (`_scanned`)."""
+    if not model.scan or any(s.name.startswith("blocks.") for s in _intervened(model)):
         return False
     forms = [jax.tree_util.tree_flatten(_stack_form(b)) for b in model.blocks]
     shapes = [[(x.shape, x.dtype) for x in leaves] for leaves, _ in forms]
     return all(f[1] == forms[0][1] and sh == shapes[0] for f, sh in zip(forms, shapes))
-
-
-def _lanes(n_layers: int) -> tuple[tuple[int, ...], ...]:
-    """The patched layers each lane runs one after the other. The run patched at layer `l`
-    takes `n - l` blocks; pairing `l` with `n - 1 - l` (`n` even) or `n - l` (`n` odd, layer 0
-    alone) gives every lane the same number of steps: no lane idles."""
-    n = n_layers
-    if n % 2:
-        return ((0,), *((i, n - i) for i in range(1, (n + 1) // 2)))
-    return tuple((i, n - 1 - i) for i in range(n // 2))
-
-
-def _schedule(n_layers: int):
-    """Per step and lane: the block to run, whether a run starts (load the corrupted stream,
-    patch) or ends there (keep its output), and the output slot; and each layer's slot."""
-    lanes = _lanes(n_layers)
-    steps = max(sum(n_layers - layer for layer in lane) for lane in lanes)
-    shape = (steps, len(lanes))
-    block, slot = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-    start, end = np.zeros(shape, bool), np.zeros(shape, bool)
-    where = np.zeros(n_layers, np.int32)  # layer -> slot * n_lanes + lane
-    for p, lane in enumerate(lanes):
-        t = 0
-        for k, layer in enumerate(lane):
-            for i in range(layer, n_layers):
-                block[t, p], slot[t, p] = i, k
-                t += 1
-            start[t - (n_layers - layer), p], end[t - 1, p] = True, True
-            where[layer] = k * len(lanes) + p
-    return (block, start, end, slot), where
 
 
 def _site_heads(model: Transformer, site: str) -> int:
@@ -405,7 +377,7 @@ def _plan(
     axes = tuple(tuple(int(i) for i in flat[a]) for a in names)
     stacked = _stackable(model)
     n_layers = model.cfg.n_layers
-    steps = _schedule(n_layers)[0][0].shape[0] if stacked else n_layers * len(out)
+    steps = n_layers if stacked else n_layers * len(out)
     return _Plan(names, grid, axes, tuple(out), n_chunks, stacked, steps, prefixed, budget)
 
 
@@ -559,49 +531,47 @@ def _unrolled(model, site, plan, units, exs, progress):
 
 def _scanned(model, site, plan, units, exs, progress):
     """Each bucket's final windows `[layer, chunk, batch, window, d]` from one block body
-    scanned over `_schedule`'s steps: at each step every lane runs its block, its weights
-    gathered once for all buckets (the blocks are stacked: `_stackable`)."""
-    dynamic, static = eqx.partition([_stack_form(b) for b in model.blocks], eqx.is_array)
-    weights = jax.tree_util.tree_map(lambda *w: jnp.stack(w), *dynamic)
+    scanned over the layers (the blocks are stacked: `_stackable`): step `i` runs block `i`
+    on every run at once, so each block's weights are read once per step. The run patched at
+    layer `l` starts at step `l` from the corrupted stream entering `l`; before that it
+    carries values that its start overwrites."""
+    weights, static = stack_blocks(model.blocks)
     path = SITE_KINDS[site][0].split(".")
     get = lambda block: functools.reduce(getattr, path, block)
-    (blocks, starts, ends, slots), where = _schedule(model.cfg.n_layers)
-    n_slots = int(slots.max()) + 1
+    n_layers = model.cfg.n_layers
+    runs = jnp.arange(n_layers)  # the layer each run is patched at
 
-    def step(s, x, w, layer, start, unit, e):
-        """One example's window `x` through block `layer` (weights `w`) of one lane's run."""
-        x = jnp.where(start, e["entering"][layer], x)  # a run starts: the corrupted stream
-        block = eqx.combine(w, static[0])
+    def step(s, i, block, x, run, unit, e):
+        """One example's window `x` of the run patched at `run` through block `i`."""
+        x = jnp.where(run == i, e["entering"][i], x)  # the run starts: the corrupted stream
         site_ = get(block)
-        patch = _patch(s, e["clean"][layer], start, unit)
+        patch = _patch(s, e["clean"][i], run == i, unit)
         block = eqx.tree_at(get, block, Site(site_.name, site_.axes, patch))
-        prefix = KVPrefix(*(kv[layer, :s] for kv in e["kv"])) if s else None
+        prefix = KVPrefix(*(kv[i, :s] for kv in e["kv"])) if s else None
         return block(x, prefix)[0]
 
-    def lanes(s):  # over lanes, units, examples
-        f = jax.vmap(partial(step, s), in_axes=(0, None, None, None, None, 0))
-        f = jax.vmap(f, in_axes=(0, None, None, None, 0, None))
-        return jax.vmap(f, in_axes=(0, 0, 0, 0, None, None))
+    def every_run(s, i, block):  # over runs, units, examples
+        f = jax.vmap(partial(step, s, i, block), in_axes=(0, None, None, 0))
+        f = jax.vmap(f, in_axes=(0, None, 0, None))
+        return jax.vmap(f, in_axes=(0, 0, None, None))
 
-    def body(carry, schedule):
-        block, start, end, slot = schedule
-        w = jax.tree_util.tree_map(lambda a: a[block], weights)  # each lane's block
-        new = []
-        for (x, kept), bucket, unit, ex in zip(carry, plan.buckets, units, exs):
-            x = lanes(bucket.start)(x, w, block, start, unit, ex)
-            done = lambda k: (end & (slot == k)).reshape(-1, *[1] * (x.ndim - 1))
-            new.append((x, tuple(jnp.where(done(k), x, y) for k, y in enumerate(kept))))
+    def body(carry, layer):
+        w, i = layer
+        block = eqx.combine(w, static)
+        new = tuple(
+            every_run(bucket.start, i, block)(x, runs, unit, ex)
+            for x, bucket, unit, ex in zip(carry, plan.buckets, units, exs)
+        )
         if progress:
-            jax.debug.callback(tick, new[0][0][(0,) * new[0][0].ndim])
-        return tuple(new), None
+            jax.debug.callback(tick, new[0][(0,) * new[0].ndim])
+        return new, None
 
-    init = []
-    for bucket, ex in zip(plan.buckets, exs):
-        x = jnp.zeros((blocks.shape[1], bucket.chunk, *ex["entering"][:, 0].shape))
-        init.append((x, (x,) * n_slots))
-    schedule = tuple(map(jnp.asarray, (blocks, starts, ends, slots)))
-    carry, _ = jax.lax.scan(body, tuple(init), schedule)
-    return tuple(jnp.concatenate(kept)[where] for _, kept in carry)
+    init = tuple(
+        jnp.zeros((n_layers, bucket.chunk, *ex["entering"][:, 0].shape))
+        for bucket, ex in zip(plan.buckets, exs)
+    )
+    out, _ = jax.lax.scan(body, init, (weights, runs))
+    return out
 
 
 def _readout(model, bucket, x, ex, gather, reader):
