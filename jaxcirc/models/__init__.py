@@ -1,5 +1,7 @@
-"""Models: `TransformerConfig`, `Transformer`, its layers, family builders, weight processing."""
+"""Models: `TransformerConfig`, `Transformer`, its layers, family builders, weight processing,
+`shard_model` (weights split over a mesh axis)."""
 
+from .._model_parallel import shard_model as shard_model
 from ._attention import Attention as Attention
 from ._block import AttnOnlyBlock as AttnOnlyBlock
 from ._block import ParallelBlock as ParallelBlock

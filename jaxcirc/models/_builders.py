@@ -260,8 +260,16 @@ def state_dict(model: Transformer) -> dict[str, np.ndarray]:
     return {_path(keypath): np.asarray(leaf) for keypath, leaf in leaves}
 
 
+def weight_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every array of a `Transformer` for `cfg`, by dotted path (nothing built)."""
+    skeleton = eqx.filter_eval_shape(build, cfg, key=jax.random.key(0))
+    return {_path(p): leaf.shape for p, leaf in jax.tree_util.tree_flatten_with_path(skeleton)[0]}
+
+
 def from_state_dict(cfg: TransformerConfig, arrays: dict) -> Transformer:
-    """Build a `Transformer` for `cfg` from named arrays, checking names and shapes."""
+    """Build a `Transformer` for `cfg` from named arrays, checking names and shapes; arrays
+    already of the config's dtype stay where they are (a model placed over a mesh as it
+    loads, `jaxcirc.models.shard_model`)."""
     skeleton = eqx.filter_eval_shape(build, cfg, key=jax.random.key(0))
     leaves, treedef = jax.tree_util.tree_flatten_with_path(skeleton)
     wanted = {_path(p): leaf for p, leaf in leaves}
