@@ -15,12 +15,13 @@ import pathlib
 from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
 
 from ..models import Transformer, TransformerConfig, from_state_dict, scan_layers
 from ..models._config import DTYPES
 from ..models._site import nearest
 from ._gguf_file import GGUFFile, dequantize, read
-from ._hf import check_finite
+from ._hf import NonFiniteWeightError, check_finite, placer
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 ROPE_SCALINGS = ("none", "linear")  # llama.cpp's `rope.scaling.type`
@@ -142,6 +143,10 @@ def _config(reader, path, arch: str, d_vocab: int, dtype: str) -> TransformerCon
     )
 
 
+class _Unreadable(ValueError):
+    """A tensor that cannot be dequantized (raised as it is, not as a metadata misfit)."""
+
+
 def _dequantize(tensor, path, dtype: str = "float32", allow_nonfinite: bool = False):
     """A tensor as float32 in NumPy (Hugging Face) axis order (ggml's shape reversed), checked
     to be finite."""
@@ -149,7 +154,7 @@ def _dequantize(tensor, path, dtype: str = "float32", allow_nonfinite: bool = Fa
         values = dequantize(tensor)
     except Exception as e:
         shape = tuple(int(n) for n in reversed(tensor.shape))
-        raise ValueError(
+        raise _Unreadable(
             f"GGUF file {str(path)!r}: tensor {tensor.name!r} ({tensor.tensor_type.name}, shape "
             f"{shape}) cannot be dequantized; the file is truncated or corrupt ({e})"
         ) from e
@@ -168,38 +173,58 @@ def _heads_in(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, -1, w.shape[1]).transpose(0, 2, 1)
 
 
-def _llama_arrays(weights: dict[str, np.ndarray], cfg: TransformerConfig) -> dict[str, np.ndarray]:
-    """Rename GGUF llama tensors to jaxcirc's state-dict names and layouts."""
+class _Tensors:
+    """The file's tensors by name, each dequantized (and checked) when it is popped: the host
+    holds one at a time."""
+
+    def __init__(self, tensors, path, dtype: str, allow_nonfinite: bool):
+        self.table = {t.name: t for t in tensors}
+        self.read = lambda t: _dequantize(t, path, dtype, allow_nonfinite)
+
+    def pop(self, name: str) -> np.ndarray:
+        return self.read(self.table.pop(name))  # a missing name: KeyError
+
+    def names(self) -> list[str]:
+        return sorted(self.table)
+
+
+def _llama_arrays(weights: _Tensors, cfg: TransformerConfig, out: dict) -> dict:
+    """Rename GGUF llama tensors to jaxcirc's state-dict names and layouts, into `out` (a dict,
+    or a `Placer` that puts each on its devices as it arrives), one tensor at a time."""
     H, KV = cfg.n_heads, cfg.kv_heads
-    embed = weights.pop("token_embd.weight")
-    out = {"embed.W_E": embed, "ln_final.w": weights.pop("output_norm.weight")}
-    out["unembed.W_U"] = embed.T if cfg.tied_embeddings else weights.pop("output.weight").T
+    out["embed.W_E"] = weights.pop("token_embd.weight")
+    out["ln_final.w"] = weights.pop("output_norm.weight")
+    out["unembed.W_U"] = out["embed.W_E"].T if cfg.tied_embeddings else (
+        weights.pop("output.weight").T)
     for i in range(cfg.n_layers):
         g = lambda name: weights.pop(f"blk.{i}.{name}.weight")
-        o = weights.pop(f"blk.{i}.attn_output.weight")  # [d_model, n_heads * d_head]
-        out.update({
-            f"blocks.{i}.ln1.w": g("attn_norm"),
-            f"blocks.{i}.ln2.w": g("ffn_norm"),
-            f"blocks.{i}.attn.W_Q": _heads_in(_unpermute(g("attn_q"), H), H),
-            f"blocks.{i}.attn.W_K": _heads_in(_unpermute(g("attn_k"), KV), KV),
-            f"blocks.{i}.attn.W_V": _heads_in(g("attn_v"), KV),
-            f"blocks.{i}.attn.W_O": o.reshape(o.shape[0], H, -1).transpose(1, 2, 0),
-            f"blocks.{i}.mlp.W_gate": g("ffn_gate").T,
-            f"blocks.{i}.mlp.W_in": g("ffn_up").T,
-            f"blocks.{i}.mlp.W_out": g("ffn_down").T,
-        })
-    return {name: np.ascontiguousarray(value) for name, value in out.items()}
+        b = f"blocks.{i}."
+        out[b + "ln1.w"] = g("attn_norm")
+        out[b + "ln2.w"] = g("ffn_norm")
+        out[b + "attn.W_Q"] = _heads_in(_unpermute(g("attn_q"), H), H)
+        out[b + "attn.W_K"] = _heads_in(_unpermute(g("attn_k"), KV), KV)
+        out[b + "attn.W_V"] = _heads_in(g("attn_v"), KV)
+        o = g("attn_output")  # [d_model, n_heads * d_head]
+        out[b + "attn.W_O"] = o.reshape(o.shape[0], H, -1).transpose(1, 2, 0)
+        out[b + "mlp.W_gate"] = g("ffn_gate").T
+        out[b + "mlp.W_in"] = g("ffn_up").T
+        out[b + "mlp.W_out"] = g("ffn_down").T
+    return out
 
 
 def load_gguf(path: str | os.PathLike, dtype: str = "float32", *,
-              allow_nonfinite: bool = False) -> Transformer:
+              allow_nonfinite: bool = False, mesh: Mesh | None = None,
+              model_axis: str = "model") -> Transformer:
     """Load a llama.cpp GGUF file (architecture `llama`) as a `Transformer`.
 
     Quantized tensors are dequantized to float32, then cast to `dtype` (one of `"float32"`,
     `"bfloat16"`, `"float16"`). The output embedding is tied when the file has no `output.weight`.
     A tensor holding NaN or inf is refused with its name unless `allow_nonfinite=True`. The
     identical layers run as one scan (`jaxcirc.models.scan_layers`: the same results, and a deep
-    model compiles one block body; `scan_layers(model, False)` unrolls them).
+    model compiles one block body; `scan_layers(model, False)` unrolls them). Tensors are
+    dequantized one at a time; given `mesh` (a `jax.sharding.Mesh`), each is put straight
+    into its devices' slices of mesh axis `model_axis` (`jaxcirc.models.shard_model`'s layout)
+    before the next is read, so no device ever holds a whole split weight.
 
     **Raises:** `FileNotFoundError` for a missing file; `ValueError` for a truncated or corrupt
     file, an unsupported architecture or rope scaling, unexpected or non-finite tensors.
@@ -218,21 +243,26 @@ def load_gguf(path: str | os.PathLike, dtype: str = "float32", *,
         raise ValueError(f"GGUF file {str(path)!r}: {arch}.block_count={count!r}, but the file "
                          f"holds tensors of {len(blocks)} blocks")
     cfg = _config(reader, path, arch, d_vocab, dtype)
-    weights = {name: _dequantize(t, path, dtype, allow_nonfinite) for name, t in weights.items()}
+    tensors = _Tensors(reader.tensors, path, dtype, allow_nonfinite)
+    out = placer(cfg, mesh, model_axis)
     try:
-        arrays = _llama_arrays(weights, cfg)
+        arrays = _llama_arrays(tensors, cfg, out)
     except KeyError as e:
         raise ValueError(
             f"GGUF file {str(path)!r} lacks tensor {e.args[0]!r} needed by a {cfg.n_layers}-layer "
             f"{arch} model"
         ) from None
+    except (_Unreadable, NonFiniteWeightError):
+        raise
     except ValueError as e:
         raise ValueError(f"GGUF file {str(path)!r}: tensors do not fit its metadata ({e})") from e
-    if weights:
+    if tensors.names():
         raise ValueError(
             f"GGUF file {str(path)!r} has tensors jaxcirc does not know for {arch!r}: "
-            f"{sorted(weights)[:5]}"
+            f"{tensors.names()[:5]}"
         )
+    if mesh is None:
+        arrays = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
     try:
         return scan_layers(from_state_dict(cfg, arrays))
     except ValueError as e:

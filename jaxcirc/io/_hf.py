@@ -18,8 +18,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from jax.sharding import Mesh
 
+from .._model_parallel import Placer, layout
 from ..models import Transformer, TransformerConfig, from_state_dict, scan_layers
+from ..models._builders import weight_shapes
 from ..models._config import DTYPES
 from ..models._site import nearest
 
@@ -74,6 +77,15 @@ def check_finite(value, name: str, where: str, dtype: str = "float32",
                 f"weight {name!r} in {where} holds values up to {peak:.4g}, which overflow "
                 f"{dtype} (largest {limit:.4g}) to inf; load it with dtype='float32' or "
                 "'bfloat16'" + hint)
+
+
+def placer(cfg: TransformerConfig, mesh: Mesh | None, axis: str) -> dict:
+    """Where a loader stores its converted tensors: a plain dict, or with `mesh` a `Placer`
+    that splits each over `axis` as it arrives (the layout checked first against `cfg`)."""
+    if mesh is None:
+        return {}
+    shapes = weight_shapes(cfg)
+    return Placer(layout(shapes, mesh, axis), shapes, mesh, DTYPES[cfg.dtype])
 
 
 def check_dtype(dtype: str) -> str:
@@ -348,10 +360,10 @@ def _norm(out, w, dst, src, cfg):
         out[f"{dst}.b"] = w.take(f"{src}.bias", (cfg.d_model,))
 
 
-def _gpt2(w: _Weights, cfg: TransformerConfig) -> dict:
+def _gpt2(w: _Weights, cfg: TransformerConfig, out: dict) -> dict:
     M, H, D, F = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
-    out = {"embed.W_E": w.take("wte.weight", (cfg.d_vocab, M)),
-           "pos_embed.W_pos": w.take("wpe.weight", (cfg.n_ctx, M))}
+    out["embed.W_E"] = w.take("wte.weight", (cfg.d_vocab, M))
+    out["pos_embed.W_pos"] = w.take("wpe.weight", (cfg.n_ctx, M))
     for i in range(cfg.n_layers):
         src, dst = f"h.{i}", f"blocks.{i}"
         _norm(out, w, f"{dst}.ln1", f"{src}.ln_1", cfg)
@@ -371,9 +383,9 @@ def _gpt2(w: _Weights, cfg: TransformerConfig) -> dict:
     return out
 
 
-def _neox(w: _Weights, cfg: TransformerConfig) -> dict:
+def _neox(w: _Weights, cfg: TransformerConfig, out: dict) -> dict:
     M, H, D, F = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
-    out = {"embed.W_E": w.take("embed_in.weight", (cfg.d_vocab, M))}
+    out["embed.W_E"] = w.take("embed_in.weight", (cfg.d_vocab, M))
     for i in range(cfg.n_layers):
         src, dst = f"layers.{i}", f"blocks.{i}"
         _norm(out, w, f"{dst}.ln1", f"{src}.input_layernorm", cfg)
@@ -397,9 +409,9 @@ def _neox(w: _Weights, cfg: TransformerConfig) -> dict:
     return out
 
 
-def _llama(w: _Weights, cfg: TransformerConfig) -> dict:
+def _llama(w: _Weights, cfg: TransformerConfig, out: dict) -> dict:
     M, H, KV, D, F = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.d_head, cfg.d_mlp
-    out = {"embed.W_E": w.take("embed_tokens.weight", (cfg.d_vocab, M))}
+    out["embed.W_E"] = w.take("embed_tokens.weight", (cfg.d_vocab, M))
     for i in range(cfg.n_layers):
         src, dst = f"layers.{i}", f"blocks.{i}"
         _norm(out, w, f"{dst}.ln1", f"{src}.input_layernorm", cfg)
@@ -429,7 +441,8 @@ _HEADS = {"gpt2": "lm_head.weight", "gpt_neox": "embed_out.weight"}
 
 
 def load_hf(directory: str | os.PathLike, dtype: str = "float32", *,
-            allow_nonfinite: bool = False) -> Transformer:
+            allow_nonfinite: bool = False, mesh: Mesh | None = None,
+            model_axis: str = "model") -> Transformer:
     """Load a `transformers` model directory (`config.json` + safetensors, sharded or not).
 
     **Arguments:**
@@ -438,6 +451,11 @@ def load_hf(directory: str | os.PathLike, dtype: str = "float32", *,
     - `dtype`: `"float32"`, `"bfloat16"` or `"float16"`; weights are cast on load.
     - `allow_nonfinite`: load weights holding NaN or inf (or overflowing `dtype`) instead of
       raising `NonFiniteWeightError`.
+    - `mesh`, `model_axis`: load model-parallel, the weights split over axis `model_axis` of
+      this `jax.sharding.Mesh` (heads, MLP hidden units, vocabulary; see
+      `jaxcirc.models.shard_model`). Each tensor is read, converted on the host and put
+      straight into its devices' slices before the next is read: no device ever holds a
+      whole split weight, and the host one tensor at a time.
 
     **Returns:** a `Transformer` whose logits match the `transformers` model's, its identical
     layers run as one scan (`jaxcirc.models.scan_layers`: the same results, and a deep model
@@ -458,7 +476,7 @@ def load_hf(directory: str | os.PathLike, dtype: str = "float32", *,
                 f"config.json {key}={hf[key]!r}, but the safetensors files in {directory} hold "
                 f"only {len(layers)} layers; the config does not belong to these weights")
     cfg = hf_config_to_jaxcirc(hf, dtype)
-    arrays = _CONVERTERS[cfg.family](w, cfg)
+    arrays = _CONVERTERS[cfg.family](w, cfg, placer(cfg, mesh, model_axis))
     head = _HEADS.get(cfg.family, "lm_head.weight")
     if cfg.tied_embeddings:
         arrays["unembed.W_U"] = arrays["embed.W_E"].T

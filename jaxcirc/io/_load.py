@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from ..models import Transformer
+from ..models import Transformer, shard_model
 from ..models._site import nearest
 from ._checkpoint import has_interrupted_save, is_checkpoint, load_checkpoint, recover_interrupted
 from ._hf import INDEX, WEIGHTS, load_hf
@@ -87,8 +87,10 @@ def load(path: str | os.PathLike, kind: str | None = None, **kwargs):
     `kind` (one of `jaxcirc.io.KINDS`), when given, is what the caller expects: anything else is
     an error naming both kinds. Keyword arguments go to the reader: for models
     `dtype="bfloat16"` casts the weights, `allow_nonfinite=True` loads weights holding NaN or
-    inf (refused by default, naming the tensor); for SAEs `architecture`, `d_in`, `d_sae` are
-    checked.
+    inf (refused by default, naming the tensor), `mesh=` (and `model_axis=`, default
+    `"model"`) loads it model-parallel (`jaxcirc.models.shard_model`'s layout; Hugging Face and
+    GGUF files are placed tensor by tensor as they are read, a jaxcirc checkpoint is read
+    whole, then placed); for SAEs `architecture`, `d_in`, `d_sae` are checked.
     """
     if kind is not None:
         check_kind(kind)
@@ -105,12 +107,15 @@ def load(path: str | os.PathLike, kind: str | None = None, **kwargs):
                 "(or the SAE, circuit or mask)")
     if p.is_dir():
         found = kind_of(p)
+        if found == "transformer" and "mesh" in kwargs:
+            _expect(p, found, kind)
+            return _placed(load_object, p, found, **kwargs)
         if found is not None:
             _expect(p, found, kind)
             return load_object(p, found, **kwargs)
         if is_checkpoint(p):  # arrays/ without its marker: load_checkpoint says what is wrong
             _expect(p, "transformer", kind)
-            return load_checkpoint(p, **kwargs)
+            return _placed(load_checkpoint, p, **kwargs)
         if (p / "config.json").is_file() or (p / WEIGHTS).is_file() or (p / INDEX).is_file():
             _expect(p, "transformer", kind)
             return load_hf(p, **kwargs)
@@ -132,6 +137,12 @@ def load(path: str | os.PathLike, kind: str | None = None, **kwargs):
             f"jaxcirc.zoo.digits_mlp({str(p)!r}), and save it with jaxcirc.save to get a folder "
             "jaxcirc.load reads")
     raise _missing(path, p)
+
+
+def _placed(reader, *args, mesh=None, model_axis: str = "model", **kwargs) -> Transformer:
+    """A jaxcirc checkpoint read by `reader`, then split over `model_axis` of `mesh`."""
+    model = reader(*args, **kwargs)
+    return model if mesh is None else shard_model(model, mesh, model_axis)
 
 
 def _zoo_mlp(p: Path) -> bool:
