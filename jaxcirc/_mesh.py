@@ -128,6 +128,16 @@ def recording() -> Iterator[list]:
 def program(fn: Callable, args, prompts, batch: int, size: int, mesh: Mesh, axes: tuple[str, ...]):
     """`(compiled function, its inputs)`: the SPMD program of `mean_over_mesh` before it runs
     (`function.lower(*inputs)` gives its HLO and `memory_analysis`)."""
+    split = [x for x in jax.tree_util.tree_leaves(args)
+             if isinstance(x, jax.Array) and not x.sharding.is_fully_replicated]
+    if split:
+        raise ValueError(
+            f"mesh= splits the prompts and gives every device the whole model, but {len(split)} "
+            f"of its arrays are split over devices (a model-parallel model, "
+            f"jaxcirc.models.shard_model; the first of shape {split[0].shape}, laid out "
+            f"{getattr(split[0].sharding, 'spec', split[0].sharding)}); run without mesh=: the "
+            "program is then partitioned over the devices the weights are on"
+        )
     rows, valid, k, s = layout(batch, axis_size(mesh, axes), size)
     inputs = (
         replicate(mesh, args),
