@@ -691,15 +691,15 @@ def _component_blocks(model, g, tokens):
     """Source outputs and target reads, each `[rows, width]` with rows = (example, position)."""
     from ..graph import source_outputs
 
-    outs = np.asarray(source_outputs(model, tokens, g))  # [B, S, T, D]
+    outs = np.asarray(source_outputs(model, tokens, g), np.float32)  # [B, S, T, D]
     B, S, T, D = outs.shape
     sources = [outs[:, s].reshape(B * T, D) for s in range(S)]
     logits, acts = _target_acts(model, tokens)
-    acts = {k: np.asarray(v) for k, v in acts.items()}
+    acts = {k: np.asarray(v, np.float32) for k, v in acts.items()}
     targets = []
     for name in g.targets:
         if name == "logits":
-            x = np.asarray(logits)
+            x = np.asarray(logits, np.float32)
         elif "." in name:
             node, kind = name.split(".")
             layer = int(node[1:].split("H" if "H" in node else "KV")[0])
@@ -776,7 +776,8 @@ def _site_blocks(model, tokens, sites, encoder, granularity):
                 raise ValueError(f"no encoder for site(s) {missing}; encoders: {list(encoder)}")
         elif not callable(encoder):
             raise TypeError(f"encoder must be callable or a mapping of callables; got {encoder!r}")
-    acts = {k: np.asarray(v) for k, v in _site_acts(model, tokens, tuple(names)).items()}
+    acts = _site_acts(model, tokens, tuple(names))
+    acts = {k: np.asarray(v, np.float32) for k, v in acts.items()}
     blocks, labels, nodes = [], [], []
     for s in names:
         x = acts[s]  # [B, T, ...] (pattern-like sites: [B, heads, T, T])
@@ -787,7 +788,7 @@ def _site_blocks(model, tokens, sites, encoder, granularity):
         rows = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
         if granularity == "sae":
             enc = encoder[s] if isinstance(encoder, Mapping) else encoder
-            z = np.asarray(enc(jnp.asarray(rows.reshape(rows.shape[0], -1))))
+            z = np.asarray(enc(jnp.asarray(rows.reshape(rows.shape[0], -1))), np.float32)
             if z.ndim != 2 or z.shape[0] != rows.shape[0]:
                 raise ValueError(
                     f"the encoder of {s!r} returned shape {z.shape}; expected "
@@ -1138,9 +1139,9 @@ def target_lasso(
     if name not in order:
         raise ValueError(f"unknown site {name!r}{nearest(name, order)}")
     logits, acts = _logits_and_site(model, tokens, name)
-    x = np.asarray(acts)[:, position].reshape(tokens.shape[0], -1)
-    z = np.asarray(encoder(jnp.asarray(x))) if encoder is not None else x
-    target = np.asarray(y(logits)) if callable(y) else np.asarray(y)
+    x = np.asarray(acts, np.float32)[:, position].reshape(tokens.shape[0], -1)
+    z = np.asarray(encoder(jnp.asarray(x)), np.float32) if encoder is not None else x
+    target = np.asarray(y(logits) if callable(y) else y, np.float32)
     return feature_ranking(z, target, loss=loss, **kwargs)
 
 

@@ -77,7 +77,7 @@ def _step(params, opt_state, key, lr, model, loc, variable, data, batch, k, read
             {variable: src[idx]},
             readout,
             orthonormal=True,
-        )[:, answers]
+        )[:, answers].astype(jnp.float32)  # a bfloat16 model's loss in float32
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels[idx]).mean()
 
     loss, grads = jax.value_and_grad(loss_fn)(params)

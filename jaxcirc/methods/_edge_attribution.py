@@ -246,7 +246,10 @@ def _input_gradients(model, g, x0, weights, ablated, metric, tokens=None):
 
 
 def _scores(g, delta, grads) -> Float[Array, "n_sources n_targets"]:
-    return jnp.einsum("bsld,btld->st", delta, grads) * jnp.asarray(g.valid, delta.dtype)
+    """Σ Δsource · ∂metric/∂target input, accumulated in float32 (a bfloat16 model's too)."""
+    f32 = jnp.float32
+    scores = jnp.einsum("bsld,btld->st", delta, grads, preferred_element_type=f32)
+    return scores * jnp.asarray(g.valid, f32)
 
 
 def eap(
@@ -359,7 +362,7 @@ def _eap_ig(model, g, clean, ablated, metric, steps, variant, rows=None, valid=N
         x0 = x_base + alpha * (x_clean - x_base)
         return _input_gradients(model, g, x0, ones, ablated, metric, clean)
 
-    grads = jax.lax.map(gradient_at, alphas).mean(0)
+    grads = jax.lax.map(gradient_at, alphas).mean(0, dtype=jnp.float32)
     clean_outs = _run(model, g, x_clean, ones, ablated, tokens=clean)[1]
     return _scores(g, ablated - clean_outs, grads)
 
@@ -391,7 +394,7 @@ def _activation_ig(model, g, x0, ablated, metric, alphas, tokens=None):
 
         return jax.grad(m)(-(1 - a) * gap) * members
 
-    grads = jax.lax.map(gradient_at, (place, alpha)).sum(0) / alphas.shape[0]
+    grads = jax.lax.map(gradient_at, (place, alpha)).sum(0, dtype=jnp.float32) / alphas.shape[0]
     return _scores(g, delta, grads)
 
 

@@ -26,6 +26,7 @@ from ._mlp import MLP as MLP
 from ._mlp import GatedMLP as GatedMLP
 from ._mlp_classifier import MLPClassifier as MLPClassifier
 from ._narrow import narrow as narrow
+from ._precision import cast as cast
 from ._processing import center_unembed as center_unembed
 from ._processing import center_writing_weights as center_writing_weights
 from ._processing import fold_layer_norm as fold_layer_norm
