@@ -9,7 +9,9 @@ so the rest of the suite keeps one device) runs every check and prints JSON. On 
   history and weights;
 - `jaxcirc.sparse.train_lm`: a weight-sparse run (top-k masks of the replicated weights);
 - `jaxcirc.solvers.lasso`: 13 squared-loss targets (padded to 16 with zero columns) and 8
-  logistic ones split over the devices.
+  logistic ones split over the devices;
+- `jaxcirc.methods.circuit_lasso`: the induction model's task circuit, its sub-problems split
+  over the devices (each device holds its share of every stack).
 
 The compiled SAE step takes only its device's rows (checked in the HLO).
 """
@@ -122,12 +124,33 @@ def _sae_hlo(mesh, batch_axis):
     return re.findall(r"f32\[\d+,8\]", entry)
 
 
+def _circuit_lasso(**kw):
+    """The induction model's task circuit, and for each solve of a stack of sub-problems:
+    `(sub-problems in the stack, sub-problems one device holds, devices)`."""
+    import jaxcirc as jc
+    from jaxcirc.methods import _circuit_lasso as cl
+
+    seen, inner = [], cl._stack_split
+
+    def spy(D, *args):
+        seen.append((D.shape[0], D.addressable_shards[0].data.shape[0], len(D.sharding.device_set)))
+        return inner(D, *args)
+
+    cl._stack_split = spy
+    try:
+        fit = jc.methods.circuit_lasso(jc.zoo.induction_model(), jc.zoo.induction_task(4, 6), **kw)
+    finally:
+        cl._stack_split = inner
+    return fit, sorted(set(seen))
+
+
 def main() -> dict:
     from jaxcirc import solvers
 
     assert len(jax.devices()) == 8, jax.devices()
     jax.config.update("jax_disable_most_optimizations", True)
-    out: dict = {"sae": {}, "lm": {}, "lasso": {}, "hlo": {}}
+    out: dict = {"sae": {}, "lm": {}, "lasso": {}, "hlo": {}, "circuit_lasso": {}}
+    cl_ref, _ = _circuit_lasso()
     sae_ref, lm_ref = _sae_run(), _lm_run()
     X, Y, labels = _lasso_problems()
     sq_ref = solvers.lasso(X, Y, 0.05)
@@ -165,6 +188,14 @@ def main() -> dict:
             "sharded": len(sq.value.sharding.device_set),
         }
         out["hlo"][label] = _sae_hlo(mesh, batch_axis)
+        fit, stacks = _circuit_lasso(**tkw)
+        out["circuit_lasso"][label] = {
+            "scores": _diff(fit.scores.values, cl_ref.scores.values),
+            "scale": float(np.nanmax(np.abs(np.asarray(cl_ref.scores.values)))),
+            "same circuit": bool(np.array_equal(fit.circuit.mask, cl_ref.circuit.mask)),
+            "edges": len(cl_ref.circuit),
+            "stacks": stacks,
+        }
     mesh = Mesh(np.array(jax.devices()), ("b",))
     errors = {}
     for name, call in {
@@ -211,6 +242,17 @@ def test_lasso_targets_sharded_equal_unsharded(report, mesh):
     assert r["sharded"] == 8
     # the logistic solve stops at its tolerance, so its coefficients agree to it, relatively
     assert r["squared"] <= 1e-5 and r["logistic"] <= 1e-5 * max(1.0, r["logistic scale"]), r
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_circuit_lasso_sub_problems_sharded_equal_unsharded(report, mesh):
+    r = report["circuit_lasso"][mesh]
+    assert r["scale"] > 0 and 0 < r["edges"]
+    assert r["scores"] <= 1e-5 * r["scale"] and r["same circuit"], r
+    n = 8 if mesh != "(4, 2)" else 4  # the sub-problems split over the target axes
+    assert r["stacks"], r  # the split solver ran
+    for total, here, devices in r["stacks"]:  # padded to a multiple; each device its share
+        assert total % n == 0 and here == total // n and devices == 8, r
 
 
 @pytest.mark.parametrize("mesh", MESHES)

@@ -45,7 +45,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
+from .. import _mesh
 from .._checks import check_choices, check_float, check_index, check_int
 from ..graph import Circuit, Scores, graph
 from ..patching._stable import user_stacklevel
@@ -236,10 +238,15 @@ class _Stacked:
     stacked per shape: each stack is ONE compiled `lax.map` (`_one_problem`).
 
     Scaled so the solver's `1/(2·rows)` objective equals `1/(2n)·‖Y − XW‖²` of the n samples
-    (scikit-learn's Lasso scaling, the same λ for every target)."""
+    (scikit-learn's Lasso scaling, the same λ for every target).
 
-    def __init__(self, X, Y, groups, colsrc, n_src, n_tgt, Xv, Yv, pad_rows: int = 0):
+    `split`: `(mesh, axes)`: each stack's sub-problems are split over those mesh axes (padded
+    with repeats of its last one, whose results are dropped) and solved where they lie."""
+
+    def __init__(self, X, Y, groups, colsrc, n_src, n_tgt, Xv, Yv, pad_rows: int = 0,
+                 split=None):  # fmt: skip
         n, p = X.shape
+        self.split = split
         R, QY = _compress(X, Y)
         compressed = n > p
         m = R.shape[0] if compressed else max(n, pad_rows)  # zero rows: same shapes as a
@@ -278,18 +285,31 @@ class _Stacked:
                 XV[j, :, : sel.size] = Xv[:, sel]
                 YV[j, :, : cols.size] = Yv[:, cols]
                 cs[j, : sel.size] = colsrc[sel]
-            self.arrays[key] = tuple(jnp.asarray(a) for a in (D, T, XV, YV, cs)) + (s,)
+            self.arrays[key] = tuple(self._place(a) for a in (D, T, XV, YV, cs)) + (s,)
+
+    def _place(self, a):
+        """A stack on the device(s): split over the mesh (padded with repeats of its last
+        sub-problem to a multiple of the devices), or whole."""
+        if self.split is None:
+            return jnp.asarray(a)
+        mesh, axes = self.split
+        extra = -len(a) % _mesh.axis_size(mesh, axes)
+        a = np.concatenate([a, np.repeat(np.asarray(a)[-1:], extra, 0)])
+        return _mesh.split_along(mesh, axes, a, what="number of sub-problems")
 
     def zeros(self):
-        return {k: jnp.zeros((len(v), k[1], k[2]), jnp.float32) for k, v in self.stacks.items()}
+        return {
+            k: self._place(np.zeros((len(v), k[1], k[2]), np.float32))
+            for k, v in self.stacks.items()
+        }
 
     def warm(self, Ws, other: _Stacked):
         """`other`'s coefficients `Ws` rearranged into this one's stacks (the same groups and
         padded widths; only the rows may differ): warm starts across the two fits."""
         out = {}
         for key, members in self.stacks.items():
-            parts = [Ws[other.locate[i][0]][other.locate[i][1]] for i in members]
-            out[key] = jnp.stack(parts)
+            parts = [np.asarray(Ws[other.locate[i][0]][other.locate[i][1]]) for i in members]
+            out[key] = self._place(np.stack(parts))
         return out
 
 
@@ -315,15 +335,34 @@ def _stack(D, T, W0, alpha, solver, Xv, Yv, colsrc, n_src):
     )
 
 
+@eqx.filter_jit
+def _stack_split(D, T, W0, alpha, solver, Xv, Yv, colsrc, n_src, mesh, axes):
+    """`_stack` with the sub-problems split over the mesh `axes`: every device solves its own
+    one after another (one SPMD program; no collective, the results stay split)."""
+    spec = P(axes)
+
+    def local(D, T, W0, Xv, Yv, colsrc, alpha):
+        return jax.lax.map(
+            lambda args: _one_problem(*args, alpha, solver, n_src), (D, T, W0, Xv, Yv, colsrc)
+        )
+
+    run = jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 6 + (P(),), out_specs=spec,
+                        check_vma=False)  # fmt: skip
+    return run(D, T, W0, Xv, Yv, colsrc, alpha)
+
+
 def _solve(st: _Stacked, alpha, W0s, solver, n_src, owners):
     """All sub-problems at one λ: new coefficients per stack and the totals (block sums of
     squares `[n_src, n_tgt]`, raw squared residual, held-out squared error, non-zeros, steps)."""
     Ws, sq_t, rss, val, nnz, steps = {}, None, 0.0, 0.0, 0, 0
     for key, members in st.stacks.items():
         D, T, XV, YV, cs, s = st.arrays[key]
-        W, sq, r, v, z, k = _stack(
-            D, T, W0s[key], jnp.asarray(alpha, jnp.float32), solver, XV, YV, cs, n_src
-        )
+        args = (D, T, W0s[key], jnp.asarray(alpha, jnp.float32), solver, XV, YV, cs, n_src)
+        if st.split is None:
+            W, sq, r, v, z, k = _stack(*args)
+        else:  # drop the padding's results
+            W, *rest = _stack_split(*args, *st.split)
+            sq, r, v, z, k = (np.asarray(x)[: len(members)] for x in rest)
         Ws[key] = W
         sq = np.asarray(sq, np.float64)
         r = np.asarray(r, np.float64)
@@ -432,6 +471,8 @@ def block_lasso(
     solver=None,
     refine: int | None = None,
     early_stop: bool = True,
+    mesh=None,
+    target_axis: str | tuple[str, ...] | None = None,
 ) -> BlockLassoResult:
     """CircuitLasso's block upper-triangular Lasso (Yin et al. 2026, arXiv 2606.16939).
 
@@ -457,8 +498,13 @@ def block_lasso(
     to `refine` (default `n_alphas`) more λs split the intervals where most edges enter at
     once. The path is solved to 10× the solver's relative tolerance; the chosen λ is then
     refitted (on all samples) at the solver's own.
+
+    **Many devices.** `mesh=` (a `jax.sharding.Mesh`) splits the sub-problems over the mesh
+    axis `target_axis` (default: its first; a tuple splits over their product): each device
+    solves its share, one SPMD program per stack shape; the results equal one device's.
     """
     alpha = _check_alpha(alpha)
+    split = None if mesh is None else (mesh, _mesh.check_mesh(mesh, target_axis))
     src_names, src = _named(sources, "source")
     sem = targets is None
     tgt_names, tgt = (src_names, src) if sem else _named(targets, "target")
@@ -555,10 +601,11 @@ def block_lasso(
             n_val = min(max(1, int(round(val_fraction * len(ids)))), len(ids) - 1)
             held = np.isin(groups, rng.permutation(ids)[:n_val])
             st = _Stacked(
-                X[~held], Y[~held], sub, colsrc, n_src, len(tgt), X[held], Y[held], pad_rows=n
-            )
+                X[~held], Y[~held], sub, colsrc, n_src, len(tgt), X[held], Y[held], pad_rows=n,
+                split=split,
+            )  # fmt: skip
         else:
-            st = _Stacked(X, Y, sub, colsrc, n_src, len(tgt), *empty)
+            st = _Stacked(X, Y, sub, colsrc, n_src, len(tgt), *empty, split=split)
         k_reg = sum(cols.size for _, cols, _ in sub)
         stop = _stopped(select, n_edges, n, k_reg) if early_stop else (lambda recs: False)
         alphas, recs, Ws, W_last = _path(st, grid, _loose(solver), n_src, owners, stop, refine)
@@ -580,11 +627,11 @@ def block_lasso(
         if select == "heldout":  # the path saw the training examples: refit on all of them
             # the same shapes as the path's (held-out rows evaluated, not used): no new compile
             path_st = st
-            st = _Stacked(X, Y, sub, colsrc, n_src, len(tgt), X[held], Y[held])
+            st = _Stacked(X, Y, sub, colsrc, n_src, len(tgt), X[held], Y[held], split=split)
             W_at = st.warm(W_at, path_st)
         final = _refit(st, alpha, W_at, solver, n_src, owners)
     else:
-        st = _Stacked(X, Y, sub, colsrc, n_src, len(tgt), *empty)
+        st = _Stacked(X, Y, sub, colsrc, n_src, len(tgt), *empty, split=split)
         final = _refit(st, alpha, st.zeros(), solver, n_src, owners)
     # coefficients in full column coordinates, and block norms
     Wf, rec = final
@@ -857,6 +904,8 @@ def circuit_lasso(
     solver=None,
     progress: bool = False,
     target: str | None = None,
+    mesh=None,
+    target_axis: str | tuple[str, ...] | None = None,
 ) -> CircuitLassoResult:
     """CircuitLasso (Yin et al. 2026, arXiv 2606.16939): a circuit from forward passes only.
 
@@ -890,7 +939,8 @@ def circuit_lasso(
 
     Block scores map to the edges of `graph(model)` (`scores`; for site blocks through the
     node each site belongs to: head sites to `L{l}H{h}` and its q/k/v inputs, `mlp_*` to
-    `MLP{l}`, `embed` and `ln_final`), λ as in `block_lasso`.
+    `MLP{l}`, `embed` and `ln_final`), λ as in `block_lasso`; `mesh=`/`target_axis=` split its
+    sub-problems over devices, as there.
     """
     check_choices((granularity,), GRANULARITIES, "granularity", one="granularity")
     if hasattr(clean, "clean") and hasattr(clean, "corrupt"):
@@ -945,7 +995,8 @@ def circuit_lasso(
         src_blocks, tgt_blocks, valid, alpha=alpha, select=select,
         n_edges=None if target == "task" else n_edges,
         n_alphas=n_alphas, eps=eps, scale=scale, val_fraction=val_fraction,
-        groups=np.repeat(np.arange(tokens.shape[0]), T), seed=seed, solver=solver,
+        groups=np.repeat(np.arange(tokens.shape[0]), T), seed=seed, solver=solver, mesh=mesh,
+        target_axis=target_axis,
     )  # fmt: skip
     _step(bar, "circuit")
     behaviour, regressed = None, time.perf_counter()
