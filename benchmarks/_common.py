@@ -268,6 +268,14 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def publish(name: str, body: str, *, record: bool = True) -> None:
+    """Print a benchmark's report and, with `record` (not a `--quick` run), write it as the
+    section `name` of `RESULTS.md`."""
+    print(body, flush=True)
+    if record:
+        write_section(name, body)
+
+
 def write_section(name: str, body: str) -> None:
     """Replace (or append) the section of `RESULTS.md` between `name`'s markers: under a lock
     (several benchmarks may finish at once) and by an atomic rename."""

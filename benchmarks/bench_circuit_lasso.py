@@ -119,9 +119,7 @@ def main() -> None:
             *verdicts,
         ]
     )
-    print(body)
-    if not args.quick:
-        C.write_section("circuit_lasso", body)
+    C.publish("circuit_lasso", body, record=not args.quick)
 
 
 def side(args) -> None:

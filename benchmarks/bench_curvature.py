@@ -369,9 +369,7 @@ def main() -> None:
         reports = c.run_sides(__file__, workdir, list(SIDES), args.rounds)
         errs = compare(workdir)
     text = report(args, sz, info, reports["jax"], reports["torch"], errs)
-    print(text, flush=True)
-    if not args.quick:
-        c.write_section("curvature", text)
+    c.publish("curvature", text, record=not args.quick)
 
 
 if __name__ == "__main__":

@@ -273,10 +273,7 @@ def main() -> None:
         ]
     lines += ["", C.machine_markdown(info)]
     body = "\n".join(lines)
-    print(body)
-    if args.quick or args.random_saes:
-        return
-    C.write_section(args.section, body)
+    C.publish(args.section, body, record=not (args.quick or args.random_saes))
 
 
 def first_at(rows, target=0.8):

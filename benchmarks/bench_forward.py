@@ -157,9 +157,7 @@ def main() -> None:
         err = c.check_close(c.load_output(workdir, "jax", "logits"),
                             c.load_output(workdir, "torch", "logits"), ATOL, "logits")
     text = report(sz, info, reports["jax"], reports["torch"], err)
-    print(text)
-    if not args.quick:
-        c.write_section("bench_forward", text)
+    c.publish("bench_forward", text, record=not args.quick)
 
 
 if __name__ == "__main__":

@@ -348,9 +348,7 @@ def main():
             f"solver uses here; {data_ratio:.2f}× in the data form).",
         ]
     )
-    print(body)
-    if not args.quick:
-        c.write_section("bench_lasso", body)
+    c.publish("bench_lasso", body, record=not args.quick)
 
 
 if __name__ == "__main__":

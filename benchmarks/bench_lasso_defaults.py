@@ -180,10 +180,7 @@ def main():
             *notes,
         ]
     )
-    if args.quick:
-        print(body)
-    else:
-        c.write_section("lasso_defaults", body)
+    c.publish("lasso_defaults", body, record=not args.quick)
 
 
 if __name__ == "__main__":

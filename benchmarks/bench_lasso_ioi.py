@@ -107,9 +107,7 @@ def main() -> None:
             f"- CircuitLasso's top edges: {top(res.scores)}",
         ]
     )
-    print(body)
-    if not args.quick:
-        C.write_section("lasso_ioi", body)
+    C.publish("lasso_ioi", body, record=not args.quick)
 
 
 if __name__ == "__main__":

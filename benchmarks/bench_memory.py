@@ -157,9 +157,7 @@ def main() -> None:
     points = QUICK_POINTS if args.quick else POINTS
     runs = {which: [run_point(which, n) for n in points] for which in MODELS}
     text, ok = report(info, points, runs)
-    print(text)
-    if not args.quick:
-        c.write_section("bench_memory", text)
+    c.publish("bench_memory", text, record=not args.quick)
     if not ok:
         sys.exit("peak memory is not flat")
 

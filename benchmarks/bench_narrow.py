@@ -326,9 +326,7 @@ def main() -> None:
             saved = dict(info=info, counts=counts, reports=reports, errs=errs, shape=shape)
             Path(args.save).write_text(json.dumps(saved))
     text = report(sz, args, info, counts, reports, errs)
-    print(text, flush=True)
-    if not args.quick:
-        c.write_section("narrow", text)
+    c.publish("narrow", text, record=not args.quick)
 
 
 if __name__ == "__main__":

@@ -171,9 +171,7 @@ def main() -> None:
         errs = {s: c.check_close(c.load_output(workdir, s, "sweep"), expected, ATOL, JAX_SIDES[s])
                 for s in JAX_SIDES}
     text = report(sz, info, reports, errs)
-    print(text)
-    if not args.quick:
-        c.write_section("bench_patching", text)
+    c.publish("bench_patching", text, record=not args.quick)
 
 
 if __name__ == "__main__":

@@ -552,9 +552,7 @@ def main() -> None:
         texts.append(fn(reports[part], info, args))
     texts.append("### Reading\n\n" + reading(reports))
     text = "\n\n".join(texts)
-    print(text, flush=True)
-    if not args.quick and set(parts) == set(PARTS):
-        c.write_section("pruning", text)
+    c.publish("pruning", text, record=not args.quick and set(parts) == set(PARTS))
 
 
 if __name__ == "__main__":

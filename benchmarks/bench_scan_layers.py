@@ -144,9 +144,7 @@ def main() -> None:
             c.machine_markdown(info),
         ]
     )
-    print(body)
-    if not args.quick:
-        c.write_section("bench_scan_layers", body)
+    c.publish("bench_scan_layers", body, record=not args.quick)
 
 
 if __name__ == "__main__":

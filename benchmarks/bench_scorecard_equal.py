@@ -112,9 +112,7 @@ def main() -> None:
         c.table(["method", "case", "edge AUROC before", "now", "SHD at k before", "now"],
                 changed(old, new)),
     ])  # fmt: skip
-    print(body)
-    if not args.quick and not problems:
-        c.write_section("scorecard_equal", body)
+    c.publish("scorecard_equal", body, record=not args.quick and not problems)
     sys.exit(1 if problems else 0)
 
 

@@ -105,9 +105,7 @@ def main() -> None:
             c.machine_markdown(info),
         ]
     )
-    print(body)
-    if not args.quick:
-        c.write_section("bench_sharding", body)
+    c.publish("bench_sharding", body, record=not args.quick)
 
 
 if __name__ == "__main__":

@@ -154,10 +154,7 @@ def main() -> None:
         "",
         f"Output: `{os.path.relpath(js, C.HERE.parent)}`, `{os.path.relpath(png, C.HERE.parent)}`.",
     ])  # fmt: skip
-    if args.quick:
-        print(body)
-    else:
-        C.write_section(args.section, body)
+    C.publish(args.section, body, record=not args.quick)
 
 
 if __name__ == "__main__":

@@ -243,9 +243,7 @@ def main() -> None:
         C.machine_markdown(info),
     ]  # fmt: skip
     body = "\n".join(lines)
-    print(body)
-    if not args.quick:
-        C.write_section("bench_sparse_circuits", body)
+    C.publish("bench_sparse_circuits", body, record=not args.quick)
 
 
 if __name__ == "__main__":

@@ -260,9 +260,7 @@ def main() -> None:
         C.machine_markdown(info),
     ]
     body = "\n".join(lines)
-    print(body)
-    if not args.quick:
-        C.write_section("bench_sparse_step", body)
+    C.publish("bench_sparse_step", body, record=not args.quick)
 
 
 if __name__ == "__main__":

@@ -454,9 +454,8 @@ def main() -> None:
             probs = c.load_output(workdir, "jax", "probs")
             print(f"clean p = {probs[0]:.4f}, corrupt p = {probs[1]:.4f}")
             text = report(name, cfg, args, info, len(ids), int(mask.sum()), reports, errs)
-            print(text, flush=True)
-            if not args.quick:  # each model its own section, written as soon as it is done
-                c.write_section(f"bench_tracing_{name}", text)
+            # each model its own section, written as soon as it is done
+            c.publish(f"bench_tracing_{name}", text, record=not args.quick)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,11 @@ def device_env(n_devices: int) -> dict:
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
     env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n_devices}".strip()
     env["JAX_PLATFORMS"] = "cpu"
+    # XLA:CPU runs the virtual devices' collectives on a pool of NPROC threads (default: the
+    # cores). With 2 cores, two devices reaching independent collectives of one program in
+    # different orders can block every thread (a (4, 2) mesh's EAP hung about one run in
+    # ten); a thread per device and more leaves room for all of them
+    env["NPROC"] = str(max(2 * n_devices, int(env.get("NPROC", "0") or 0)))
     return env
 
 

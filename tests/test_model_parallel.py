@@ -158,12 +158,9 @@ def _gathering(dump: Path, weights: set) -> dict[str, list]:
 def main() -> dict:
     dump = Path(tempfile.mkdtemp(prefix="jaxcirc-hlo-"))
     # before the backend starts: XLA writes every compiled module's HLO (the persistent cache
-    # is off, so every program compiles). XLA:CPU runs the devices' collectives on a pool of
-    # NPROC threads (default: the cores): with 2 cores, two devices reaching independent
-    # collectives of one program in different orders can block every thread, and the (4, 2)
-    # mesh's EAP hung about one run in ten; 16 threads leave room for all 8 devices
+    # is off, so every program compiles). `conftest.device_env` sets NPROC (XLA:CPU's pool
+    # for the devices' collectives) high enough for all 8 devices
     os.environ["XLA_FLAGS"] += f" --xla_dump_to={dump} --xla_dump_hlo_as_text"
-    os.environ["NPROC"] = str(max(16, int(os.environ.get("NPROC", "0") or 0)))
     import equinox as eqx
     import jax
     import jax.numpy as jnp
