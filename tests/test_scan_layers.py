@@ -13,7 +13,7 @@ from jaxcirc.interventions import Function, Scale, Zero
 from jaxcirc.models._scan import groups
 from jaxcirc.models._transformer import forward
 from jaxcirc.patching import sweep
-from jaxcirc.patching._sweep import PER, _stackable
+from jaxcirc.patching._sweep import PER, _segments, _stackable
 
 TOKENS = jnp.asarray([3, 17, 4, 41, 9, 22])
 
@@ -128,12 +128,14 @@ SITES_PER = [(site, per) for site, pers in PER.items() for per in pers]
 def test_scanned_sweep_engine_equals_unrolled_engine_at_every_site(site, per, tokens):
     """The scanned model's sweep runs its own engine (one block body scanned over the layers,
     every run at once); the unrolled model's runs block by block. Both, at every site and
-    unit kind, with position buckets and with the units in several chunks."""
-    model = tiny("llama", n_layers=3)
+    unit kind, with position buckets and with the units in several chunks; 4 layers make
+    segments of 1, 2 and 1 layers (`_segments`)."""
+    model = tiny("llama", n_layers=4)
     clean, corrupt = tokens
     scanned = jc.models.scan_layers(model)
     assert _stackable(scanned) and not _stackable(model)
-    for kw in ({}, {"chunk_size": 2, "buckets": 3}):
+    assert _segments(4) == [0, 1, 3, 4]
+    for kw in ({"chunk_size": 2, "buckets": 3},):
         want = sweep(model, clean, corrupt, logit_diff, site=site, per=per, **kw)
         got = sweep(scanned, clean, corrupt, logit_diff, site=site, per=per, **kw)
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{site} per {per} {kw}")

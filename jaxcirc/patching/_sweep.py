@@ -529,17 +529,24 @@ def _unrolled(model, site, plan, units, exs, progress):
     return tuple(out)
 
 
+SEGMENTS = 3  # scans of the scanned engine: more compile less (K+1)/K of the exact work
+
+
+def _segments(n_layers: int, k: int = SEGMENTS) -> list[int]:
+    """Bounds of `k` (at most) runs of consecutive layers of about equal length."""
+    return sorted({round(j * n_layers / k) for j in range(k + 1)})
+
+
 def _scanned(model, site, plan, units, exs, progress):
-    """Each bucket's final windows `[layer, chunk, batch, window, d]` from one block body
-    scanned over the layers (the blocks are stacked: `_stackable`): step `i` runs block `i`
-    on every run at once, so each block's weights are read once per step. The run patched at
-    layer `l` starts at step `l` from the corrupted stream entering `l`; before that it
-    carries values that its start overwrites."""
+    """Each bucket's final windows `[layer, chunk, batch, window, d]` from block bodies
+    scanned over the layers (the blocks are stacked: `_stackable`), each block's weights read
+    once per step: step `i` runs block `i` on every run patched at a layer of the segment
+    (`_segments`) or before. The run patched at layer `l` starts at step `l` from the corrupted
+    stream entering `l`; until then its slot holds values its start overwrites. `k` segments
+    do `(k + 1) / k` times the block runs of the unrolled engine, with `k` bodies per bucket."""
     weights, static = stack_blocks(model.blocks)
     path = SITE_KINDS[site][0].split(".")
     get = lambda block: functools.reduce(getattr, path, block)
-    n_layers = model.cfg.n_layers
-    runs = jnp.arange(n_layers)  # the layer each run is patched at
 
     def step(s, i, block, x, run, unit, e):
         """One example's window `x` of the run patched at `run` through block `i`."""
@@ -555,23 +562,31 @@ def _scanned(model, site, plan, units, exs, progress):
         f = jax.vmap(f, in_axes=(0, None, 0, None))
         return jax.vmap(f, in_axes=(0, 0, None, None))
 
-    def body(carry, layer):
-        w, i = layer
-        block = eqx.combine(w, static)
-        new = tuple(
-            every_run(bucket.start, i, block)(x, runs, unit, ex)
-            for x, bucket, unit, ex in zip(carry, plan.buckets, units, exs)
-        )
-        if progress:
-            jax.debug.callback(tick, new[0][(0,) * new[0].ndim])
-        return new, None
-
-    init = tuple(
-        jnp.zeros((n_layers, bucket.chunk, *ex["entering"][:, 0].shape))
+    carry = tuple(
+        jnp.zeros((0, bucket.chunk, *ex["entering"][:, 0].shape))
         for bucket, ex in zip(plan.buckets, exs)
     )
-    out, _ = jax.lax.scan(body, init, (weights, runs))
-    return out
+    bounds = _segments(model.cfg.n_layers)
+    for lo, hi in zip(bounds, bounds[1:]):
+        runs = jnp.arange(hi)  # the layer each run is patched at
+
+        def body(carry, layer, runs=runs):
+            w, i = layer
+            block = eqx.combine(w, static)
+            new = tuple(
+                every_run(bucket.start, i, block)(x, runs, unit, ex)
+                for x, bucket, unit, ex in zip(carry, plan.buckets, units, exs)
+            )
+            if progress:
+                jax.debug.callback(tick, new[0][(0,) * new[0].ndim])
+            return new, None
+
+        carry = tuple(  # the segment's runs join
+            jnp.concatenate([x, jnp.zeros((hi - lo, *x.shape[1:]), x.dtype)]) for x in carry
+        )
+        layers = jax.tree_util.tree_map(lambda w: w[lo:hi], weights), jnp.arange(lo, hi)
+        carry, _ = jax.lax.scan(body, carry, layers)
+    return carry
 
 
 def _readout(model, bucket, x, ex, gather, reader):
