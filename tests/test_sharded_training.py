@@ -138,7 +138,9 @@ def _circuit_lasso(**kw):
 
     cl._stack_split = spy
     try:
-        fit = jc.methods.circuit_lasso(jc.zoo.induction_model(), jc.zoo.induction_task(4, 6), **kw)
+        fit = jc.methods.circuit_lasso(
+            jc.zoo.induction_model(), jc.zoo.induction_task(4, 6), alpha=0.01, **kw
+        )
     finally:
         cl._stack_split = inner
     return fit, sorted(set(seen))
