@@ -239,7 +239,16 @@ def machine() -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = "-"
+    import jax
+
+    devices = jax.devices()  # an accelerator's absolute times are recorded with its name
+    accelerator = (
+        f"{len(devices)} × {devices[0].device_kind} ({devices[0].platform})"
+        if devices[0].platform != "cpu"
+        else None
+    )
     return {
+        "accelerator": accelerator,
         "cpu": (cpu.group(1).strip() if cpu else platform.processor()) + f" ({', '.join(simd)})",
         "cores": CORES,
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
@@ -256,6 +265,7 @@ def machine_markdown(info: dict) -> str:
         [
             f"- Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM; "
             f"1-min load average at start {info['load_avg_1min_at_start']}",
+            *([f"- Accelerator: {info['accelerator']}"] if info.get("accelerator") else []),
             f"- Software: Python {info['python']}; {info['versions']}",
             f"- Date: {info['date']}; command: `{info['command']}`",
         ]

@@ -13,7 +13,7 @@ from jaxcirc.interventions import Function, Scale, Zero
 from jaxcirc.models._scan import groups
 from jaxcirc.models._transformer import forward
 from jaxcirc.patching import sweep
-from jaxcirc.patching._sweep import PER, _segments, _stackable
+from jaxcirc.patching._sweep import _segments, _stackable
 
 TOKENS = jnp.asarray([3, 17, 4, 41, 9, 22])
 
@@ -121,7 +121,10 @@ def test_resid_pre_sweep_equals_unrolled(family, tokens):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-SITES_PER = [(site, per) for site, pers in PER.items() for per in pers]
+# every unit kind (per position, per head, per position and head, the pattern's head and
+# position), residual, attention, MLP and grouped-query key/value sites
+SITES_PER = [("resid_mid", "position"), ("mlp_out", "position"), ("z", "position_head"),
+             ("k", "head"), ("v", "position_head"), ("pattern", "head_position")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("site", "per"), SITES_PER)
@@ -130,7 +133,7 @@ def test_scanned_sweep_engine_equals_unrolled_engine_at_every_site(site, per, to
     every run at once); the unrolled model's runs block by block. Both, at every site and
     unit kind, with position buckets and with the units in several chunks; 4 layers make
     segments of 1, 2 and 1 layers (`_segments`)."""
-    model = tiny("llama", n_layers=4)
+    model = tiny("llama", n_layers=4, n_kv_heads=2)  # grouped-query keys and values
     clean, corrupt = tokens
     scanned = jc.models.scan_layers(model)
     assert _stackable(scanned) and not _stackable(model)
