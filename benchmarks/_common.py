@@ -93,8 +93,13 @@ def load_tl(sz: dict, path: Path):
     import transformer_lens as tl
 
     cfg = tl.HookedTransformerConfig(
-        **sz, act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
-        eps=1e-5, device="cpu", init_weights=False,
+        **sz,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        eps=1e-5,
+        device="cpu",
+        init_weights=False,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -297,7 +302,7 @@ def write_section(name: str, body: str) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
         if start in text and end in text:
-            text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+            text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
         else:
             text = text.rstrip() + "\n\n" + block + "\n"
         tmp = RESULTS.with_suffix(f".tmp{os.getpid()}")

@@ -68,8 +68,15 @@ def side_jax(args, sz: dict, workdir: Path) -> None:
     compile_s = c.compile_clock()
     (first,), _ = c.timed(run, 1)
     steady, logits = c.timed(run, args.repeat)
-    c.finish_side(workdir, "jax", {"logits": logits}, baseline_rss_mib=baseline,
-                  compile_s=compile_s(), first_s=first, steady_s=steady)
+    c.finish_side(
+        workdir,
+        "jax",
+        {"logits": logits},
+        baseline_rss_mib=baseline,
+        compile_s=compile_s(),
+        first_s=first,
+        steady_s=steady,
+    )
 
 
 def side_torch(args, sz: dict, workdir: Path) -> None:
@@ -78,9 +85,16 @@ def side_torch(args, sz: dict, workdir: Path) -> None:
 
     baseline = c.peak_rss_mib()
     cfg = GPT2Config(
-        n_layer=sz["n_layers"], n_embd=sz["d_model"], n_head=sz["n_heads"], n_inner=sz["d_mlp"],
-        vocab_size=sz["d_vocab"], n_positions=sz["n_ctx"], activation_function="gelu_new",
-        layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=0,
+        n_layer=sz["n_layers"],
+        n_embd=sz["d_model"],
+        n_head=sz["n_heads"],
+        n_inner=sz["d_mlp"],
+        vocab_size=sz["d_vocab"],
+        n_positions=sz["n_ctx"],
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     model = GPT2LMHeadModel(cfg).eval()
     with np.load(workdir / "weights.npz") as arrays:
@@ -90,8 +104,15 @@ def side_torch(args, sz: dict, workdir: Path) -> None:
         run = lambda: model(tokens).logits
         (first,), _ = c.timed(run, 1)
         steady, logits = c.timed(run, args.repeat)
-    c.finish_side(workdir, "torch", {"logits": logits.numpy()}, baseline_rss_mib=baseline,
-                  first_s=first, steady_s=steady, attn_implementation=cfg._attn_implementation)
+    c.finish_side(
+        workdir,
+        "torch",
+        {"logits": logits.numpy()},
+        baseline_rss_mib=baseline,
+        first_s=first,
+        steady_s=steady,
+        attn_implementation=cfg._attn_implementation,
+    )
 
 
 def forward_flops(sz: dict, batch: int, seq: int) -> float:
@@ -120,27 +141,36 @@ def report(sz: dict, info: dict, jx: dict, pt: dict, err: float) -> str:
         [f"steady state, best of {n}", c.ms(j_best), c.ms(t_best), f"{t_best / j_best:.2f}×"],
         ["steady state, per round", "", "", c.speedups(pt, jx)],
         ["throughput (median)", rate(j_med), rate(t_med), ""],
-        ["peak RSS (own process)", mib(jx, "peak_rss_mib"), mib(pt, "peak_rss_mib"),
-         f"{pt['peak_rss_mib'] / jx['peak_rss_mib']:.2f}× less"],
+        [
+            "peak RSS (own process)",
+            mib(jx, "peak_rss_mib"),
+            mib(pt, "peak_rss_mib"),
+            f"{pt['peak_rss_mib'] / jx['peak_rss_mib']:.2f}× less",
+        ],
         ["RSS after imports", mib(jx, "baseline_rss_mib"), mib(pt, "baseline_rss_mib"), ""],
     ]
     verdict = "met" if j_med <= t_med else "MISSED"
-    return "\n\n".join([
-        "## Forward pass: jaxcirc vs `transformers` GPT2LMHeadModel (CPU)",
-        c.machine_markdown(info),
-        f"GPT-2-small-shaped random model ({sz['n_layers']} layers, d_model {sz['d_model']}, "
-        f"{sz['n_heads']} heads, d_mlp {sz['d_mlp']}, d_vocab {sz['d_vocab']}, "
-        f"n_ctx {sz['n_ctx']}), "
-        f"float32, batch {BATCH} × {SEQ} tokens. jaxcirc: `jax.jit(lambda m, t: jax.vmap(m)(t))`; "
-        f"transformers: `GPT2LMHeadModel` (attention `{pt['attn_implementation']}`), eval, "
-        f"`torch.no_grad`, `torch.set_num_threads({c.CORES})`. Each side runs in its own process; "
-        f"the sides' processes alternate, steady-state samples are pooled over rounds. "
-        f"Logits agree: max |diff| = {err:.1e} (required ≤ {ATOL}). sgemm = best 2048³ float32 "
-        f"torch matmul on this machine, {ceiling:.0f} GFLOP/s.",
-        c.table(["", "jaxcirc", "transformers", "speed-up (torch / jax)"], rows),
-        f"**Target (jaxcirc not slower in steady state): {verdict}** — jaxcirc {c.ms(j_med)} vs "
-        f"transformers {c.ms(t_med)} per forward (jaxcirc {t_med / j_med:.2f}× the speed).",
-    ])
+    return "\n\n".join(
+        [
+            "## Forward pass: jaxcirc vs `transformers` GPT2LMHeadModel (CPU)",
+            c.machine_markdown(info),
+            f"GPT-2-small-shaped random model ({sz['n_layers']} layers, d_model {sz['d_model']}, "
+            f"{sz['n_heads']} heads, d_mlp {sz['d_mlp']}, d_vocab {sz['d_vocab']}, "
+            f"n_ctx {sz['n_ctx']}), "
+            f"float32, batch {BATCH} × {SEQ} tokens. jaxcirc: `jax.jit(lambda m, t: "
+            "jax.vmap(m)(t))`; "
+            f"transformers: `GPT2LMHeadModel` (attention `{pt['attn_implementation']}`), eval, "
+            f"`torch.no_grad`, `torch.set_num_threads({c.CORES})`. Each side runs in its own "
+            "process; "
+            f"the sides' processes alternate, steady-state samples are pooled over rounds. "
+            f"Logits agree: max |diff| = {err:.1e} (required ≤ {ATOL}). sgemm = best 2048³ float32 "
+            f"torch matmul on this machine, {ceiling:.0f} GFLOP/s.",
+            c.table(["", "jaxcirc", "transformers", "speed-up (torch / jax)"], rows),
+            f"**Target (jaxcirc not slower in steady state): {verdict}** — jaxcirc "
+            f"{c.ms(j_med)} vs "
+            f"transformers {c.ms(t_med)} per forward (jaxcirc {t_med / j_med:.2f}× the speed).",
+        ]
+    )
 
 
 def main() -> None:
@@ -154,8 +184,12 @@ def main() -> None:
         c.write_weights(sz, workdir / "weights.npz")
         np.save(workdir / "tokens.npy", c.tokens(BATCH, SEQ, sz["d_vocab"], seed=0))
         reports = c.run_sides(__file__, workdir, ["jax", "torch"], args.rounds)
-        err = c.check_close(c.load_output(workdir, "jax", "logits"),
-                            c.load_output(workdir, "torch", "logits"), ATOL, "logits")
+        err = c.check_close(
+            c.load_output(workdir, "jax", "logits"),
+            c.load_output(workdir, "torch", "logits"),
+            ATOL,
+            "logits",
+        )
     text = report(sz, info, reports["jax"], reports["torch"], err)
     c.publish("bench_forward", text, record=not args.quick)
 

@@ -76,8 +76,15 @@ def side_jax(args, sz: dict, workdir: Path) -> None:
     compile_s = c.compile_clock()
     (first,), _ = c.timed(run, 1)
     steady, out = c.timed(run, args.repeat)
-    c.finish_side(workdir, args.side, {"sweep": out}, baseline_rss_mib=baseline,
-                  compile_s=compile_s(), first_s=first, steady_s=steady)
+    c.finish_side(
+        workdir,
+        args.side,
+        {"sweep": out},
+        baseline_rss_mib=baseline,
+        compile_s=compile_s(),
+        first_s=first,
+        steady_s=steady,
+    )
 
 
 def side_torch(args, sz: dict, workdir: Path) -> None:
@@ -95,8 +102,9 @@ def side_torch(args, sz: dict, workdir: Path) -> None:
     with torch.no_grad():
         model(corrupt)  # warm-up
         steady, out = c.timed(run, args.tl_repeat)
-    c.finish_side(workdir, "torch", {"sweep": out.numpy()}, baseline_rss_mib=baseline,
-                  steady_s=steady)
+    c.finish_side(
+        workdir, "torch", {"sweep": out.numpy()}, baseline_rss_mib=baseline, steady_s=steady
+    )
 
 
 def report(sz: dict, info: dict, reports: dict, errs: dict) -> str:
@@ -116,39 +124,51 @@ def report(sz: dict, info: dict, reports: dict, errs: dict) -> str:
         row("first call (incl. compile)", lambda s: c.ms(reports[s]["first_s"])),
         row(f"steady state, median ({runs})", lambda s: c.ms(med[s]), c.ms(tl_med)),
         row("**speed-up vs TL, steady state**", lambda s: f"**{tl_med / med[s]:.1f}×**", "1×"),
-        row("speed-up vs TL, best run of each",
-            lambda s: f"{min(tl['steady_s']) / min(reports[s]['steady_s']):.1f}×", "1×"),
+        row(
+            "speed-up vs TL, best run of each",
+            lambda s: f"{min(tl['steady_s']) / min(reports[s]['steady_s']):.1f}×",
+            "1×",
+        ),
         row("speed-up vs TL, per round", lambda s: c.speedups(tl, reports[s], digits=1)),
-        row("speed-up vs TL, jaxcirc incl. compile",
-            lambda s: f"{tl_med / reports[s]['first_s']:.1f}×", "1×"),
+        row(
+            "speed-up vs TL, jaxcirc incl. compile",
+            lambda s: f"{tl_med / reports[s]['first_s']:.1f}×",
+            "1×",
+        ),
         row("peak RSS (own process)", mib("peak_rss_mib"), f"{tl['peak_rss_mib']:,.0f} MiB"),
         row("RSS after imports", mib("baseline_rss_mib"), f"{tl['baseline_rss_mib']:,.0f} MiB"),
         row("max abs diff vs TL", lambda s: f"{errs[s]:.1e}"),
     ]
     ratio, ratio_read = tl_med / med["jax"], tl_med / med["jax_read"]
-    return "\n\n".join([
-        "## Activation patching: jaxcirc `patching.sweep` vs TransformerLens "
-        "`get_act_patch_resid_pre` (CPU)",
-        c.machine_markdown(info),
-        f"Random GPT-2-small-shaped weights ({sz['n_layers']} layers, d_model {sz['d_model']}, "
-        f"{sz['n_heads']} heads, d_mlp {sz['d_mlp']}, d_vocab {sz['d_vocab']}), float32; {BATCH} "
-        f"clean/corrupt prompt pairs of {SEQ} tokens; `resid_pre` patched at every layer × "
-        f"position ({sz['n_layers'] * SEQ} patched runs of the batch); metric: mean logit "
-        f"difference of tokens {ANSWER} and {WRONG} at the last position. jaxcirc's default "
-        f"sweep: position buckets (a patch at position p recomputes positions from its bucket's "
-        f"first on), one block body scanned over layers. \"full logits\": a plain metric "
-        f"function, so every position is unembedded as in TL (like for like); \"metric reads "
-        f"position {SEQ - 1}\": the metric declares that position (`positions` / "
-        f"`on_positions`), so only it is unembedded. TL's timing includes the clean "
-        f"`run_with_cache` (jaxcirc's `sweep` does its clean run itself); TL is warmed up by one "
-        f"forward. Each column runs in its own process (alternated over rounds, samples pooled); "
-        f"`torch.set_num_threads({c.CORES})`. Both jaxcirc sweeps agree with TL within {ATOL}.",
-        c.table(["", *JAX_SIDES.values(), "TransformerLens"], rows),
-        f"**Target (≥ 8× faster than TL on CPU, steady state, with the metric's positions): "
-        f"{'met' if ratio_read >= 8 else 'MISSED'}** — {ratio_read:.1f}× "
-        f"({c.ms(med['jax_read'])} vs {c.ms(tl_med)}). Like for like (every position "
-        f"unembedded, as TL): {ratio:.1f}×.",
-    ])
+    return "\n\n".join(
+        [
+            "## Activation patching: jaxcirc `patching.sweep` vs TransformerLens "
+            "`get_act_patch_resid_pre` (CPU)",
+            c.machine_markdown(info),
+            f"Random GPT-2-small-shaped weights ({sz['n_layers']} layers, d_model {sz['d_model']}, "
+            f"{sz['n_heads']} heads, d_mlp {sz['d_mlp']}, d_vocab {sz['d_vocab']}), float32; "
+            f"{BATCH} "
+            f"clean/corrupt prompt pairs of {SEQ} tokens; `resid_pre` patched at every layer × "
+            f"position ({sz['n_layers'] * SEQ} patched runs of the batch); metric: mean logit "
+            f"difference of tokens {ANSWER} and {WRONG} at the last position. jaxcirc's default "
+            "sweep: position buckets (a patch at position p recomputes positions from its "
+            "bucket's "
+            f'first on), one block body scanned over layers. "full logits": a plain metric '
+            f'function, so every position is unembedded as in TL (like for like); "metric reads '
+            f'position {SEQ - 1}": the metric declares that position (`positions` / '
+            f"`on_positions`), so only it is unembedded. TL's timing includes the clean "
+            "`run_with_cache` (jaxcirc's `sweep` does its clean run itself); TL is warmed up "
+            "by one "
+            "forward. Each column runs in its own process (alternated over rounds, samples "
+            "pooled); "
+            f"`torch.set_num_threads({c.CORES})`. Both jaxcirc sweeps agree with TL within {ATOL}.",
+            c.table(["", *JAX_SIDES.values(), "TransformerLens"], rows),
+            f"**Target (≥ 8× faster than TL on CPU, steady state, with the metric's positions): "
+            f"{'met' if ratio_read >= 8 else 'MISSED'}** — {ratio_read:.1f}× "
+            f"({c.ms(med['jax_read'])} vs {c.ms(tl_med)}). Like for like (every position "
+            f"unembedded, as TL): {ratio:.1f}×.",
+        ]
+    )
 
 
 def main() -> None:
@@ -168,8 +188,10 @@ def main() -> None:
         np.save(workdir / "corrupt.npy", c.tokens(BATCH, SEQ, sz["d_vocab"], seed=1))
         reports = c.run_sides(__file__, workdir, [*JAX_SIDES, "torch"], args.rounds)
         expected = c.load_output(workdir, "torch", "sweep")
-        errs = {s: c.check_close(c.load_output(workdir, s, "sweep"), expected, ATOL, JAX_SIDES[s])
-                for s in JAX_SIDES}
+        errs = {
+            s: c.check_close(c.load_output(workdir, s, "sweep"), expected, ATOL, JAX_SIDES[s])
+            for s in JAX_SIDES
+        }
     text = report(sz, info, reports, errs)
     c.publish("bench_patching", text, record=not args.quick)
 

@@ -130,7 +130,8 @@ def main() -> None:
             "tracing, lowering and compiling in the first call; steady: median of "
             f"{args.repeat} later calls; one process per side, {args.rounds} round(s). The "
             "sweep follows the model's form: scanned, its patched runs are one block body "
-            "scanned over the layers (step `i` runs block `i` on every run at once); "
+            "scanned over the layers in three segments (step `i` runs block `i` on every "
+            "run patched up to its segment); "
             "unrolled, block `i` runs the runs patched at layers `<= i` (30 blocks per "
             "position bucket).",
             table,
@@ -139,7 +140,7 @@ def main() -> None:
             "here; path patching, edge patching, faithfulness and learned masks run the same "
             f"pass) compiles **{graph_ratio:.1f}×** faster scanned. Steady runs pay for "
             "stacking the block weights inside the program on every call, and the scanned "
-            "sweep also for its runs patched later than the block at hand (about twice the "
+            "sweep also for its runs patched later than the block at hand (4/3 of the "
             "block runs of the unrolled engine, which skips them).",
             c.machine_markdown(info),
         ]

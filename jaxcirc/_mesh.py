@@ -128,8 +128,11 @@ def recording() -> Iterator[list]:
 def program(fn: Callable, args, prompts, batch: int, size: int, mesh: Mesh, axes: tuple[str, ...]):
     """`(compiled function, its inputs)`: the SPMD program of `mean_over_mesh` before it runs
     (`function.lower(*inputs)` gives its HLO and `memory_analysis`)."""
-    split = [x for x in jax.tree_util.tree_leaves(args)
-             if isinstance(x, jax.Array) and not x.sharding.is_fully_replicated]
+    split = [
+        x
+        for x in jax.tree_util.tree_leaves(args)
+        if isinstance(x, jax.Array) and not x.sharding.is_fully_replicated
+    ]
     if split:
         raise ValueError(
             f"mesh= splits the prompts and gives every device the whole model, but {len(split)} "

@@ -110,8 +110,11 @@ def layout(shapes: dict[str, tuple[int, ...]], mesh, axis: str = "model") -> dic
     dimension the axis does not divide is an error that also names the axis sizes that split
     every weight of the model."""
     size = check_axis(mesh, axis)
-    dims = [s[SPLIT[_kind(n)][0]] for n, s in shapes.items()
-            if _kind(n) in SPLIT and _kind(n) not in KV and len(s) > SPLIT[_kind(n)][0]]
+    dims = [
+        s[SPLIT[_kind(n)][0]]
+        for n, s in shapes.items()
+        if _kind(n) in SPLIT and _kind(n) not in KV and len(s) > SPLIT[_kind(n)][0]
+    ]
     if not dims:
         raise ValueError(
             "model parallelism splits a jaxcirc Transformer's weights, found by name "

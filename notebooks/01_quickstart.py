@@ -54,8 +54,12 @@ acts["blocks.0.attn.hook_pattern"]  # [heads, query, key]
 
 # %%
 broken = jc.intervene(model, {"blocks.1.attn.hook_z": jc.Zero(position=jnp.array([6]))})
-print("clean logit of 12:", float(logits[-1, 12]),
-      " with layer-1 heads zeroed:", float(broken(tokens)[-1, 12]))
+print(
+    "clean logit of 12:",
+    float(logits[-1, 12]),
+    " with layer-1 heads zeroed:",
+    float(broken(tokens)[-1, 12]),
+)
 
 # %% [markdown]
 # ## The task: clean and corrupted prompts
@@ -65,8 +69,13 @@ print("clean logit of 12:", float(logits[-1, 12]),
 
 # %%
 task = jc.zoo.induction_task(16, 6, seed=0)
-print(task.clean.shape, "clean metric", float(task.metric(jax.vmap(model)(task.clean))),
-      "corrupt metric", float(task.metric(jax.vmap(model)(task.corrupt))))
+print(
+    task.clean.shape,
+    "clean metric",
+    float(task.metric(jax.vmap(model)(task.clean))),
+    "corrupt metric",
+    float(task.metric(jax.vmap(model)(task.corrupt))),
+)
 
 # %% [markdown]
 # ## Activation patching: which heads carry the behaviour?
@@ -92,8 +101,10 @@ print(len(circuit), "edges found by EAP-IG:")
 for src, dst in circuit.edges():
     print(f"   {src:>6} -> {dst}")
 # the previous-token head in layer 0 writes into the keys of the layer-1 induction heads
-assert any(src.startswith("L0H") and dst.startswith("L1H") and dst.endswith(".k")
-           for src, dst in circuit.edges())
+assert any(
+    src.startswith("L0H") and dst.startswith("L1H") and dst.endswith(".k")
+    for src, dst in circuit.edges()
+)
 
 # %% [markdown]
 # ## Is the circuit enough?
@@ -104,17 +115,25 @@ assert any(src.startswith("L0H") and dst.startswith("L1H") and dst.endswith(".k"
 
 # %%
 sizes = [4, 8, 12, 16, 20, 24, 32, 40]
-curves = {name: jc.metrics.faithfulness_curve(model, task.clean, task.corrupt, task.metric,
-                                              found.scores, sizes)
-          for name, found in (("EAP", eap), ("EAP-IG", circuit))}
+curves = {
+    name: jc.metrics.faithfulness_curve(
+        model, task.clean, task.corrupt, task.metric, found.scores, sizes
+    )
+    for name, found in (("EAP", eap), ("EAP-IG", circuit))
+}
 for name, curve in curves.items():
     print(f"{name:>6}:", dict(zip(sizes, [round(float(v), 2) for v in curve])))
 assert curves["EAP-IG"][sizes.index(24)] > 0.8
 
-Image(jc.viz.plot_curves({name: (sizes, curve) for name, curve in curves.items()},
-                        "faithfulness.png", title="Induction circuit: faithfulness vs size",
-                        x_label="edges kept (top by score)",
-                        y_label="faithfulness (1 = the full model)"))
+Image(
+    jc.viz.plot_curves(
+        {name: (sizes, curve) for name, curve in curves.items()},
+        "faithfulness.png",
+        title="Induction circuit: faithfulness vs size",
+        x_label="edges kept (top by score)",
+        y_label="faithfulness (1 = the full model)",
+    )
+)
 
 # %%
 Image(jc.viz.plot_circuit(circuit, None, "circuit.png", title="EAP-IG: top 20 edges"))

@@ -59,8 +59,12 @@ N = 4
 task = jc.tasks.ioi(tok, N, seed=0, templates="BABA", corruption="ABC", seq_len=14)
 for clean, corrupt in zip(task.prompts[:2], task.corrupt_prompts[:2]):
     print(f"clean:   {clean}\ncorrupt: {corrupt}\n")
-print("answer (IO):", repr(tok.decode([int(task.answer[0])])),
-      " distractor (S):", repr(tok.decode([int(task.distractor[0])])))
+print(
+    "answer (IO):",
+    repr(tok.decode([int(task.answer[0])])),
+    " distractor (S):",
+    repr(tok.decode([int(task.distractor[0])])),
+)
 task
 
 # %% [markdown]
@@ -87,8 +91,15 @@ metric = jc.metrics.normalize(task.metric, clean_ld, corrupt_ld)
 
 # %%
 heads = jc.patching.sweep(lm, task.clean, task.corrupt, metric, site="z", per="head")
-Image(jc.viz.patching_heatmap(heads, "head", path="ioi_heads.png", metric_label="recovered",
-                              title="IOI: patching each head's output (clean → corrupt)"))
+Image(
+    jc.viz.patching_heatmap(
+        heads,
+        "head",
+        path="ioi_heads.png",
+        metric_label="recovered",
+        title="IOI: patching each head's output (clean → corrupt)",
+    )
+)
 
 # %% [markdown]
 # A handful of heads in layer 23 restore much of the behaviour on their own, and a few others
@@ -122,17 +133,28 @@ assert ranked[0][2] > 0.2 and np.median(np.abs(h)) < 0.05
 
 # %%
 name_mover = f"L{ranked[0][0]}H{ranked[0][1]}"
-pp = jc.methods.path_patch(lm, task.clean, task.corrupt, task.metric,
-                           senders=["L19H*", "L23H*", "L24H*", "L29H*"],
-                           receivers=["logits", f"{name_mover}.q"])
+pp = jc.methods.path_patch(
+    lm,
+    task.clean,
+    task.corrupt,
+    task.metric,
+    senders=["L19H*", "L23H*", "L24H*", "L29H*"],
+    receivers=["logits", f"{name_mover}.q"],
+)
 effects = np.asarray(pp.effects)
 for j, receiver in enumerate(pp.receivers):
     print(f"into {receiver} (logit difference change when the path is corrupted):")
     for i in np.argsort(-np.nan_to_num(np.abs(effects[:, j]), nan=-1))[:4]:
         print(f"   {pp.senders[i]:>6} {effects[i, j]:+.2f}")
-Image(jc.viz.plot_path_patching(pp, "ioi_path_patching.png", scale="normalized",
-                                metric_label="logit difference",
-                                title="IOI path patching (noising)"))
+Image(
+    jc.viz.plot_path_patching(
+        pp,
+        "ioi_path_patching.png",
+        scale="normalized",
+        metric_label="logit difference",
+        title="IOI path patching (noising)",
+    )
+)
 
 # %% [markdown]
 # The heads whose direct path to the logits matters most are the layer-23 heads that
@@ -187,8 +209,9 @@ circuit
 
 # %%
 sizes = [100, 400, 1600, 6400]
-curve = np.asarray(jc.metrics.faithfulness_curve(lm, task.clean, task.corrupt, task.metric,
-                                                  circuit.scores, sizes))
+curve = np.asarray(
+    jc.metrics.faithfulness_curve(lm, task.clean, task.corrupt, task.metric, circuit.scores, sizes)
+)
 print(dict(zip(sizes, curve.round(2))))
 assert curve[-1] > 0.4
 
@@ -196,8 +219,12 @@ fig, ax = plt.subplots(figsize=(5.5, 3.2))
 ax.plot(sizes, curve, marker="o", label="EAP top-n edges")
 ax.axhline(1, color="grey", lw=0.5, label="full model")
 ax.axhline(0, color="grey", lw=0.5, ls="--", label="every edge corrupted")
-ax.set(xscale="log", xlabel="edges kept (top by |EAP score|, of 70,651)",
-       ylabel="faithfulness", title="IOI on SmolLM2-135M: faithfulness vs circuit size")
+ax.set(
+    xscale="log",
+    xlabel="edges kept (top by |EAP score|, of 70,651)",
+    ylabel="faithfulness",
+    title="IOI on SmolLM2-135M: faithfulness vs circuit size",
+)
 ax.legend(fontsize=8)
 plt.show()
 

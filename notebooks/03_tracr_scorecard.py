@@ -46,8 +46,14 @@ treescope.basic_interactive_setup(autovisualize_arrays=True)
 
 # %%
 p = jc.bench.problem("hist", n=16)
-print(p.model.cfg.n_layers, "layer(s);", jc.graph.graph(p.model).n_edges, "edges in the graph;",
-      len(p.truth), "of them true")
+print(
+    p.model.cfg.n_layers,
+    "layer(s);",
+    jc.graph.graph(p.model).n_edges,
+    "edges in the graph;",
+    len(p.truth),
+    "of them true",
+)
 print("clean inputs (token ids, BOS first):\n", p.clean[:3])
 for src, dst in p.truth.edges():
     print(f"   {src:>6} -> {dst}")
@@ -59,8 +65,9 @@ p.truth
 # the empty circuit does not.
 
 # %%
-truth_faith = float(jc.metrics.faithfulness(p.model, p.clean, p.corrupt, p.metric, p.truth,
-                                            ablation=p.ablation))
+truth_faith = float(
+    jc.metrics.faithfulness(p.model, p.clean, p.corrupt, p.metric, p.truth, ablation=p.ablation)
+)
 print(f"faithfulness of the true circuit: {truth_faith:.3f}")
 assert truth_faith > 0.95
 
@@ -120,17 +127,22 @@ for case in CASES:
         circuit = jc.discover(method, q.model, q)
         scores = jax.block_until_ready(circuit.scores)
         top_k = scores.top(len(q.truth))
-        records.append({
-            "case": case, "method": name,
-            "edge AUROC": jc.metrics.auroc(scores, q.truth),
-            "SHD at k": jc.metrics.shd(top_k, q.truth),
-            "true edges": len(q.truth),
-            "seconds": time.perf_counter() - start,
-        })
+        records.append(
+            {
+                "case": case,
+                "method": name,
+                "edge AUROC": jc.metrics.auroc(scores, q.truth),
+                "SHD at k": jc.metrics.shd(top_k, q.truth),
+                "true edges": len(q.truth),
+                "seconds": time.perf_counter() - start,
+            }
+        )
         found.setdefault(case, (q.truth, {}))[1][name] = top_k
 columns = ["case", "method", "edge AUROC", "SHD at k", "true edges", "seconds"]
-rows = [" | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in columns)
-        for r in records]
+rows = [
+    " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in columns)
+    for r in records
+]
 display(Markdown("\n".join([" | ".join(columns), " | ".join(["---"] * len(columns))] + rows)))
 
 # %% [markdown]
@@ -156,12 +168,20 @@ fig, ax = plt.subplots(figsize=(6.5, 3.2))
 methods = list(methods_for(p))
 width = 0.8 / len(CASES)
 for i, case in enumerate(CASES):
-    ax.bar(np.arange(len(methods)) + (i - (len(CASES) - 1) / 2) * width,
-           [auroc[m, case] for m in methods], width, label=case)
+    ax.bar(
+        np.arange(len(methods)) + (i - (len(CASES) - 1) / 2) * width,
+        [auroc[m, case] for m in methods],
+        width,
+        label=case,
+    )
 ax.axhline(0.5, color="grey", lw=0.5, ls="--", label="chance")
 ax.set_xticks(np.arange(len(methods)), methods, rotation=20, ha="right")
-ax.set(ylim=(0, 1.05), xlabel="method", ylabel="edge AUROC vs the true circuit",
-       title="tracr ground truth: edge AUROC per method")
+ax.set(
+    ylim=(0, 1.05),
+    xlabel="method",
+    ylabel="edge AUROC vs the true circuit",
+    title="tracr ground truth: edge AUROC per method",
+)
 ax.legend(title="case", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
 fig.tight_layout()
 plt.show()
@@ -174,13 +194,25 @@ plt.show()
 
 # %%
 truth, circuits = found["hist"]
-Image(jc.viz.plot_circuit(circuits, truth, "tracr_hist.png",
-                          title="hist: each method's top-k edges (k = true edge count)"))
+Image(
+    jc.viz.plot_circuit(
+        circuits,
+        truth,
+        "tracr_hist.png",
+        title="hist: each method's top-k edges (k = true edge count)",
+    )
+)
 
 # %%
 truth, circuits = found["detect_ab"]
-Image(jc.viz.plot_circuit(circuits, truth, "tracr_detect_ab.png",
-                          title="detect_ab: each method's top-k edges (k = true edge count)"))
+Image(
+    jc.viz.plot_circuit(
+        circuits,
+        truth,
+        "tracr_detect_ab.png",
+        title="detect_ab: each method's top-k edges (k = true edge count)",
+    )
+)
 
 # %% [markdown]
 # ## Next

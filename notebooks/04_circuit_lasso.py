@@ -61,8 +61,9 @@ try:
 except ImportError:  # scikit-learn is only needed for this check
     Lasso = None
 if Lasso is not None:
-    ref = Lasso(alpha=0.05, tol=1e-10, max_iter=100_000).fit(np.asarray(X, np.float64),
-                                                             np.asarray(y, np.float64))
+    ref = Lasso(alpha=0.05, tol=1e-10, max_iter=100_000).fit(
+        np.asarray(X, np.float64), np.asarray(y, np.float64)
+    )
 
     def objective(w, b):
         r = np.asarray(y, np.float64) - np.asarray(X, np.float64) @ w - b
@@ -85,8 +86,12 @@ fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(alphas, coefs[:, np.setdiff1d(np.arange(d), true_columns)], color="0.75", lw=0.7)
 for j in true_columns:
     ax.plot(alphas, coefs[:, j], lw=2, label=f"column {j} (true {float(w_true[j]):+.1f})")
-ax.set(xscale="log", xlabel="α (penalty)", ylabel="coefficient",
-       title="Lasso path on correlated columns (others in grey)")
+ax.set(
+    xscale="log",
+    xlabel="α (penalty)",
+    ylabel="coefficient",
+    title="Lasso path on correlated columns (others in grey)",
+)
 ax.invert_xaxis()
 ax.legend(fontsize=8)
 plt.show()
@@ -102,18 +107,28 @@ plt.show()
 p = jc.bench.problem("frac_prevs", n=16)
 start = time.perf_counter()
 result = jc.methods.circuit_lasso(p.model, p.clean, p.corrupt, select="heldout")
-print(f"CircuitLasso: {time.perf_counter() - start:.1f} s, {len(result.circuit)} edges; "
-      f"truth {len(p.truth)} edges")
+print(
+    f"CircuitLasso: {time.perf_counter() - start:.1f} s, {len(result.circuit)} edges; "
+    f"truth {len(p.truth)} edges"
+)
 auroc = float(jc.metrics.auroc(result.scores, p.truth))
 eap = jc.methods.eap(p.model, p.clean, p.corrupt, p.metric, ablation=p.ablation)
-print(f"edge AUROC against the truth: CircuitLasso {auroc:.3f}, "
-      f"EAP {float(jc.metrics.auroc(eap, p.truth)):.3f}")
+print(
+    f"edge AUROC against the truth: CircuitLasso {auroc:.3f}, "
+    f"EAP {float(jc.metrics.auroc(eap, p.truth)):.3f}"
+)
 print("structural Hamming distance:", int(jc.metrics.shd(result.circuit, p.truth)))
 assert auroc > 0.9
 
 # %%
-Image(jc.viz.plot_circuit({"CircuitLasso": result.circuit}, p.truth, "lasso_tracr.png",
-                          title="CircuitLasso on tracr frac_prevs vs the compiled circuit"))
+Image(
+    jc.viz.plot_circuit(
+        {"CircuitLasso": result.circuit},
+        p.truth,
+        "lasso_tracr.png",
+        title="CircuitLasso on tracr frac_prevs vs the compiled circuit",
+    )
+)
 
 # %% [markdown]
 # ## The task circuit of a trained model
@@ -128,17 +143,30 @@ model, task = jc.zoo.induction_model(), jc.zoo.induction_task(16, 6, seed=0)
 lasso_circuit = jc.discover(jc.methods.CircuitLasso(), model, task)
 eapig = jc.discover(jc.methods.EAPIG(steps=5), model, task)
 sizes = [8, 16, 24, 32, 48]
-curves = {name: np.asarray(jc.metrics.faithfulness_curve(
-              model, task.clean, task.corrupt, task.metric, found.scores, sizes))
-          for name, found in (("CircuitLasso", lasso_circuit), ("EAP-IG", eapig))}
+curves = {
+    name: np.asarray(
+        jc.metrics.faithfulness_curve(
+            model, task.clean, task.corrupt, task.metric, found.scores, sizes
+        )
+    )
+    for name, found in (("CircuitLasso", lasso_circuit), ("EAP-IG", eapig))
+}
 for name, curve in curves.items():
     print(f"{name:>12}:", {k: round(float(v), 2) for k, v in zip(sizes, curve)})
 # the previous-token head feeds an induction head's key in the lasso's circuit too
-assert any(s.startswith("L0H") and t.startswith("L1H") and t.endswith(".k")
-           for s, t in lasso_circuit.scores.top(24).edges())
-Image(jc.viz.plot_curves({name: (sizes, curve) for name, curve in curves.items()},
-                        "task_circuits.png", title="Induction model: task circuits by size",
-                        x_label="edges kept (top by score)", y_label="faithfulness"))
+assert any(
+    s.startswith("L0H") and t.startswith("L1H") and t.endswith(".k")
+    for s, t in lasso_circuit.scores.top(24).edges()
+)
+Image(
+    jc.viz.plot_curves(
+        {name: (sizes, curve) for name, curve in curves.items()},
+        "task_circuits.png",
+        title="Induction model: task circuits by size",
+        x_label="edges kept (top by score)",
+        y_label="faithfulness",
+    )
+)
 
 # %% [markdown]
 # On trained models the task circuit from observational data is less faithful at a given size

@@ -71,8 +71,9 @@ mlp
 # becomes an affine function of a few kept units, fitted by curvature-weighted ridge regression.
 
 # %%
-res = jc.methods.prune_model(mlp, data.x_train, sites=["hidden.1"], keep_fraction=0.25,
-                             method="fold")
+res = jc.methods.prune_model(
+    mlp, data.x_train, sites=["hidden.1"], keep_fraction=0.25, method="fold"
+)
 print(res.summary())
 print("test accuracy of the abstraction:", accuracy(res.abstraction))
 res.abstraction
@@ -96,18 +97,27 @@ h1_replaced = np.where(keep, h1, offset + (h1 * keep) @ mix.T)
 by_hand = h1_replaced @ W[2].T + b[2]
 
 small, masked = jax.vmap(res.abstraction)(data.x_test), jax.vmap(res.masked)(data.x_test)
-print("max |abstraction - masked|:", float(jnp.abs(small - masked).max()),
-      " max |abstraction - by hand|:", float(np.abs(np.asarray(small) - by_hand).max()))
+print(
+    "max |abstraction - masked|:",
+    float(jnp.abs(small - masked).max()),
+    " max |abstraction - by hand|:",
+    float(np.abs(np.asarray(small) - by_hand).max()),
+)
 assert np.allclose(small, masked, atol=1e-4)
 assert np.allclose(small, by_hand, atol=1e-4)
 
 # the parameter count of a 64-128-32-10 MLP, counted independently
 n_small = 64 * 128 + 128 + 128 * 32 + 32 + 32 * 10 + 10
-assert res.n_params_after == n_small == sum(w.size for w in res.abstraction.weights) + sum(
-    v.size for v in res.abstraction.biases)
-print(f"parameters: {res.n_params_before} -> {res.n_params_after}",
-      f"({res.n_params_after / res.n_params_before:.0%}); weight shapes",
-      [tuple(w.shape) for w in res.abstraction.weights])
+assert (
+    res.n_params_after
+    == n_small
+    == sum(w.size for w in res.abstraction.weights) + sum(v.size for v in res.abstraction.biases)
+)
+print(
+    f"parameters: {res.n_params_before} -> {res.n_params_after}",
+    f"({res.n_params_after / res.n_params_before:.0%}); weight shapes",
+    [tuple(w.shape) for w in res.abstraction.weights],
+)
 
 # %% [markdown]
 # ## Four ways to choose and replace units
@@ -139,8 +149,11 @@ ax.axhline(full, color="grey", ls="--", lw=1, label="full model")
 ax.set_xscale("log")
 ax.set_xticks(fractions, [f"{f:.0%}" for f in fractions])
 ax.minorticks_off()
-ax.set(xlabel="units of hidden.1 kept (of 128)", ylabel="test accuracy",
-       title="Digits MLP: accuracy of the pruned model")
+ax.set(
+    xlabel="units of hidden.1 kept (of 128)",
+    ylabel="test accuracy",
+    title="Digits MLP: accuracy of the pruned model",
+)
 ax.legend()
 plt.show()
 
@@ -171,16 +184,27 @@ assert acc["fold"][at] > full - 0.05
 ps = (0.0, 0.1, 0.2, 0.5)
 iia = {}
 for m in ("fold", "variance", "random"):
-    iia[m] = jc.methods.abstraction_iia(mlp, runs[m, 0.25].replacements[0], data.x_test, p=ps,
-                                        n_trials=2000, key=jax.random.key(1), labels=data.y_test)
+    iia[m] = jc.methods.abstraction_iia(
+        mlp,
+        runs[m, 0.25].replacements[0],
+        data.x_test,
+        p=ps,
+        n_trials=2000,
+        key=jax.random.key(1),
+        labels=data.y_test,
+    )
     print(m, "-", iia[m].table(), "\n")
     assert abs(float(iia[m].iia[0]) - iia[m].accuracy) < 0.03
 
 fig, ax = plt.subplots(figsize=(6, 3.6))
 for m, r in iia.items():
     ax.plot(ps, r.iia, marker="o", label=f"{m} (25 % kept)")
-ax.set(xlabel="swap probability p of each kept unit", ylabel="IIA (agreement with the full model)",
-       ylim=(0, 1.02), title="Interchange-intervention accuracy of the abstractions")
+ax.set(
+    xlabel="swap probability p of each kept unit",
+    ylabel="IIA (agreement with the full model)",
+    ylim=(0, 1.02),
+    title="Interchange-intervention accuracy of the abstractions",
+)
 ax.legend()
 plt.show()
 assert iia["fold"].iia[1] > iia["random"].iia[1]
@@ -217,8 +241,9 @@ acts = jc.methods.unit_activations(mlp, data.x_test, "hidden.1")  # [500, 128, 1
 assert np.allclose(fn(acts[0], data.x_test[0]), mlp(data.x_test[0]), atol=1e-5)
 
 ggn = jc.solvers.unit_curvature(fn, acts, labels=data.y_test, method="ggn")
-hutch = jc.solvers.unit_curvature(fn, acts, labels=data.y_test, method="hutchinson", probes=8,
-                                  key=jax.random.key(0))
+hutch = jc.solvers.unit_curvature(
+    fn, acts, labels=data.y_test, method="hutchinson", probes=8, key=jax.random.key(0)
+)
 
 logits = np.asarray(acts[..., 0]) @ W[2].T + b[2]
 p = np.exp(logits - logits.max(1, keepdims=True))
@@ -237,8 +262,11 @@ fig, ax = plt.subplots(figsize=(4.5, 4))
 ax.scatter(per_unit[0], per_unit[1], s=10, label="one unit of hidden.1")
 lim = [0, float(max(per_unit[0].max(), per_unit[1].max()))]
 ax.plot(lim, lim, color="grey", lw=1, label="y = x")
-ax.set(xlabel="exact Gauss–Newton diagonal (mean over digits)",
-       ylabel="Hutchinson estimate, 8 probes", title="Curvature per unit")
+ax.set(
+    xlabel="exact Gauss–Newton diagonal (mean over digits)",
+    ylabel="Hutchinson estimate, 8 probes",
+    title="Curvature per unit",
+)
 ax.legend()
 plt.show()
 
@@ -248,8 +276,15 @@ plt.show()
 
 # %%
 piece = jc.methods.prune(acts, ggn.grad, ggn.curv, 0.25, site="hidden.1", method="constant")
-whole = jc.methods.prune_model(mlp, data.x_test, labels=data.y_test, sites=["hidden.1"],
-                               keep_fraction=0.25, method="constant", curvature="ggn")
+whole = jc.methods.prune_model(
+    mlp,
+    data.x_test,
+    labels=data.y_test,
+    sites=["hidden.1"],
+    keep_fraction=0.25,
+    method="constant",
+    curvature="ggn",
+)
 assert np.array_equal(piece.keep, whole.replacements[0].keep)
 print(piece.summary())
 
@@ -265,17 +300,20 @@ print(piece.summary())
 # %%
 ind = jc.zoo.induction_model()
 task = jc.zoo.induction_task(8, 6, seed=0)
-heads = jc.methods.prune_model(ind, task.clean, sites=["blocks.0.attn.hook_z"], keep_fraction=0.5,
-                               method="fold")
+heads = jc.methods.prune_model(
+    ind, task.clean, sites=["blocks.0.attn.hook_z"], keep_fraction=0.5, method="fold"
+)
 narrow = jc.models.narrow(ind, heads.replacements)
 print(heads.summary())
 print("heads per layer:", narrow.cfg.layer_n_heads)
 same = jax.vmap(narrow)(task.clean), jax.vmap(heads.masked)(task.clean)
 assert narrow.cfg.layer_n_heads == (2, 4)
 assert np.allclose(*same, atol=1e-4)
-print("induction metric (mean log-prob of the repeated token): full",
-      f"{float(task.metric(jax.vmap(ind)(task.clean))):.2f}, two layer-0 heads",
-      f"{float(task.metric(same[0])):.2f}")
+print(
+    "induction metric (mean log-prob of the repeated token): full",
+    f"{float(task.metric(jax.vmap(ind)(task.clean))):.2f}, two layer-0 heads",
+    f"{float(task.metric(same[0])):.2f}",
+)
 narrow
 
 # %% [markdown]

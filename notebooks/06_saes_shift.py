@@ -54,8 +54,10 @@ ids = tok.encode("".join(jc.tasks.python_source(max_chars=40_000)))
 seq = 64
 tokens = jnp.array(ids[: len(ids) // seq * seq]).reshape(-1, seq)
 train_tokens, held_tokens = tokens[:-8], tokens[-8:]
-print(f"{lm.cfg.n_layers} layers, d_model {lm.cfg.d_model}; {tokens.shape[0]} rows of {seq} "
-      f"tokens ({train_tokens.shape[0]} for training)")
+print(
+    f"{lm.cfg.n_layers} layers, d_model {lm.cfg.d_model}; {tokens.shape[0]} rows of {seq} "
+    f"tokens ({train_tokens.shape[0]} for training)"
+)
 
 # %% [markdown]
 # ## Training a TopK SAE
@@ -71,8 +73,9 @@ print(f"{lm.cfg.n_layers} layers, d_model {lm.cfg.d_model}; {tokens.shape[0]} ro
 # %%
 site = "blocks.2.hook_resid_post"
 sae = jc.sae.init("topk", lm.cfg.d_model, 2304, k=32, key=jax.random.key(0), site=site)
-buffer = jc.sae.ActivationBuffer(lm, train_tokens, [site], batch_size=256, rows_per_refill=16,
-                                 epochs=3)
+buffer = jc.sae.ActivationBuffer(
+    lm, train_tokens, [site], batch_size=256, rows_per_refill=16, epochs=3
+)
 run = jc.sae.train(sae, buffer, config=jc.sae.TrainConfig(lr=3e-3, warmup_steps=5, log_every=1))
 sae = run.saes[0]
 print(f"{run.steps} steps, {run.tokens} tokens, {run.seconds:.1f} s")
@@ -109,13 +112,20 @@ density = (f != 0).mean(0)
 fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.4))
 ax0.plot(step_axis, fvu_curve, marker=".", label="training batch")
 ax0.axhline(metrics["fvu"], color="tab:red", ls="--", label="held-out rows")
-ax0.set(xlabel="step", ylabel="fraction of variance unexplained", ylim=(0, 1.05),
-        title=f"TopK SAE at {site}: training")
+ax0.set(
+    xlabel="step",
+    ylabel="fraction of variance unexplained",
+    ylim=(0, 1.05),
+    title=f"TopK SAE at {site}: training",
+)
 ax0.legend()
 alive = density[density > 0]
 ax1.hist(np.log10(alive), bins=30, label=f"{alive.size} live features")
-ax1.set(xlabel="log10 firing frequency on held-out tokens", ylabel="features",
-        title=f"Feature density ({(density == 0).sum()} never fire)")
+ax1.set(
+    xlabel="log10 firing frequency on held-out tokens",
+    ylabel="features",
+    title=f"Feature density ({(density == 0).sum()} never fire)",
+)
 ax1.legend()
 plt.show()
 
@@ -131,8 +141,12 @@ task = jc.tasks.agreement(tok, 4, style="nounpp")
 spliced = jc.sae.splice(lm, sae)
 logits_lm = jax.vmap(lm)(task.clean)
 logits_sp = jax.vmap(spliced)(task.clean)
-print("max |spliced - model| logits:", float(jnp.abs(logits_sp - logits_lm).max()),
-      "  bit for bit:", bool(jnp.array_equal(logits_sp, logits_lm)))
+print(
+    "max |spliced - model| logits:",
+    float(jnp.abs(logits_sp - logits_lm).max()),
+    "  bit for bit:",
+    bool(jnp.array_equal(logits_sp, logits_lm)),
+)
 np.testing.assert_allclose(logits_sp, logits_lm, rtol=0, atol=1e-5)
 
 # %% [markdown]
@@ -144,8 +158,9 @@ np.testing.assert_allclose(logits_sp, logits_lm, rtol=0, atol=1e-5)
 ce = jc.sae.spliced_ce(lm, sae, held_tokens[:2])[0]
 print({k: round(v, 3) if isinstance(v, float) else v for k, v in ce.items()})
 assert ce["ce_clean"] < ce["ce_sae"] < ce["ce_zero"]
-assert np.isclose(ce["loss_recovered"],
-                  (ce["ce_zero"] - ce["ce_sae"]) / (ce["ce_zero"] - ce["ce_clean"]))
+assert np.isclose(
+    ce["loss_recovered"], (ce["ce_zero"] - ce["ce_sae"]) / (ce["ce_zero"] - ce["ce_clean"])
+)
 
 # %% [markdown]
 # ## A sparse feature circuit: subject–verb agreement
@@ -163,9 +178,18 @@ assert np.isclose(ce["loss_recovered"],
 # %%
 metric = lambda m, t, a: m(t)[-1, a[1]] - m(t)[-1, a[0]]  # distractor - answer
 args = jnp.stack([task.answer, task.distractor], 1)
-circuit = jc.methods.feature_circuit(lm, sae, task.clean, metric, patch=task.corrupt,
-                                     method="ig", steps=10, metric_args=args,
-                                     node_threshold=0.1, edge_threshold=0.01)
+circuit = jc.methods.feature_circuit(
+    lm,
+    sae,
+    task.clean,
+    metric,
+    patch=task.corrupt,
+    method="ig",
+    steps=10,
+    metric_args=args,
+    node_threshold=0.1,
+    edge_threshold=0.01,
+)
 effects = circuit.info["effects"]
 signed = dict(zip(circuit.graph.sources, np.asarray(circuit.scores.signed)))
 top_nodes = sorted(circuit.nodes(), key=lambda n: -abs(signed[n]))
@@ -192,14 +216,20 @@ assert abs(ig_sum - total_effect) < 0.15 * abs(total_effect)
 names = top_nodes[:12]
 values = [float(signed[n]) for n in names]
 fig, ax = plt.subplots(figsize=(7, 3.6))
-ax.barh(names[::-1], values[::-1],
-        color=["tab:red" if v > 0 else "tab:blue" for v in values[::-1]])
+ax.barh(names[::-1], values[::-1], color=["tab:red" if v > 0 else "tab:blue" for v in values[::-1]])
 ax.bar_label(ax.containers[0], fmt="%+.2f", fontsize=7)
-ax.set(xlabel="indirect effect on logit(distractor) - logit(answer)", ylabel="node",
-       title="Agreement: the largest feature and error nodes")
-ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color="tab:red", label="pushes to the wrong verb"),
-                   plt.Rectangle((0, 0), 1, 1, color="tab:blue", label="pushes to the right verb")],
-          fontsize=7)
+ax.set(
+    xlabel="indirect effect on logit(distractor) - logit(answer)",
+    ylabel="node",
+    title="Agreement: the largest feature and error nodes",
+)
+ax.legend(
+    handles=[
+        plt.Rectangle((0, 0), 1, 1, color="tab:red", label="pushes to the wrong verb"),
+        plt.Rectangle((0, 0), 1, 1, color="tab:blue", label="pushes to the right verb"),
+    ],
+    fontsize=7,
+)
 plt.show()
 
 # %% [markdown]
@@ -235,15 +265,27 @@ lm_head = dataclasses.replace(lm, blocks=lm.blocks[:3], cfg=lm.cfg.replace(n_lay
 x_head = jc.sae.site_activations(lm_head, held_tokens, [site])[site][:, 1:]
 assert np.array_equal(np.asarray(x_head).reshape(-1, lm.cfg.d_model), np.asarray(x))
 
-res = jc.methods.shift(lm_head, [sae], tok, probe_site=site, n_train=16, n_test=16,
-                       n_attribution=16, n_neutral=16, steps=2)
+res = jc.methods.shift(
+    lm_head,
+    [sae],
+    tok,
+    probe_site=site,
+    n_train=16,
+    n_test=16,
+    n_attribution=16,
+    n_neutral=16,
+    steps=2,
+)
 for name, row in res.rows.items():
-    print(f"{name:<28} profession {row['profession']:5.1f}  gender {row['gender']:5.1f}  "
-          f"worst group {row['worst_group']:5.1f}  ({row['features']} units)")
+    print(
+        f"{name:<28} profession {row['profession']:5.1f}  gender {row['gender']:5.1f}  "
+        f"worst group {row['worst_group']:5.1f}  ({row['features']} units)"
+    )
 n_flagged = sum(len(v) for v in res.flags["SHIFT"].values())
 assert res.rows["SHIFT"]["features"] == res.rows["random ablation"]["features"] == n_flagged
-assert all(0 <= row[k] <= 100 for row in res.rows.values()
-           for k in ("profession", "gender", "worst_group"))
+assert all(
+    0 <= row[k] <= 100 for row in res.rows.values() for k in ("profession", "gender", "worst_group")
+)
 res.top[:5]  # SHIFT's top features: effect on the probe and gender score
 
 # %%
@@ -252,12 +294,19 @@ cols = ["profession", "gender", "worst_group"]
 fig, ax = plt.subplots(figsize=(10, 3.6))
 width = 0.27
 for i, col in enumerate(cols):
-    ax.bar(np.arange(len(names)) + (i - 1) * width, [res.rows[n][col] for n in names], width,
-           label=col.replace("_", " ") + " accuracy")
+    ax.bar(
+        np.arange(len(names)) + (i - 1) * width,
+        [res.rows[n][col] for n in names],
+        width,
+        label=col.replace("_", " ") + " accuracy",
+    )
 ax.axhline(50, color="grey", ls=":", lw=1)
 ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=8)
-ax.set(ylabel="accuracy on balanced test bios (%)", ylim=(0, 100),
-       title="SHIFT table (tiny settings: 16 bios, an SAE trained for seconds)")
+ax.set(
+    ylabel="accuracy on balanced test bios (%)",
+    ylim=(0, 100),
+    title="SHIFT table (tiny settings: 16 bios, an SAE trained for seconds)",
+)
 ax.legend(fontsize=8, ncol=3)
 plt.show()
 

@@ -52,8 +52,12 @@ fig, ax = plt.subplots(figsize=(6, 3.2))
 ax.plot(steps, lin, label="linear (default)")
 ax.plot(steps, exp_, label="exponential")
 ax.axhline(1 / 16, color="grey", ls="--", lw=1, label="target 1/16")
-ax.set(xlabel="training step", ylabel="nonzero fraction of each matrix", yscale="log",
-       title="L0 schedule: dense → 1/16 over 1 %..50 % of training")
+ax.set(
+    xlabel="training step",
+    ylabel="nonzero fraction of each matrix",
+    yscale="log",
+    title="L0 schedule: dense → 1/16 over 1 %..50 % of training",
+)
 ax.legend()
 plt.show()
 
@@ -85,7 +89,8 @@ state = opt.init(params)
 @eqx.filter_jit
 def step(params, state, tokens):
     loss, grads = jax.value_and_grad(
-        lambda p: jc.sparse.next_token_loss(eqx.combine(p, static), tokens))(params)
+        lambda p: jc.sparse.next_token_loss(eqx.combine(p, static), tokens)
+    )(params)
     updates, state = opt.update(grads, state, params)
     return eqx.apply_updates(params, updates), state, loss
 
@@ -98,7 +103,7 @@ def matrices(params):
 
 
 for i in range(n_steps):
-    params, state, loss = step(params, state, train_rows[8 * i: 8 * i + 8, :64])
+    params, state, loss = step(params, state, train_rows[8 * i : 8 * i + 8, :64])
     nz = sum(np.count_nonzero(w) for w in matrices(params).values())
     size = sum(w.size for w in matrices(params).values())
     print(f"step {i + 1}: loss {float(loss):.2f}, nonzero fraction {nz / size:.4f}")
@@ -134,24 +139,44 @@ dense_w = matrices(eqx.filter(dense_matched, eqx.is_inexact_array))
 dense_frac = sum(map(np.count_nonzero, dense_w.values())) / sum(w.size for w in dense_w.values())
 print(f"shipped sparse model: every matrix exactly 1/16 nonzero; dense_matched: {dense_frac:.3f}")
 assert dense_frac > 0.99
-print("held-out loss: sparse", round(record["sparse"]["final"]["loss"], 2), " dense_matched",
-      round(record["matched"]["loss"], 2), f"(dense step {record['matched']['step']})")
+print(
+    "held-out loss: sparse",
+    round(record["sparse"]["final"]["loss"], 2),
+    " dense_matched",
+    round(record["matched"]["loss"], 2),
+    f"(dense step {record['matched']['step']})",
+)
 sparse_model
 
 # %%
 fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.4))
 for kind, color in (("sparse", "tab:red"), ("dense", "tab:blue")):
     curve, evals = record[kind]["curve"], record[kind]["eval"]
-    ax0.plot(curve["step"], curve["loss"], color=color, alpha=0.35, lw=0.8,
-             label=f"{kind}: training batches")
-    ax0.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", color=color,
-             label=f"{kind}: held-out")
-    ax1.plot([e["step"] for e in evals], [e["quote"] for e in evals], "o-", color=color,
-             label=kind)
-ax0.plot([record["matched"]["step"]], [record["matched"]["loss"]], "k*", ms=12,
-         label="dense_matched")
-ax0.set(xlabel="step", ylabel="next-token loss (nats)", ylim=(2.5, 6),
-        title="Pretraining on the standard library")
+    ax0.plot(
+        curve["step"],
+        curve["loss"],
+        color=color,
+        alpha=0.35,
+        lw=0.8,
+        label=f"{kind}: training batches",
+    )
+    ax0.plot(
+        [e["step"] for e in evals],
+        [e["loss"] for e in evals],
+        "o-",
+        color=color,
+        label=f"{kind}: held-out",
+    )
+    ax1.plot([e["step"] for e in evals], [e["quote"] for e in evals], "o-", color=color, label=kind)
+ax0.plot(
+    [record["matched"]["step"]], [record["matched"]["loss"]], "k*", ms=12, label="dense_matched"
+)
+ax0.set(
+    xlabel="step",
+    ylabel="next-token loss (nats)",
+    ylim=(2.5, 6),
+    title="Pretraining on the standard library",
+)
 ax1.set(xlabel="step", ylabel="accuracy", ylim=(0.3, 1.02), title="Quote task during training")
 ax0.legend(fontsize=7)
 ax1.legend()
@@ -170,10 +195,13 @@ plt.show()
 # %%
 means = jc.sparse.node_means(sparse_model, held)
 quote = jc.tasks.quote_task(bpe, 64)
-circuit = jc.sparse.prune(sparse_model, quote, means, target_loss=0.3, steps=200, batch=32,
-                          lr=2e-2, progress=False)
-print(f"{circuit.n_nodes} nodes, {circuit.n_edges} edges; task loss {circuit.loss:.3f}, "
-      f"accuracy {circuit.accuracy:.2f} on the pruning prompts")
+circuit = jc.sparse.prune(
+    sparse_model, quote, means, target_loss=0.3, steps=200, batch=32, lr=2e-2, progress=False
+)
+print(
+    f"{circuit.n_nodes} nodes, {circuit.n_edges} edges; task loss {circuit.loss:.3f}, "
+    f"accuracy {circuit.accuracy:.2f} on the pruning prompts"
+)
 circuit
 
 # %% [markdown]
@@ -205,14 +233,20 @@ used = {loc: m for loc, m in circuit.masks.items() if np.asarray(m).any()}
 assert len(jc.sparse.edges(sparse_model, used)) == circuit.n_edges
 fig = jc.sparse.plot_circuit(sparse_model, used)
 ax = fig.axes[0]
-ax.set_title(f"Quote circuit of the weight-sparse model: {circuit.n_nodes} nodes, "
-             f"{circuit.n_edges} edges")
+ax.set_title(
+    f"Quote circuit of the weight-sparse model: {circuit.n_nodes} nodes, {circuit.n_edges} edges"
+)
 ax.set_xlabel("node location (layer.location), in computation order")
 ax.set_ylabel("kept channels")
-ax.legend(handles=[Line2D([], [], color="tab:red", label="positive weight"),
-                   Line2D([], [], color="tab:blue", label="negative weight"),
-                   Line2D([], [], color="black", marker="o", ls="", ms=3, label="kept node")],
-          fontsize=7, loc="lower right")
+ax.legend(
+    handles=[
+        Line2D([], [], color="tab:red", label="positive weight"),
+        Line2D([], [], color="tab:blue", label="negative weight"),
+        Line2D([], [], color="black", marker="o", ls="", ms=3, label="kept node"),
+    ],
+    fontsize=7,
+    loc="lower right",
+)
 plt.show()
 
 # %% [markdown]

@@ -45,9 +45,16 @@ def to_jaxcirc(tl_model) -> jc.Transformer:
     """The jaxcirc `Transformer` with `tl_model`'s weights (TL and jaxcirc names coincide)."""
     c = tl_model.cfg
     cfg = jc.models.gpt2(
-        n_layers=c.n_layers, d_model=c.d_model, n_heads=c.n_heads, d_head=c.d_head,
-        d_mlp=c.d_mlp, d_vocab=c.d_vocab, n_ctx=c.n_ctx, norm_eps=c.eps,
-        tied_embeddings=False, unembed_bias=True,
+        n_layers=c.n_layers,
+        d_model=c.d_model,
+        n_heads=c.n_heads,
+        d_head=c.d_head,
+        d_mlp=c.d_mlp,
+        d_vocab=c.d_vocab,
+        n_ctx=c.n_ctx,
+        norm_eps=c.eps,
+        tied_embeddings=False,
+        unembed_bias=True,
     )
     params = dict(tl_model.named_parameters())  # buffers (attn.mask, attn.IGNORE) excluded
     return jc.models.from_state_dict(cfg, {k: v.detach().numpy() for k, v in params.items()})

@@ -64,7 +64,7 @@ def test_matches_the_naive_loop(data):
     result = acdc(model, *data, threshold=3e-3)
     kept, current = naive_acdc(model, *data, 3e-3)
     np.testing.assert_array_equal(np.asarray(result.values, bool), kept)
-    assert result.info['divergence'] == pytest.approx(current, rel=1e-4, abs=1e-7)
+    assert result.info["divergence"] == pytest.approx(current, rel=1e-4, abs=1e-7)
     assert 0 < kept.sum() < kept.size  # the threshold prunes some edges, not all
     np.testing.assert_allclose(
         kl_divergence(jax.vmap(model)(data[1]), jax.vmap(model)(data[0])),
@@ -92,8 +92,8 @@ def test_dead_heads_are_pruned_untested(data):
         j = g.target_index(f"L1H3.{x}")
         assert not kept[:, j].any()
         assert not np.asarray(result.scores.signed)[:, j].any()
-    assert result.info['divergence'] < 1e-6 * 10
-    assert result.info['n_tested'] < g.n_edges
+    assert result.info["divergence"] < 1e-6 * 10
+    assert result.info["n_tested"] < g.n_edges
 
 
 def test_bad_threshold(data):

@@ -16,8 +16,12 @@ from jaxcirc import models
 from jaxcirc.io import NonFiniteWeightError, _checkpoint, load_checkpoint, save_checkpoint
 
 SIZES = dict(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32, d_vocab=23, n_ctx=12)
-FAMILIES = {"gpt2": models.gpt2, "neox": models.neox, "llama": models.llama,
-            "attn_only": models.attn_only}
+FAMILIES = {
+    "gpt2": models.gpt2,
+    "neox": models.neox,
+    "llama": models.llama,
+    "attn_only": models.attn_only,
+}
 TOKENS = np.array([1, 5, 7, 2, 22, 0, 3])
 
 
@@ -28,7 +32,8 @@ def make(family="gpt2", seed=0, **overrides):
     skeleton = eqx.filter_eval_shape(models.build, cfg, key=jax.random.key(0))
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map(
-        lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype), skeleton)
+        lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype), skeleton
+    )
 
 
 def same(a, b):
@@ -219,11 +224,14 @@ def test_changed_array_is_caught_by_its_hash(tmp_path, monkeypatch):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("text, match", [
-    ("{oops", r"marker .*JAXCIRC_CHECKPOINT is corrupt \(JSONDecodeError"),
-    ('{"format": 7}', "has format 7; this version of jaxcirc reads formats \\[1, 2\\]"),
-    ('{"format": 2, "arrays": 3}', "marker .*JAXCIRC_CHECKPOINT is corrupt: expected"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("{oops", r"marker .*JAXCIRC_CHECKPOINT is corrupt \(JSONDecodeError"),
+        ('{"format": 7}', "has format 7; this version of jaxcirc reads formats \\[1, 2\\]"),
+        ('{"format": 2, "arrays": 3}', "marker .*JAXCIRC_CHECKPOINT is corrupt: expected"),
+    ],
+)
 def test_corrupt_marker_names_the_file(tmp_path, text, match):
     save_checkpoint(tmp_path / "ckpt", make("gpt2"))
     (tmp_path / "ckpt" / _checkpoint.MARKER).write_text(text)
@@ -236,19 +244,28 @@ def edit_config(path, **changes):
     (path / "config.json").write_text(json.dumps({**config, **changes}))
 
 
-@pytest.mark.parametrize("changes, match", [
-    (dict(n_layers=10**7), "n_layers=10000000, but the stored arrays hold 2 layers"),
-    (dict(n_layers=-1), "n_layers=-1, but the stored arrays hold 2 layers"),
-    (dict(d_model="16"), "d_model='16': expected an int"),
-    (dict(n_heads=2.5), "n_heads=2.5: expected an int"),
-    (dict(n_heads=0), "n_heads=0: expected a positive int"),
-    (dict(d_vocab=-5), "d_vocab=-5: expected a positive int"),
-    (dict(norm="rmsnrm"), "norm='rmsnrm': expected one of .*did you mean 'rmsnorm'"),
-    (dict(n_headz=2), "unknown field 'n_headz'.*did you mean 'n_heads'"),
-    (dict(n_heads=4, d_head=4), r"weight blocks\.0\.attn\.\w+ has shape .*; gpt2 config expects"),
-    (dict(d_vocab=10**12), r"W_E has shape \(23, 16\); gpt2 config expects \(1000000000000, 16"),
-    (dict(norm_eps=1e-3), "config.json was changed after the save"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(n_layers=10**7), "n_layers=10000000, but the stored arrays hold 2 layers"),
+        (dict(n_layers=-1), "n_layers=-1, but the stored arrays hold 2 layers"),
+        (dict(d_model="16"), "d_model='16': expected an int"),
+        (dict(n_heads=2.5), "n_heads=2.5: expected an int"),
+        (dict(n_heads=0), "n_heads=0: expected a positive int"),
+        (dict(d_vocab=-5), "d_vocab=-5: expected a positive int"),
+        (dict(norm="rmsnrm"), "norm='rmsnrm': expected one of .*did you mean 'rmsnorm'"),
+        (dict(n_headz=2), "unknown field 'n_headz'.*did you mean 'n_heads'"),
+        (
+            dict(n_heads=4, d_head=4),
+            r"weight blocks\.0\.attn\.\w+ has shape .*; gpt2 config expects",
+        ),
+        (
+            dict(d_vocab=10**12),
+            r"W_E has shape \(23, 16\); gpt2 config expects \(1000000000000, 16",
+        ),
+        (dict(norm_eps=1e-3), "config.json was changed after the save"),
+    ],
+)
 def test_config_is_checked_against_the_arrays_quickly(tmp_path, changes, match):
     path = tmp_path / "ckpt"
     save_checkpoint(path, make("gpt2"))
@@ -277,12 +294,16 @@ def test_symlinks_inside_a_checkpoint_are_refused(tmp_path):
 
 def test_nonfinite_weights_are_named(tmp_path):
     model = make("gpt2")
-    bad = eqx.tree_at(lambda m: m.blocks[1].attn.W_Q, model,
-                      model.blocks[1].attn.W_Q.at[0, 3, 2].set(jnp.nan))
+    bad = eqx.tree_at(
+        lambda m: m.blocks[1].attn.W_Q, model, model.blocks[1].attn.W_Q.at[0, 3, 2].set(jnp.nan)
+    )
     save_checkpoint(tmp_path / "ckpt", bad)  # saving a diverged model is fine
-    with pytest.raises(NonFiniteWeightError, match=r"'blocks.1.attn.W_Q' in checkpoint .*ckpt "
-                                                   r"holds 1 NaN and 0 inf.*\(0, 3, 2\).*"
-                                                   "allow_nonfinite=True"):
+    with pytest.raises(
+        NonFiniteWeightError,
+        match=r"'blocks.1.attn.W_Q' in checkpoint .*ckpt "
+        r"holds 1 NaN and 0 inf.*\(0, 3, 2\).*"
+        "allow_nonfinite=True",
+    ):
         jaxcirc.load(tmp_path / "ckpt")
     loaded = jaxcirc.load(tmp_path / "ckpt", allow_nonfinite=True)
     assert np.isnan(loaded.blocks[1].attn.W_Q[0, 3, 2])

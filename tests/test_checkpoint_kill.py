@@ -43,8 +43,9 @@ jaxcirc.save(sys.argv[1], model)
 def make(seed):
     skeleton = eqx.filter_eval_shape(models.build, CFG, key=jax.random.key(0))
     rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype),
-                                  skeleton)
+    return jax.tree_util.tree_map(
+        lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), skeleton
+    )
 
 
 def same(a, b):
@@ -62,14 +63,21 @@ def killed_save(tmp_path, path, seed, stage=None):
     """Run `jaxcirc.save(path, make(seed))` in a subprocess and SIGKILL it at `stage` (or, for
     `None`, as soon as its temporary folder has an `arrays` entry: inside orbax's write)."""
     (tmp_path / "cfg.json").write_text(CFG.to_json())
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get(
-        "PYTHONPATH", "")]), JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        JAX_PLATFORMS="cpu",
+    )
     env.pop("JAXCIRC_KILL_SAVE_AT", None)
     if stage is not None:
         env["JAXCIRC_KILL_SAVE_AT"] = stage
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(path), str(tmp_path / "cfg.json"), str(seed)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if stage is None:
         assert child.stdout.readline() == "ready\n"
         deadline = time.monotonic() + 60
@@ -114,4 +122,3 @@ def test_killed_first_save_is_a_clear_error_and_the_next_save_works(tmp_path):
     jaxcirc.save(path, make(2))
     assert hidden(tmp_path) == []
     same(jaxcirc.load(path), make(2))
-

@@ -78,8 +78,13 @@ def test_version_and_help(capsys):
 
 def test_heatmap_writes_a_png(tmp_path):
     values = np.array([[0.5, -1.0, 0.0], [2.0, np.nan, -0.25]])
-    path = heatmap(values, path=tmp_path / "a" / "h.png", x_labels=["the", "cat", "sat"],
-                   y_labels=["L0", "L1"], title="t")
+    path = heatmap(
+        values,
+        path=tmp_path / "a" / "h.png",
+        x_labels=["the", "cat", "sat"],
+        y_labels=["L0", "L1"],
+        title="t",
+    )
     assert path == tmp_path / "a" / "h.png" and path.read_bytes().startswith(PNG)
     with pytest.raises(ValueError, match="x_labels has 2 labels for 3 columns"):
         heatmap(values, path=tmp_path / "b.png", x_labels=["a", "b"])

@@ -194,8 +194,9 @@ def test_methods_take_a_task(model, data):
 
     clean, corrupt = data
     task = Task(clean, corrupt, jnp.full(3, 3), jnp.full(3, 7), logit_diff, {}, (), (), ())
-    np.testing.assert_allclose(eap(model, task).values,
-                               eap(model, clean, corrupt, logit_diff).values, atol=1e-6)
+    np.testing.assert_allclose(
+        eap(model, task).values, eap(model, clean, corrupt, logit_diff).values, atol=1e-6
+    )
     assert acdc(model, task, threshold=1e-2).info["n_tested"] > 0
     with pytest.raises(TypeError, match="give a metric"):
         eap(model, clean, corrupt)

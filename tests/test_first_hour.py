@@ -41,9 +41,7 @@ def test_gqa_head_level_receivers_select_their_groups(gqa, tokens):
                                       _path_patching._head_aliases(g))  # fmt: skip
         assert g.targets[j] == f"L1KV{h // group}.v"
     # queries stay per head; an unknown name still names the nearest valid one
-    assert path_patch(gqa, clean, corrupt, logit_diff, receivers="L1H3.q").receivers == (
-        "L1H3.q",
-    )
+    assert path_patch(gqa, clean, corrupt, logit_diff, receivers="L1H3.q").receivers == ("L1H3.q",)
     with pytest.raises(ValueError, match=r"unknown receiver 'L1H9\.k' \(did you mean 'L1H"):
         path_patch(gqa, clean, corrupt, logit_diff, receivers="L1H9.k")
     with pytest.raises(ValueError, match=r"pattern 'L7H\*\.k' matches no receiver"):
@@ -78,7 +76,6 @@ def test_learned_mask_default_finds_induction_circuit(induction):
     np.testing.assert_allclose(float(found.info["penalty"]), 0.2 * d0, rtol=1e-4)
     # most of the behaviour survives: far below the empty circuit's divergence
     assert float(found.info["divergence"]) < 0.3 * d0
-
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,8 +19,10 @@ PROMPT = "The capital of France is"
 
 def _permute(w, n_heads):
     """llama.cpp's `convert_hf_to_gguf` permutation of q/k rows (rotate-half -> interleaved)."""
-    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(
-        w.shape
+    return (
+        w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
     )
 
 
@@ -36,17 +38,19 @@ def write_llama_gguf(path, model, arch="llama", tied=None, drop=(), dtype=np.flo
         tensors["output.weight"] = sd["unembed.W_U"].T
     for i in range(cfg.n_layers):
         b = f"blocks.{i}."
-        tensors.update({
-            f"blk.{i}.attn_norm.weight": sd[b + "ln1.w"],
-            f"blk.{i}.ffn_norm.weight": sd[b + "ln2.w"],
-            f"blk.{i}.attn_q.weight": _permute(heads(sd[b + "attn.W_Q"]), H),
-            f"blk.{i}.attn_k.weight": _permute(heads(sd[b + "attn.W_K"]), KV),
-            f"blk.{i}.attn_v.weight": heads(sd[b + "attn.W_V"]),
-            f"blk.{i}.attn_output.weight": sd[b + "attn.W_O"].reshape(-1, M).T,
-            f"blk.{i}.ffn_gate.weight": sd[b + "mlp.W_gate"].T,
-            f"blk.{i}.ffn_up.weight": sd[b + "mlp.W_in"].T,
-            f"blk.{i}.ffn_down.weight": sd[b + "mlp.W_out"].T,
-        })
+        tensors.update(
+            {
+                f"blk.{i}.attn_norm.weight": sd[b + "ln1.w"],
+                f"blk.{i}.ffn_norm.weight": sd[b + "ln2.w"],
+                f"blk.{i}.attn_q.weight": _permute(heads(sd[b + "attn.W_Q"]), H),
+                f"blk.{i}.attn_k.weight": _permute(heads(sd[b + "attn.W_K"]), KV),
+                f"blk.{i}.attn_v.weight": heads(sd[b + "attn.W_V"]),
+                f"blk.{i}.attn_output.weight": sd[b + "attn.W_O"].reshape(-1, M).T,
+                f"blk.{i}.ffn_gate.weight": sd[b + "mlp.W_gate"].T,
+                f"blk.{i}.ffn_up.weight": sd[b + "mlp.W_in"].T,
+                f"blk.{i}.ffn_down.weight": sd[b + "mlp.W_out"].T,
+            }
+        )
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(cfg.n_layers)
     writer.add_context_length(cfg.n_ctx)
@@ -70,8 +74,16 @@ def write_llama_gguf(path, model, arch="llama", tied=None, drop=(), dtype=np.flo
 
 def tiny_llama(tied=False, seed=0):
     """A random tiny Llama, built without running JAX ops (norm weights near one)."""
-    cfg = jc.models.llama(d_model=32, n_heads=4, d_head=8, rotary_dim=8, d_mlp=64, d_vocab=50,
-                          n_ctx=64, tied_embeddings=tied)
+    cfg = jc.models.llama(
+        d_model=32,
+        n_heads=4,
+        d_head=8,
+        rotary_dim=8,
+        d_mlp=64,
+        d_vocab=50,
+        n_ctx=64,
+        tied_embeddings=tied,
+    )
     skeleton = eqx.filter_eval_shape(jc.models.build, cfg, key=jax.random.key(0))
     rng = np.random.default_rng(seed)
     model = jax.tree_util.tree_map(
@@ -141,8 +153,11 @@ def test_reader_equals_gguf_packages_reader(tmp_path):
     source = tiny_llama()
     path = write_llama_gguf(tmp_path / "mixed.gguf", source, dtype=np.float16)
     ours, theirs = read(path), gguf.GGUFReader(path)
-    assert set(ours.fields) == set(theirs.fields) - {"GGUF.version", "GGUF.tensor_count",
-                                                      "GGUF.kv_count"}
+    assert set(ours.fields) == set(theirs.fields) - {
+        "GGUF.version",
+        "GGUF.tensor_count",
+        "GGUF.kv_count",
+    }
     for key, value in ours.fields.items():
         assert value == pytest.approx(theirs.fields[key].contents()), key
     assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]

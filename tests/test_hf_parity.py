@@ -13,24 +13,45 @@ import jaxcirc  # noqa: E402
 from jaxcirc.io import hf_config_to_jaxcirc, load_hf  # noqa: E402
 
 VOCAB, CTX = 61, 24
-SMALL = dict(vocab_size=VOCAB, max_position_embeddings=CTX, hidden_size=32, num_hidden_layers=2,
-             num_attention_heads=4, intermediate_size=48)
+SMALL = dict(
+    vocab_size=VOCAB,
+    max_position_embeddings=CTX,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+)
 CASES = {
-    "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel,
-             dict(vocab_size=VOCAB, n_positions=CTX, n_embd=32, n_layer=2, n_head=4, n_inner=48)),
-    "neox_parallel": (transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM,
-                      dict(SMALL, rotary_pct=0.5, rotary_emb_base=500.0,
-                           use_parallel_residual=True)),
-    "neox_sequential": (transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM,
-                        dict(SMALL, rotary_pct=0.25, use_parallel_residual=False,
-                             hidden_act="gelu_new")),
-    "llama_gqa": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
-                  dict(SMALL, num_key_value_heads=2, head_dim=12, rope_theta=1000.0,
-                       rms_norm_eps=1e-5)),
-    "llama_tied": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
-                   dict(SMALL, num_key_value_heads=4, tie_word_embeddings=True)),
-    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
-              dict(SMALL, num_key_value_heads=1)),
+    "gpt2": (
+        transformers.GPT2Config,
+        transformers.GPT2LMHeadModel,
+        dict(vocab_size=VOCAB, n_positions=CTX, n_embd=32, n_layer=2, n_head=4, n_inner=48),
+    ),
+    "neox_parallel": (
+        transformers.GPTNeoXConfig,
+        transformers.GPTNeoXForCausalLM,
+        dict(SMALL, rotary_pct=0.5, rotary_emb_base=500.0, use_parallel_residual=True),
+    ),
+    "neox_sequential": (
+        transformers.GPTNeoXConfig,
+        transformers.GPTNeoXForCausalLM,
+        dict(SMALL, rotary_pct=0.25, use_parallel_residual=False, hidden_act="gelu_new"),
+    ),
+    "llama_gqa": (
+        transformers.LlamaConfig,
+        transformers.LlamaForCausalLM,
+        dict(SMALL, num_key_value_heads=2, head_dim=12, rope_theta=1000.0, rms_norm_eps=1e-5),
+    ),
+    "llama_tied": (
+        transformers.LlamaConfig,
+        transformers.LlamaForCausalLM,
+        dict(SMALL, num_key_value_heads=4, tie_word_embeddings=True),
+    ),
+    "qwen2": (
+        transformers.Qwen2Config,
+        transformers.Qwen2ForCausalLM,
+        dict(SMALL, num_key_value_heads=1),
+    ),
 }
 
 

@@ -44,7 +44,7 @@ def test_node_masks_prune_dead_heads(dead_model, data):
     kept = np.asarray(r.values, bool)
     assert not kept[g.source_index("L0H2")] and not kept[g.source_index("L1H0")]
     assert kept[g.source_index("embed")]  # removing the embedding costs far more than 1e-3
-    assert float(r.info['divergence']) < 1e-3
+    assert float(r.info["divergence"]) < 1e-3
 
 
 def test_penalty_trades_size_for_divergence(data):
@@ -52,9 +52,9 @@ def test_penalty_trades_size_for_divergence(data):
     none = learned_mask(model, *data, penalty=0.0, steps=50)
     big = learned_mask(model, *data, penalty=100.0, steps=100)
     g = none.graph
-    assert float(none.values.sum()) == g.n_edges and float(none.info['divergence']) < 1e-6
+    assert float(none.values.sum()) == g.n_edges and float(none.info["divergence"]) < 1e-6
     assert float(big.values.sum()) < 0.2 * g.n_edges
-    assert float(big.info['divergence']) > float(none.info['divergence'])
+    assert float(big.info["divergence"]) > float(none.info["divergence"])
 
 
 def test_compiles_once(data):

@@ -147,8 +147,9 @@ def _gathering(dump: Path, weights: set) -> dict[str, list]:
     """Per compiled module (name: shapes) the collectives that produce a whole split weight."""
     found = {}
     for file in sorted(dump.glob("*after_optimizations.txt")):
-        hits = [(k, s) for k, s in _collectives(file.read_text())
-                if any(_holds(s, w) for w in weights)]
+        hits = [
+            (k, s) for k, s in _collectives(file.read_text()) if any(_holds(s, w) for w in weights)
+        ]
         if hits:
             module = file.name.split(".")[1]
             found[module] = sorted({f"{k} {list(s)}" for k, s in hits})
@@ -192,8 +193,10 @@ def main() -> dict:
 
     ref = jc.load(hf)
     want = results(ref)
-    out["reference"] = {"loaded = source": _diff(forward(source, clean), want["logits"]),
-                        "scale": {k: float(np.nanmax(np.abs(v))) for k, v in want.items()}}
+    out["reference"] = {
+        "loaded = source": _diff(forward(source, clean), want["logits"]),
+        "scale": {k: float(np.nanmax(np.abs(v))) for k, v in want.items()},
+    }
     gguf_ref = forward(jc.load(gguf), clean)
     weights = set()
     for label, (shape, names) in MESHES.items():
@@ -213,8 +216,7 @@ def main() -> dict:
             "placement": place,
             "gguf placement": _placement(from_gguf, mesh, "model")["wrong"],
             "gguf logits": _diff(forward(from_gguf, clean), gguf_ref),
-            "in-memory": _diff(forward(jc.models.shard_model(source, mesh), clean),
-                               want["logits"]),
+            "in-memory": _diff(forward(jc.models.shard_model(source, mesh), clean), want["logits"]),
             "load s": load_s,
         }
     weights = {w for w in weights if len(w) > 1}  # (a bias has an activation's shape)
@@ -227,8 +229,9 @@ def main() -> dict:
     @eqx.filter_jit
     def gathered(model, tokens):
         dynamic, static = eqx.partition(model, eqx.is_array)
-        dynamic = jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, whole),
-                                         dynamic)
+        dynamic = jax.tree_util.tree_map(
+            lambda x: jax.lax.with_sharding_constraint(x, whole), dynamic
+        )
         return jax.vmap(eqx.combine(dynamic, static))(tokens)
 
     jax.block_until_ready(gathered(model, clean))
@@ -249,9 +252,7 @@ def main() -> dict:
         "three": error(lambda: jc.load(hf, mesh=Mesh(np.array(jax.devices()[:3]), ("model",)))),
         "gguf axis": error(lambda: jc.load(gguf, mesh=mesh, model_axis="batch")),
         "not a model": error(lambda: jc.models.shard_model({"w": jnp.ones(8)}, mesh)),
-        "data parallel": error(
-            lambda: jc.patching.sweep(model, clean, corrupt, metric, mesh=mesh)
-        ),
+        "data parallel": error(lambda: jc.patching.sweep(model, clean, corrupt, metric, mesh=mesh)),
     }
     out["seconds"] = time.perf_counter() - started
     return out
@@ -306,8 +307,8 @@ def test_clear_errors(report):
     e = report["errors"]
     assert "model axis 'modle' is not an axis of the mesh (did you mean 'model'?)" in e["axis"]
     assert "model axis 'batch' is not an axis" in e["gguf axis"]
-    assert "cannot split weight 'blocks.0.attn.W_Q' (shape (9, 48, 6)) over mesh axis " in (
-        e["heads"]
+    assert (
+        "cannot split weight 'blocks.0.attn.W_Q' (shape (9, 48, 6)) over mesh axis " in (e["heads"])
     )
     assert "dimension 0 (heads) has 9, which 8 does not divide" in e["heads"]
     assert "split every weight of this model: 1" in e["heads"]  # gcd(9, 96, 80) = 1

@@ -44,8 +44,15 @@ def edge_circuit(seed=0):
     g = graph(make("attn_only"))
     values = jnp.asarray(np.random.default_rng(seed).standard_normal(g.valid.shape), jnp.float32)
     c = Scores.from_effects(values, g).top(5)
-    info = {"divergence": 0.125, "n_tested": 7, "losses": jnp.arange(3.0), "tag": "eap",
-            "pair": (1, "two", None), "scalar": np.float32(0.5), "nested": {"ok": [True, 2]}}
+    info = {
+        "divergence": 0.125,
+        "n_tested": 7,
+        "losses": jnp.arange(3.0),
+        "tag": "eap",
+        "pair": (1, "two", None),
+        "scalar": np.float32(0.5),
+        "nested": {"ok": [True, 2]},
+    }
     return Circuit(c.mask, g, c.scores, info)
 
 
@@ -58,16 +65,23 @@ OBJECTS = {  # name -> (kind, build)
     "transformer": ("transformer", lambda: make("llama")),
     "transformer_abstraction": ("transformer", transformer_abstraction),
     "mlp_classifier": ("mlp_classifier", mlp),
-    "mlp_masked": ("mlp_classifier", lambda: MLPClassifier(mlp().weights, mlp().biases,
-                                                           [hidden0(), None])),
+    "mlp_masked": (
+        "mlp_classifier",
+        lambda: MLPClassifier(mlp().weights, mlp().biases, [hidden0(), None]),
+    ),
     "mlp_abstraction": ("mlp_classifier", lambda: narrow(mlp(), hidden0())),
     "sae": ("sae", lambda: jc.sae.init("topk", 16, 24, k=3, key=jax.random.key(0), site=SITE)),
     "circuit": ("circuit", edge_circuit),
     "node_circuit": ("circuit", lambda: edge_circuit().scores.nodes().top(3)),
     "feature_circuit": ("circuit", feature_circuit),
-    "mask": ("mask", lambda: {"blocks.0.hook_z": jnp.asarray([True, False]),
-                              "keep": {"hidden.1": np.arange(4, dtype=np.int8)},
-                              "scale": jnp.ones((2, 3), jnp.bfloat16)}),
+    "mask": (
+        "mask",
+        lambda: {
+            "blocks.0.hook_z": jnp.asarray([True, False]),
+            "keep": {"hidden.1": np.arange(4, dtype=np.int8)},
+            "scale": jnp.ones((2, 3), jnp.bfloat16),
+        },
+    ),
 }
 
 
@@ -189,8 +203,9 @@ def test_a_folder_of_another_kind_is_an_error_naming_both_kinds(tmp_path):
         kind = OBJECTS[name][0]
         with pytest.raises(ValueError, match=f"holds a saved {kind}, not a {want}"):
             jc.load(path, kind=want)
-    with pytest.raises(FileExistsError, match="holds a saved circuit; refusing to replace it "
-                                              "with a mask"):
+    with pytest.raises(
+        FileExistsError, match="holds a saved circuit; refusing to replace it with a mask"
+    ):
         jc.save(saved["circuit"], OBJECTS["mask"][1]())
     with pytest.raises(FileExistsError, match="holds a saved sae; .* with a transformer"):
         jc.save(saved["sae"], OBJECTS["transformer"][1]())
@@ -238,22 +253,38 @@ def _edit_header(path, change):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda p: (p / _saved.DATA).write_bytes(b"\1" + (p / _saved.DATA).read_bytes()[1:]),
-         "array 0 .* differs from the one saved"),
-        (lambda p: (p / _saved.DATA).write_bytes((p / _saved.DATA).read_bytes()[:-3]),
-         "differs from the one saved \\(truncated"),
-        (lambda p: (p / _saved.DATA).write_bytes((p / _saved.DATA).read_bytes() + b"\0"),
-         "header describes"),
-        (lambda p: (p / _saved.HEADER).write_text('{"kind": "mask", '),
-         "jaxcirc.json is corrupt: JSONDecodeError"),
-        (lambda p: _edit_header(p, lambda r: r.update(format=9)),
-         "has format 9; this version of jaxcirc reads format 1"),
-        (lambda p: _edit_header(p, lambda r: r.update(kind="circuits")),
-         "unknown kind 'circuits' \\(did you mean 'circuit'"),
-        (lambda p: _edit_header(p, lambda r: r["arrays"]["0"].update(shape=[-1])),
-         "expected 'fields' and 'arrays'"),
-        (lambda p: _edit_header(p, lambda r: r["fields"]["dict"].pop("mask")),
-         "fields do not make a circuit \\(KeyError"),
+        (
+            lambda p: (p / _saved.DATA).write_bytes(b"\1" + (p / _saved.DATA).read_bytes()[1:]),
+            "array 0 .* differs from the one saved",
+        ),
+        (
+            lambda p: (p / _saved.DATA).write_bytes((p / _saved.DATA).read_bytes()[:-3]),
+            "differs from the one saved \\(truncated",
+        ),
+        (
+            lambda p: (p / _saved.DATA).write_bytes((p / _saved.DATA).read_bytes() + b"\0"),
+            "header describes",
+        ),
+        (
+            lambda p: (p / _saved.HEADER).write_text('{"kind": "mask", '),
+            "jaxcirc.json is corrupt: JSONDecodeError",
+        ),
+        (
+            lambda p: _edit_header(p, lambda r: r.update(format=9)),
+            "has format 9; this version of jaxcirc reads format 1",
+        ),
+        (
+            lambda p: _edit_header(p, lambda r: r.update(kind="circuits")),
+            "unknown kind 'circuits' \\(did you mean 'circuit'",
+        ),
+        (
+            lambda p: _edit_header(p, lambda r: r["arrays"]["0"].update(shape=[-1])),
+            "expected 'fields' and 'arrays'",
+        ),
+        (
+            lambda p: _edit_header(p, lambda r: r["fields"]["dict"].pop("mask")),
+            "fields do not make a circuit \\(KeyError",
+        ),
     ],
 )
 def test_corrupt_files_are_refused_naming_the_file(damage, message, tmp_path):

@@ -18,9 +18,7 @@ def parser() -> argparse.ArgumentParser:
     """The `jaxcirc` argument parser with its subcommands."""
     from .. import __version__
 
-    root = Parser(
-        prog="jaxcirc", description="Causal, mechanistic interpretability in JAX."
-    )
+    root = Parser(prog="jaxcirc", description="Causal, mechanistic interpretability in JAX.")
     root.add_argument("--version", action="version", version=f"jaxcirc {__version__}")
     commands = root.add_subparsers(
         title="commands", dest="command", metavar="COMMAND", parser_class=Parser

@@ -339,8 +339,11 @@ def run(args) -> int:
         "task": setup.task,
         "n_params_full": saved.n_params_before,
         "checkpoint": {
-            "path": str(ckpt), "files": [str(f) for f in written], "load": reader,
-            "method": methods[0], "keep": keeps[-1],
+            "path": str(ckpt),
+            "files": [str(f) for f in written],
+            "load": reader,
+            "method": methods[0],
+            "keep": keeps[-1],
         },  # fmt: skip
         "results": records,
     }

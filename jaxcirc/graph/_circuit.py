@@ -62,9 +62,7 @@ class Scores(eqx.Module):
         arrays = {"scores": self.values}
         if self.signed is not None:
             arrays["signed scores"] = self.signed
-        check_finite(
-            arrays, what, names=self.graph.unit_name, valid=self.valid, diagnose=diagnose
-        )
+        check_finite(arrays, what, names=self.graph.unit_name, valid=self.valid, diagnose=diagnose)
         return self
 
     @property

@@ -84,8 +84,8 @@ def intervene(
     refs, new_sites = [], []
     for key, value in interventions.items():
         ref = resolve(model, key)
-        chain = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (
-            value,
+        chain = (
+            tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,)
         )
         for item in chain:
             if not isinstance(item, AbstractIntervention):

@@ -129,9 +129,11 @@ def _recover(path: Path) -> bool:
         try:
             os.replace(olds[-1], path)
         except OSError as e:
-            raise OSError(f"an interrupted save of {path} moved the previous checkpoint to "
-                          f"{olds[-1]} and it cannot be moved back ({e}); rename it to {path} "
-                          "yourself") from e
+            raise OSError(
+                f"an interrupted save of {path} moved the previous checkpoint to "
+                f"{olds[-1]} and it cannot be moved back ({e}); rename it to {path} "
+                "yourself"
+            ) from e
         _fsync(path.parent)
         olds.pop()
         restored = True
@@ -205,8 +207,10 @@ def _files(root: Path) -> list[Path]:
         for name in (*dirnames, *filenames):
             entry = Path(directory) / name
             if entry.is_symlink():
-                raise ValueError(f"{entry} is a symlink; a jaxcirc checkpoint never contains one, "
-                                 "so it refuses to follow it (copy the real files in instead)")
+                raise ValueError(
+                    f"{entry} is a symlink; a jaxcirc checkpoint never contains one, "
+                    "so it refuses to follow it (copy the real files in instead)"
+                )
             if name in filenames:
                 found.append(entry)
     return sorted(found)
@@ -231,11 +235,17 @@ def save_checkpoint(path: str | os.PathLike, model: Transformer) -> None:
     sites = jax.tree_util.tree_leaves(model, is_leaf=lambda x: isinstance(x, Site))
     intervened = [s.name for s in sites if isinstance(s, Site) and s.intervention is not None]
     if intervened:
-        raise ValueError(f"model carries interventions at {intervened[:3]}; save "
-                         "`jaxcirc.clear(model)` (the model without them) instead")
+        raise ValueError(
+            f"model carries interventions at {intervened[:3]}; save "
+            "`jaxcirc.clear(model)` (the model without them) instead"
+        )
     config, arrays = model.cfg.to_json(), state_dict(model)
-    replace_dir(path, lambda tmp: _fill(tmp, config, arrays), _marked,
-                f"a jaxcirc checkpoint (it has no {MARKER} file)")
+    replace_dir(
+        path,
+        lambda tmp: _fill(tmp, config, arrays),
+        _marked,
+        f"a jaxcirc checkpoint (it has no {MARKER} file)",
+    )
 
 
 def replace_dir(path: str | os.PathLike, fill, ours, what: str) -> Path:
@@ -250,11 +260,15 @@ def replace_dir(path: str | os.PathLike, fill, ours, what: str) -> Path:
     with _locked(path.parent):
         _recover(path)
         if path.is_symlink():
-            raise FileExistsError(f"{path} is a symlink; save to the directory it points to "
-                                  f"({os.readlink(path)}) or remove the link")
+            raise FileExistsError(
+                f"{path} is a symlink; save to the directory it points to "
+                f"({os.readlink(path)}) or remove the link"
+            )
         if path.exists() and not (ours(path) or (path.is_dir() and not any(path.iterdir()))):
-            raise FileExistsError(f"{path} exists and is not {what}; refusing to replace it: "
-                                  "choose a new path, or delete it yourself")
+            raise FileExistsError(
+                f"{path} exists and is not {what}; refusing to replace it: "
+                "choose a new path, or delete it yourself"
+            )
         _swap(path, fill)
     return path
 
@@ -269,11 +283,18 @@ def _fill(tmp: Path, config: str, arrays: dict) -> None:
         "kind": "transformer",
         "format": FORMAT,
         "config_sha256": _sha256(config.encode()),
-        "files": {f.relative_to(tmp / "arrays").as_posix(): _file_sha256(f)
-                  for f in _files(tmp / "arrays")},
-        "arrays": {name: {"shape": list(value.shape), "dtype": str(value.dtype),
-                          "sha256": _array_sha256(value)}
-                   for name, value in arrays.items()},
+        "files": {
+            f.relative_to(tmp / "arrays").as_posix(): _file_sha256(f)
+            for f in _files(tmp / "arrays")
+        },
+        "arrays": {
+            name: {
+                "shape": list(value.shape),
+                "dtype": str(value.dtype),
+                "sha256": _array_sha256(value),
+            }
+            for name, value in arrays.items()
+        },
     }
     _fsync_write(tmp / MARKER, json.dumps(marker, indent=1, sort_keys=True))  # complete
 
@@ -316,8 +337,11 @@ def recover_interrupted(path: str | os.PathLike) -> bool:
     with _locked(path.parent):
         interrupted = has_interrupted_save(path)
         if not path.exists() and _recover(path):
-            warnings.warn(f"a save of {path} was interrupted; the previous checkpoint was "
-                          "moved back into place", stacklevel=3)
+            warnings.warn(
+                f"a save of {path} was interrupted; the previous checkpoint was "
+                "moved back into place",
+                stacklevel=3,
+            )
     return interrupted
 
 
@@ -326,25 +350,37 @@ def _read_marker(path: Path) -> dict:
     try:
         marker = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"checkpoint marker {file} is corrupt ({type(e).__name__}: {e}); the "
-                         "checkpoint cannot be trusted: save the model again") from None
+        raise ValueError(
+            f"checkpoint marker {file} is corrupt ({type(e).__name__}: {e}); the "
+            "checkpoint cannot be trusted: save the model again"
+        ) from None
     fmt = marker.get("format") if isinstance(marker, dict) else None
     if fmt not in _READS:
-        raise ValueError(f"checkpoint marker {file} has format {fmt!r}; this version of jaxcirc "
-                         f"reads formats {list(_READS)}")
+        raise ValueError(
+            f"checkpoint marker {file} has format {fmt!r}; this version of jaxcirc "
+            f"reads formats {list(_READS)}"
+        )
     if fmt == 1:
         return marker
     entries = marker.get("arrays")
-    ok = (isinstance(marker.get("config_sha256"), str) and isinstance(marker.get("files"), dict)
-          and isinstance(entries, dict) and all(
-              isinstance(e, dict) and isinstance(e.get("shape"), list)
-              and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
-                      for n in e["shape"])
-              and isinstance(e.get("dtype"), str) and isinstance(e.get("sha256"), str)
-              for e in entries.values()))
+    ok = (
+        isinstance(marker.get("config_sha256"), str)
+        and isinstance(marker.get("files"), dict)
+        and isinstance(entries, dict)
+        and all(
+            isinstance(e, dict)
+            and isinstance(e.get("shape"), list)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in e["shape"])
+            and isinstance(e.get("dtype"), str)
+            and isinstance(e.get("sha256"), str)
+            for e in entries.values()
+        )
+    )
     if not ok:
-        raise ValueError(f"checkpoint marker {file} is corrupt: expected 'config_sha256', 'files' "
-                         "and 'arrays' (name -> shape, dtype, sha256); save the model again")
+        raise ValueError(
+            f"checkpoint marker {file} is corrupt: expected 'config_sha256', 'files' "
+            "and 'arrays' (name -> shape, dtype, sha256); save the model again"
+        )
     return marker
 
 
@@ -368,8 +404,9 @@ def _fits(value, hint) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
-        return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and math.isfinite(value))
+        return (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
     if hint is str:
         return isinstance(value, str)
     return True
@@ -383,8 +420,13 @@ def _describe(hint) -> str:
         return f"one of {list(args)}"
     if origin is tuple:
         return f"a list of {_describe(args[0])}s"
-    return {type(None): "null", bool: "true/false", int: "an int", float: "a finite number",
-            str: "a string"}.get(hint, str(hint))
+    return {
+        type(None): "null",
+        bool: "true/false",
+        int: "an int",
+        float: "a finite number",
+        str: "a string",
+    }.get(hint, str(hint))
 
 
 def _config(path: Path, manifest: dict[str, tuple], marker: dict) -> TransformerConfig:
@@ -401,37 +443,51 @@ def _config(path: Path, manifest: dict[str, tuple], marker: dict) -> Transformer
         raise ValueError(f"{file} holds a {type(data).__name__}; expected a JSON object")
     for key, value in data.items():
         if key not in _HINTS:
-            raise ValueError(f"{file}: unknown field {key!r}{nearest(key, _HINTS)}; known: "
-                             f"{sorted(_HINTS)}")
+            raise ValueError(
+                f"{file}: unknown field {key!r}{nearest(key, _HINTS)}; known: {sorted(_HINTS)}"
+            )
         if not _fits(value, _HINTS[key]):
-            raise ValueError(f"{file}: {key}={value!r}: expected {_describe(_HINTS[key])}"
-                             + (nearest(value, typing.get_args(_HINTS[key]))
-                                if typing.get_origin(_HINTS[key]) is typing.Literal else ""))
-    layers = sorted({int(m.group(1)) for name in manifest
-                     if (m := re.match(r"blocks\.(\d+)\.", name))})
+            raise ValueError(
+                f"{file}: {key}={value!r}: expected {_describe(_HINTS[key])}"
+                + (
+                    nearest(value, typing.get_args(_HINTS[key]))
+                    if typing.get_origin(_HINTS[key]) is typing.Literal
+                    else ""
+                )
+            )
+    layers = sorted(
+        {int(m.group(1)) for name in manifest if (m := re.match(r"blocks\.(\d+)\.", name))}
+    )
     if data.get("n_layers") != len(layers) or layers != list(range(len(layers))):
         held = f"blocks.0 to blocks.{layers[-1]}" if layers else "none"
-        raise ValueError(f"{file}: n_layers={data.get('n_layers')!r}, but the stored arrays hold "
-                         f"{len(layers)} layers ({held}); the config does not belong to them")
+        raise ValueError(
+            f"{file}: n_layers={data.get('n_layers')!r}, but the stored arrays hold "
+            f"{len(layers)} layers ({held}); the config does not belong to them"
+        )
     try:
         cfg = TransformerConfig(**data)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{file}: {e}") from None
-    shapes = {name: jax.ShapeDtypeStruct(shape, np.dtype(dtype))
-              for name, (shape, dtype) in manifest.items()}
+    shapes = {
+        name: jax.ShapeDtypeStruct(shape, np.dtype(dtype))
+        for name, (shape, dtype) in manifest.items()
+    }
     try:
         eqx.filter_eval_shape(from_state_dict, cfg, shapes)
     except ValueError as e:
         raise ValueError(f"{file} does not fit the stored arrays: {e}") from None
     want = marker.get("config_sha256")
     if want is not None and _sha256(text.encode()) != want:
-        raise ValueError(f"{file} was changed after the save (its SHA-256 differs from the one in "
-                         f"{MARKER}); restore it, or load the arrays yourself with a new config")
+        raise ValueError(
+            f"{file} was changed after the save (its SHA-256 differs from the one in "
+            f"{MARKER}); restore it, or load the arrays yourself with a new config"
+        )
     return cfg
 
 
-def load_checkpoint(path: str | os.PathLike, dtype: str | None = None, *,
-                    allow_nonfinite: bool = False) -> Transformer:
+def load_checkpoint(
+    path: str | os.PathLike, dtype: str | None = None, *, allow_nonfinite: bool = False
+) -> Transformer:
     """Load a checkpoint written by `save_checkpoint`, verifying it first.
 
     **Arguments:**
@@ -450,12 +506,19 @@ def load_checkpoint(path: str | os.PathLike, dtype: str | None = None, *,
     if not path.is_dir():
         raise FileNotFoundError(
             f"no checkpoint directory at {path}"
-            + ("; a first save to it was interrupted before it finished (its partial copy is "
-               "now removed)" if interrupted else "")
-            + "; save the model with jaxcirc.save(path, model)")
+            + (
+                "; a first save to it was interrupted before it finished (its partial copy is "
+                "now removed)"
+                if interrupted
+                else ""
+            )
+            + "; save the model with jaxcirc.save(path, model)"
+        )
     if not (path / MARKER).is_file() and not any(path.iterdir()):
-        raise FileNotFoundError(f"{path} is an empty directory, not a checkpoint; save the "
-                                "model there with jaxcirc.save(path, model)")
+        raise FileNotFoundError(
+            f"{path} is an empty directory, not a checkpoint; save the "
+            "model there with jaxcirc.save(path, model)"
+        )
     if not (path / MARKER).is_file():
         raise ValueError(
             f"{path} is an incomplete checkpoint: its completion marker {MARKER} is missing, so "
@@ -464,12 +527,16 @@ def load_checkpoint(path: str | os.PathLike, dtype: str | None = None, *,
     marker = _read_marker(path)
     for entry in (path / "config.json", path / MARKER, path / "arrays"):
         if entry.is_symlink():
-            raise ValueError(f"{entry} is a symlink; a jaxcirc checkpoint never contains one, so "
-                             "it refuses to follow it (copy the real files in instead)")
+            raise ValueError(
+                f"{entry} is a symlink; a jaxcirc checkpoint never contains one, so "
+                "it refuses to follow it (copy the real files in instead)"
+            )
     files = _files(path / "arrays") if (path / "arrays").is_dir() else []
     if marker["format"] == 1:
-        warnings.warn(f"{path} is a format-1 checkpoint without content hashes; save it again "
-                      "to add them", stacklevel=2)
+        warnings.warn(
+            f"{path} is a format-1 checkpoint without content hashes; save it again to add them",
+            stacklevel=2,
+        )
         arrays = _restore(path)
         manifest = {k: (tuple(v.shape), str(v.dtype)) for k, v in arrays.items()}
         cfg = _config(path, manifest, marker)
@@ -490,12 +557,16 @@ def _check_files(path: Path, files: list[Path], want: dict) -> None:
     have = {f.relative_to(path / "arrays").as_posix(): f for f in files}
     for rel, digest in sorted(want.items()):
         if rel not in have:
-            raise ValueError(f"checkpoint {path} is missing arrays/{rel}; restore it from a "
-                             "backup or save the model again")
+            raise ValueError(
+                f"checkpoint {path} is missing arrays/{rel}; restore it from a "
+                "backup or save the model again"
+            )
         if _file_sha256(have[rel]) != digest:
-            raise ValueError(f"checkpoint {path}: arrays/{rel} differs from the file the save "
-                             "wrote (SHA-256 mismatch): the checkpoint is corrupt; restore it "
-                             "from a backup or save the model again")
+            raise ValueError(
+                f"checkpoint {path}: arrays/{rel} differs from the file the save "
+                "wrote (SHA-256 mismatch): the checkpoint is corrupt; restore it "
+                "from a backup or save the model again"
+            )
 
 
 def _restore(path: Path) -> dict:
@@ -508,13 +579,20 @@ def _restore(path: Path) -> dict:
 def _check_arrays(path: Path, arrays: dict, want: dict) -> None:
     missing, extra = sorted(set(want) - set(arrays)), sorted(set(arrays) - set(want))
     if missing or extra:
-        raise ValueError(f"checkpoint {path}: the stored arrays do not match {MARKER}: missing "
-                         f"{missing[:5]}, unexpected {extra[:5]}")
+        raise ValueError(
+            f"checkpoint {path}: the stored arrays do not match {MARKER}: missing "
+            f"{missing[:5]}, unexpected {extra[:5]}"
+        )
     for name, entry in want.items():
         value = np.asarray(arrays[name])
-        if (list(value.shape) != entry["shape"] or str(value.dtype) != entry["dtype"]
-                or _array_sha256(value) != entry["sha256"]):
-            raise ValueError(f"checkpoint {path}: array {name!r} differs from the one saved "
-                             f"(shape {value.shape} {value.dtype}, expected "
-                             f"{tuple(entry['shape'])} {entry['dtype']}, or SHA-256 mismatch): "
-                             "the checkpoint is corrupt; save the model again")
+        if (
+            list(value.shape) != entry["shape"]
+            or str(value.dtype) != entry["dtype"]
+            or _array_sha256(value) != entry["sha256"]
+        ):
+            raise ValueError(
+                f"checkpoint {path}: array {name!r} differs from the one saved "
+                f"(shape {value.shape} {value.dtype}, expected "
+                f"{tuple(entry['shape'])} {entry['dtype']}, or SHA-256 mismatch): "
+                "the checkpoint is corrupt; save the model again"
+            )

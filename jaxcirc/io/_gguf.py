@@ -114,8 +114,9 @@ def _config(reader, path, arch: str, d_vocab: int, dtype: str) -> TransformerCon
         )
     scale = float(meta("rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0
     if not 0 < scale < float("inf"):
-        raise ValueError(f"GGUF file {str(path)!r}: rope.scaling.factor={scale}; expected a "
-                         "positive number")
+        raise ValueError(
+            f"GGUF file {str(path)!r}: rope.scaling.factor={scale}; expected a positive number"
+        )
     return TransformerConfig(
         family="llama",
         d_model=d_model,
@@ -194,8 +195,9 @@ def _llama_arrays(weights: _Tensors, cfg: TransformerConfig, out: dict) -> dict:
     H, KV = cfg.n_heads, cfg.kv_heads
     out["embed.W_E"] = weights.pop("token_embd.weight")
     out["ln_final.w"] = weights.pop("output_norm.weight")
-    out["unembed.W_U"] = out["embed.W_E"].T if cfg.tied_embeddings else (
-        weights.pop("output.weight").T)
+    out["unembed.W_U"] = (
+        out["embed.W_E"].T if cfg.tied_embeddings else (weights.pop("output.weight").T)
+    )
     for i in range(cfg.n_layers):
         g = lambda name: weights.pop(f"blk.{i}.{name}.weight")
         b = f"blocks.{i}."
@@ -212,9 +214,14 @@ def _llama_arrays(weights: _Tensors, cfg: TransformerConfig, out: dict) -> dict:
     return out
 
 
-def load_gguf(path: str | os.PathLike, dtype: str = "float32", *,
-              allow_nonfinite: bool = False, mesh: Mesh | None = None,
-              model_axis: str = "model") -> Transformer:
+def load_gguf(
+    path: str | os.PathLike,
+    dtype: str = "float32",
+    *,
+    allow_nonfinite: bool = False,
+    mesh: Mesh | None = None,
+    model_axis: str = "model",
+) -> Transformer:
     """Load a llama.cpp GGUF file (architecture `llama`) as a `Transformer`.
 
     Quantized tensors are dequantized to float32, then cast to `dtype` (one of `"float32"`,
@@ -240,8 +247,10 @@ def load_gguf(path: str | os.PathLike, dtype: str = "float32", *,
     blocks = {name.split(".")[1] for name in weights if name.startswith("blk.")}
     count = metadata(reader, f"{arch}.block_count")
     if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= len(blocks):
-        raise ValueError(f"GGUF file {str(path)!r}: {arch}.block_count={count!r}, but the file "
-                         f"holds tensors of {len(blocks)} blocks")
+        raise ValueError(
+            f"GGUF file {str(path)!r}: {arch}.block_count={count!r}, but the file "
+            f"holds tensors of {len(blocks)} blocks"
+        )
     cfg = _config(reader, path, arch, d_vocab, dtype)
     tensors = _Tensors(reader.tensors, path, dtype, allow_nonfinite)
     out = placer(cfg, mesh, model_axis)

@@ -51,8 +51,9 @@ class _Cursor:
 
     def take(self, n: int) -> memoryview:
         if n < 0 or self.at + n > len(self.buf):
-            raise ValueError(f"needs {n} bytes at offset {self.at}, but the file ends at "
-                             f"{len(self.buf)}")
+            raise ValueError(
+                f"needs {n} bytes at offset {self.at}, but the file ends at {len(self.buf)}"
+            )
         out = self.buf[self.at : self.at + n]
         self.at += n
         return out
@@ -127,14 +128,17 @@ def read(path: str | pathlib.Path) -> GGUFFile:
         block, nbytes = GGML_QUANT_SIZES[kind]
         rows = int(np.prod(shape[1:], dtype=np.int64))
         if shape[0] % block:
-            raise ValueError(f"tensor {name!r} has a row of {shape[0]}, not a multiple of "
-                             f"{kind.name}'s block of {block}")
+            raise ValueError(
+                f"tensor {name!r} has a row of {shape[0]}, not a multiple of "
+                f"{kind.name}'s block of {block}"
+            )
         row_bytes = shape[0] // block * nbytes
         begin = start + offset
         end = begin + rows * row_bytes
         if end > len(mapped):
-            raise ValueError(f"tensor {name!r} runs to byte {end}, but the file ends at "
-                             f"{len(mapped)}")
+            raise ValueError(
+                f"tensor {name!r} runs to byte {end}, but the file ends at {len(mapped)}"
+            )
         data = mapped[begin:end].reshape(rows, row_bytes)
         if kind.name in ("F32", "F16"):  # as `gguf.GGUFReader` gives them: typed, ggml shape
             data = data.view(np.float32 if kind.name == "F32" else np.float16)

@@ -35,8 +35,13 @@ SUPPORTED: dict[str, tuple[tuple[str, ...], str]] = {
     "qwen2": (("Qwen2ForCausalLM",), "model."),
 }
 _ACTIVATIONS = {
-    "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new",
-    "gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu",
+    "gelu_new": "gelu_new",
+    "gelu_pytorch_tanh": "gelu_new",
+    "gelu_fast": "gelu_new",
+    "gelu": "gelu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
 }
 # Non-weight buffers some (older) checkpoints carry: causal masks and rotary frequencies.
 _BUFFERS = re.compile(r"(\.attn\.(masked_)?bias|\.attention\.(masked_)?bias|rotary_emb\.inv_freq)$")
@@ -48,8 +53,7 @@ class NonFiniteWeightError(ValueError):
     loads it anyway."""
 
 
-def check_finite(value, name: str, where: str, dtype: str = "float32",
-                 allow: bool = False) -> None:
+def check_finite(value, name: str, where: str, dtype: str = "float32", allow: bool = False) -> None:
     """Raise `NonFiniteWeightError` naming weight `name` (read from `where`) if it holds NaN or
     inf, or values that become inf when cast to `dtype`; `allow=True` skips the check."""
     if allow:
@@ -67,8 +71,8 @@ def check_finite(value, name: str, where: str, dtype: str = "float32",
         first = tuple(int(i) for i in np.argwhere(~finite)[0])
         raise NonFiniteWeightError(
             f"weight {name!r} in {where} holds {nan} NaN and {int((~finite).sum()) - nan} inf "
-            f"values (the first at index {first}): the file is corrupt or the model diverged"
-            + hint)
+            f"values (the first at index {first}): the file is corrupt or the model diverged" + hint
+        )
     limit = float(np.finfo(DTYPES[dtype]).max)
     if value.size and value.dtype != np.dtype(DTYPES[dtype]):
         peak = float(np.abs(value.astype(np.float32)).max())
@@ -76,7 +80,8 @@ def check_finite(value, name: str, where: str, dtype: str = "float32",
             raise NonFiniteWeightError(
                 f"weight {name!r} in {where} holds values up to {peak:.4g}, which overflow "
                 f"{dtype} (largest {limit:.4g}) to inf; load it with dtype='float32' or "
-                "'bfloat16'" + hint)
+                "'bfloat16'" + hint
+            )
 
 
 def placer(cfg: TransformerConfig, mesh: Mesh | None, axis: str) -> dict:
@@ -90,8 +95,10 @@ def placer(cfg: TransformerConfig, mesh: Mesh | None, axis: str) -> dict:
 
 def check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; expected one of {sorted(DTYPES)}"
-                         f"{nearest(dtype, DTYPES)}")
+        raise ValueError(
+            f"dtype={dtype!r} is not supported; expected one of {sorted(DTYPES)}"
+            f"{nearest(dtype, DTYPES)}"
+        )
     return dtype
 
 
@@ -99,8 +106,10 @@ def read_config(directory: str | os.PathLike) -> dict:
     """The parsed `config.json` of a Hugging Face model directory."""
     path = Path(directory) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no config.json in {Path(directory)}: expected a Hugging Face "
-                                "model directory (config.json + model.safetensors)")
+        raise FileNotFoundError(
+            f"no config.json in {Path(directory)}: expected a Hugging Face "
+            "model directory (config.json + model.safetensors)"
+        )
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -147,8 +156,10 @@ def _layer_key(hf: dict) -> str:
 def _act(hf: dict, key: str) -> str:
     name = _need(hf, key)
     if name not in _ACTIVATIONS:
-        raise ValueError(f"config.json {key}={name!r} is not supported; expected one of "
-                         f"{sorted(_ACTIVATIONS)}{nearest(name, _ACTIVATIONS)}")
+        raise ValueError(
+            f"config.json {key}={name!r} is not supported; expected one of "
+            f"{sorted(_ACTIVATIONS)}{nearest(name, _ACTIVATIONS)}"
+        )
     return _ACTIVATIONS[name]
 
 
@@ -177,16 +188,24 @@ def _rope(hf: dict) -> tuple[float, float, float]:
     scale = 1.0
     if kind == "linear":
         scale = params.get("factor")
-        if (not isinstance(scale, (int, float)) or isinstance(scale, bool)
-                or not 0 < scale < float("inf")):
-            raise ValueError(f"config.json {key} linear RoPE factor={scale!r}: expected a "
-                             "positive number")
+        if (
+            not isinstance(scale, (int, float))
+            or isinstance(scale, bool)
+            or not 0 < scale < float("inf")
+        ):
+            raise ValueError(
+                f"config.json {key} linear RoPE factor={scale!r}: expected a positive number"
+            )
     theta = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
-    factor = params.get("partial_rotary_factor",
-                        hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0)))
+    factor = params.get(
+        "partial_rotary_factor", hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0))
+    )
     for name, value in (("rope_theta", theta), ("partial_rotary_factor", factor)):
-        if (not isinstance(value, (int, float)) or isinstance(value, bool)
-                or not 0 < value < float("inf")):
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not 0 < value < float("inf")
+        ):
             raise ValueError(f"config.json {name}={value!r}: expected a positive number")
     return float(theta), float(factor), float(scale)
 
@@ -205,52 +224,91 @@ def hf_config_to_jaxcirc(hf_config, dtype: str = "float32") -> TransformerConfig
     accepted = SUPPORTED[kind][0]
     for arch in hf.get("architectures") or []:
         if arch not in accepted:
-            raise ValueError(f"architecture {arch!r} is not supported for model_type {kind!r}; "
-                             f"supported: {list(accepted)}{nearest(arch, accepted)}")
+            raise ValueError(
+                f"architecture {arch!r} is not supported for model_type {kind!r}; "
+                f"supported: {list(accepted)}{nearest(arch, accepted)}"
+            )
     common = dict(dtype=check_dtype(dtype), family=kind, d_vocab=_size(hf, "vocab_size"))
-    d, heads = (_size(hf, "n_embd"), _size(hf, "n_head")) if kind == "gpt2" else (
-        _size(hf, "hidden_size"), _size(hf, "num_attention_heads"))
+    d, heads = (
+        (_size(hf, "n_embd"), _size(hf, "n_head"))
+        if kind == "gpt2"
+        else (_size(hf, "hidden_size"), _size(hf, "num_attention_heads"))
+    )
     if kind in ("gpt2", "gpt_neox") and d % heads:
         raise ValueError(f"hidden size {d} is not divisible by the number of heads {heads}")
     if kind == "gpt2":
         if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
-            raise ValueError("gpt2 attention scaling other than 1/sqrt(d_head) "
-                             "(scale_attn_weights=False or scale_attn_by_inverse_layer_idx=True) "
-                             "is not implemented")
+            raise ValueError(
+                "gpt2 attention scaling other than 1/sqrt(d_head) "
+                "(scale_attn_weights=False or scale_attn_by_inverse_layer_idx=True) "
+                "is not implemented"
+            )
         return TransformerConfig(
-            d_model=d, n_layers=_size(hf, "n_layer"), n_heads=heads, d_head=d // heads,
-            n_ctx=_size(hf, "n_positions", "n_ctx"), d_mlp=_optional(hf, "n_inner") or 4 * d,
-            act_fn=_act(hf, "activation_function"), norm="layernorm",
-            norm_eps=_eps(hf, "layer_norm_epsilon", 1e-5), positional="learned",
-            block="sequential", tied_embeddings=hf.get("tie_word_embeddings", True), **common,
+            d_model=d,
+            n_layers=_size(hf, "n_layer"),
+            n_heads=heads,
+            d_head=d // heads,
+            n_ctx=_size(hf, "n_positions", "n_ctx"),
+            d_mlp=_optional(hf, "n_inner") or 4 * d,
+            act_fn=_act(hf, "activation_function"),
+            norm="layernorm",
+            norm_eps=_eps(hf, "layer_norm_epsilon", 1e-5),
+            positional="learned",
+            block="sequential",
+            tied_embeddings=hf.get("tie_word_embeddings", True),
+            **common,
         )
     theta, factor, scale = _rope(hf)
-    size = dict(d_model=d, n_layers=_size(hf, "num_hidden_layers"), n_heads=heads,
-                d_mlp=_size(hf, "intermediate_size"), n_ctx=_size(hf, "max_position_embeddings"),
-                act_fn=_act(hf, "hidden_act"), positional="rotary", rotary_base=theta,
-                **({"rotary_scale": scale} if scale != 1.0 else {}))
+    size = dict(
+        d_model=d,
+        n_layers=_size(hf, "num_hidden_layers"),
+        n_heads=heads,
+        d_mlp=_size(hf, "intermediate_size"),
+        n_ctx=_size(hf, "max_position_embeddings"),
+        act_fn=_act(hf, "hidden_act"),
+        positional="rotary",
+        rotary_base=theta,
+        **({"rotary_scale": scale} if scale != 1.0 else {}),
+    )
     if kind == "gpt_neox":
         bias = hf.get("attention_bias", True)
         return TransformerConfig(
-            **size, d_head=d // heads, rotary_dim=int(d // heads * factor), norm="layernorm",
+            **size,
+            d_head=d // heads,
+            rotary_dim=int(d // heads * factor),
+            norm="layernorm",
             norm_eps=_eps(hf, "layer_norm_eps", 1e-5),
             block="parallel" if hf.get("use_parallel_residual", True) else "sequential",
-            attn_bias=bias, attn_out_bias=bias, mlp_bias=True,
-            tied_embeddings=hf.get("tie_word_embeddings", False), **common,
+            attn_bias=bias,
+            attn_out_bias=bias,
+            mlp_bias=True,
+            tied_embeddings=hf.get("tie_word_embeddings", False),
+            **common,
         )
-    window = (_optional(hf, "sliding_window") if hf.get("use_sliding_window", kind == "mistral")
-              else None)
+    window = (
+        _optional(hf, "sliding_window") if hf.get("use_sliding_window", kind == "mistral") else None
+    )
     if window is not None and window < size["n_ctx"]:
-        raise ValueError(f"sliding-window attention (sliding_window={window} < "
-                         f"max_position_embeddings={size['n_ctx']}) is not implemented")
+        raise ValueError(
+            f"sliding-window attention (sliding_window={window} < "
+            f"max_position_embeddings={size['n_ctx']}) is not implemented"
+        )
     d_head = _optional(hf, "head_dim") or d // heads
     bias = kind == "qwen2" or hf.get("attention_bias", False)
     return TransformerConfig(
-        **size, d_head=d_head, n_kv_heads=_optional(hf, "num_key_value_heads") or heads,
-        rotary_dim=int(d_head * factor), norm="rmsnorm", norm_eps=_eps(hf, "rms_norm_eps", 1e-6),
-        block="sequential", gated_mlp=True, attn_bias=bias,
-        attn_out_bias=bias and kind != "qwen2", mlp_bias=hf.get("mlp_bias", False),
-        tied_embeddings=hf.get("tie_word_embeddings", False), **common,
+        **size,
+        d_head=d_head,
+        n_kv_heads=_optional(hf, "num_key_value_heads") or heads,
+        rotary_dim=int(d_head * factor),
+        norm="rmsnorm",
+        norm_eps=_eps(hf, "rms_norm_eps", 1e-6),
+        block="sequential",
+        gated_mlp=True,
+        attn_bias=bias,
+        attn_out_bias=bias and kind != "qwen2",
+        mlp_bias=hf.get("mlp_bias", False),
+        tied_embeddings=hf.get("tie_word_embeddings", False),
+        **common,
     )
 
 
@@ -261,7 +319,8 @@ def _safetensors_files(directory: Path) -> dict[str, Path]:
         return {}  # names come from the file itself
     if not index.is_file():
         others = sorted(p.name for p in directory.glob("*.bin")) + sorted(
-            p.name for p in directory.glob("*.safetensors"))
+            p.name for p in directory.glob("*.safetensors")
+        )
         raise FileNotFoundError(
             f"no {WEIGHTS} or {INDEX} in {directory}"
             + (f" (found {others}; only safetensors weights load)" if others else "")
@@ -269,30 +328,41 @@ def _safetensors_files(directory: Path) -> dict[str, Path]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{index} is not a safetensors index (a JSON object with 'weight_map'): "
-                         f"{e!r}") from None
+        raise ValueError(
+            f"{index} is not a safetensors index (a JSON object with 'weight_map'): {e!r}"
+        ) from None
     if not isinstance(weight_map, dict):
-        raise ValueError(f"{index}: 'weight_map' is a {type(weight_map).__name__}; expected an "
-                         "object mapping tensor names to shard file names")
+        raise ValueError(
+            f"{index}: 'weight_map' is a {type(weight_map).__name__}; expected an "
+            "object mapping tensor names to shard file names"
+        )
     for name, shard in weight_map.items():
-        if (not isinstance(shard, str) or shard in ("", ".", "..") or "/" in shard
-                or "\\" in shard or os.path.isabs(shard)):
+        if (
+            not isinstance(shard, str)
+            or shard in ("", ".", "..")
+            or "/" in shard
+            or "\\" in shard
+            or os.path.isabs(shard)
+        ):
             raise ValueError(
                 f"{index} maps {name!r} to {shard!r}; a shard must be a plain file name inside "
-                f"{directory} (such as 'model-00001-of-00002.safetensors'), not a path")
+                f"{directory} (such as 'model-00001-of-00002.safetensors'), not a path"
+            )
     files = {name: directory / shard for name, shard in weight_map.items()}
     for shard in sorted(set(files.values())):
         if not shard.is_file():
             raise FileNotFoundError(
-                f"shard {shard.name} listed in {index} is missing from {directory}")
+                f"shard {shard.name} listed in {index} is missing from {directory}"
+            )
     return files
 
 
 class _Weights:
     """Safetensors tensors of a directory, read on demand and checked against expected shapes."""
 
-    def __init__(self, directory: Path, prefix: str, dtype: str = "float32",
-                 allow_nonfinite: bool = False):
+    def __init__(
+        self, directory: Path, prefix: str, dtype: str = "float32", allow_nonfinite: bool = False
+    ):
         from safetensors import SafetensorError, safe_open
 
         self.directory = directory
@@ -303,8 +373,10 @@ class _Weights:
             try:
                 self.handles[path] = safe_open(str(path), framework="numpy")
             except SafetensorError as e:
-                raise ValueError(f"cannot read safetensors file {path} (truncated or corrupt? "
-                                 f"re-download it): {e}") from None
+                raise ValueError(
+                    f"cannot read safetensors file {path} (truncated or corrupt? "
+                    f"re-download it): {e}"
+                ) from None
         if self.files is None:
             self.files = {k: paths[0] for k in self.handles[paths[0]].keys()}
         self.prefix = prefix if any(k.startswith(prefix) for k in self.files) else ""
@@ -315,7 +387,7 @@ class _Weights:
         """The layer indices the tensor names hold (`h.N.` or `layers.N.`)."""
         found = set()
         for key in self.files:
-            match = re.match(r"(?:h|layers)\.(\d+)\.", key[len(self.prefix):])
+            match = re.match(r"(?:h|layers)\.(\d+)\.", key[len(self.prefix) :])
             if key.startswith(self.prefix) and match:
                 found.add(int(match.group(1)))
         return sorted(found)
@@ -323,16 +395,20 @@ class _Weights:
     def take(self, name: str, shape: tuple[int, ...], *, base: bool = True) -> np.ndarray:
         key = self.prefix + name if base else name
         if key not in self.files:
-            raise ValueError(f"weight {key!r} not found in the safetensors files of "
-                             f"{self.directory}{nearest(key, self.files)}")
+            raise ValueError(
+                f"weight {key!r} not found in the safetensors files of "
+                f"{self.directory}{nearest(key, self.files)}"
+            )
         path = self.files[key]
         try:
             value = self.handles[path].get_tensor(key)
         except Exception as e:  # safetensors raises its own error types
             raise ValueError(f"cannot read weight {key!r} from {path}: {e}") from None
         if tuple(value.shape) != tuple(shape):
-            raise ValueError(f"weight {key!r} in {path} has shape {tuple(value.shape)}; "
-                             f"config.json implies {tuple(shape)}")
+            raise ValueError(
+                f"weight {key!r} in {path} has shape {tuple(value.shape)}; "
+                f"config.json implies {tuple(shape)}"
+            )
         check_finite(value, key, str(path), self.dtype, self.allow_nonfinite)
         self.used.add(key)
         return value
@@ -426,8 +502,11 @@ def _llama(w: _Weights, cfg: TransformerConfig, out: dict) -> dict:
         out[f"{dst}.attn.W_O"] = _heads_out(o_proj, H, D)
         if cfg.attn_out_bias:
             out[f"{dst}.attn.b_O"] = w.take(f"{src}.self_attn.o_proj.bias", (M,))
-        for n, hf_name, shape in (("gate", "gate_proj", (F, M)), ("in", "up_proj", (F, M)),
-                                  ("out", "down_proj", (M, F))):
+        for n, hf_name, shape in (
+            ("gate", "gate_proj", (F, M)),
+            ("in", "up_proj", (F, M)),
+            ("out", "down_proj", (M, F)),
+        ):
             out[f"{dst}.mlp.W_{n}"] = w.take(f"{src}.mlp.{hf_name}.weight", shape).T
             if cfg.mlp_bias:
                 out[f"{dst}.mlp.b_{n}"] = w.take(f"{src}.mlp.{hf_name}.bias", shape[:1])
@@ -435,14 +514,24 @@ def _llama(w: _Weights, cfg: TransformerConfig, out: dict) -> dict:
     return out
 
 
-_CONVERTERS = {"gpt2": _gpt2, "gpt_neox": _neox, "llama": _llama, "mistral": _llama,
-               "qwen2": _llama}
+_CONVERTERS = {
+    "gpt2": _gpt2,
+    "gpt_neox": _neox,
+    "llama": _llama,
+    "mistral": _llama,
+    "qwen2": _llama,
+}
 _HEADS = {"gpt2": "lm_head.weight", "gpt_neox": "embed_out.weight"}
 
 
-def load_hf(directory: str | os.PathLike, dtype: str = "float32", *,
-            allow_nonfinite: bool = False, mesh: Mesh | None = None,
-            model_axis: str = "model") -> Transformer:
+def load_hf(
+    directory: str | os.PathLike,
+    dtype: str = "float32",
+    *,
+    allow_nonfinite: bool = False,
+    mesh: Mesh | None = None,
+    model_axis: str = "model",
+) -> Transformer:
     """Load a `transformers` model directory (`config.json` + safetensors, sharded or not).
 
     **Arguments:**
@@ -463,8 +552,10 @@ def load_hf(directory: str | os.PathLike, dtype: str = "float32", *,
     """
     directory = Path(directory).expanduser()
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory; expected a Hugging Face model "
-                                "directory (config.json + model.safetensors)")
+        raise FileNotFoundError(
+            f"{directory} is not a directory; expected a Hugging Face model "
+            "directory (config.json + model.safetensors)"
+        )
     hf = read_config(directory)
     kind = hf.get("model_type")
     w = None
@@ -474,7 +565,8 @@ def load_hf(directory: str | os.PathLike, dtype: str = "float32", *,
         if _size(hf, key) > len(layers):  # (more layers than claimed: named as unused below)
             raise ValueError(
                 f"config.json {key}={hf[key]!r}, but the safetensors files in {directory} hold "
-                f"only {len(layers)} layers; the config does not belong to these weights")
+                f"only {len(layers)} layers; the config does not belong to these weights"
+            )
     cfg = hf_config_to_jaxcirc(hf, dtype)
     arrays = _CONVERTERS[cfg.family](w, cfg, placer(cfg, mesh, model_axis))
     head = _HEADS.get(cfg.family, "lm_head.weight")
@@ -485,6 +577,8 @@ def load_hf(directory: str | os.PathLike, dtype: str = "float32", *,
         arrays["unembed.W_U"] = w.take(head, (cfg.d_vocab, cfg.d_model), base=False).T
     leftover = w.leftover()
     if leftover:
-        raise ValueError(f"{len(leftover)} weights in {directory} are not used by a "
-                         f"{cfg.family} model as config.json describes it: {leftover[:5]}")
+        raise ValueError(
+            f"{len(leftover)} weights in {directory} are not used by a "
+            f"{cfg.family} model as config.json describes it: {leftover[:5]}"
+        )
     return scan_layers(from_state_dict(cfg, arrays))

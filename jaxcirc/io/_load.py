@@ -33,10 +33,13 @@ def _download(repo_id: str, revision: str | None) -> Path:
             f"loading hf://{repo_id} needs huggingface_hub (pip install huggingface_hub)"
         ) from None
     try:
-        return Path(snapshot_download(
-            repo_id, revision=revision,
-            allow_patterns=["*.json", "*.safetensors", "tokenizer.model"],
-        ))
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=["*.json", "*.safetensors", "tokenizer.model"],
+            )
+        )
     except Exception as e:  # offline, unknown repo, gated repo, ...
         raise FileNotFoundError(
             f"downloading hf://{repo_id} from the Hugging Face hub failed (offline? set "
@@ -45,10 +48,12 @@ def _download(repo_id: str, revision: str | None) -> Path:
 
 
 def _hub(path: str, kwargs: dict) -> Transformer:
-    repo_id, _, revision = path[len(HUB):].partition("@")
+    repo_id, _, revision = path[len(HUB) :].partition("@")
     if not _HUB_ID.match(repo_id):
-        raise ValueError(f"{path!r} is not a hub model id; expected hf://org/name or "
-                         "hf://org/name@revision (such as 'hf://EleutherAI/pythia-14m')")
+        raise ValueError(
+            f"{path!r} is not a hub model id; expected hf://org/name or "
+            "hf://org/name@revision (such as 'hf://EleutherAI/pythia-14m')"
+        )
     return load_hf(_download(repo_id, revision or None), **kwargs)
 
 
@@ -61,15 +66,19 @@ def _missing(path: str | os.PathLike, p: Path) -> FileNotFoundError:
     if parent.is_dir():
         missing = p.relative_to(parent).parts[0]  # the first component that is missing
         try:
-            hint = nearest(missing, sorted(q.name for q in parent.iterdir()
-                                           if not q.name.startswith(".")))
+            hint = nearest(
+                missing, sorted(q.name for q in parent.iterdir() if not q.name.startswith("."))
+            )
         except OSError:
             pass
         if parent != p.parent:
             hint = f" ({parent / missing} is missing){hint}"
     text = os.fspath(path)
-    hub = (f"; to download the Hugging Face hub model {text!r}, write 'hf://{text}'"
-           if isinstance(path, str) and _HUB_ID.match(text) else "")
+    hub = (
+        f"; to download the Hugging Face hub model {text!r}, write 'hf://{text}'"
+        if isinstance(path, str) and _HUB_ID.match(text)
+        else ""
+    )
     return FileNotFoundError(f"{p} does not exist{hint}{hub}; expected {_EXPECTED}")
 
 
@@ -104,7 +113,8 @@ def load(path: str | os.PathLike, kind: str | None = None, **kwargs):
             raise FileNotFoundError(
                 f"nothing saved at {p}: a first save to it was interrupted before it finished "
                 "(its partial copy is now removed); save the model with jaxcirc.save(path, obj) "
-                "(or the SAE, circuit or mask)")
+                "(or the SAE, circuit or mask)"
+            )
     if p.is_dir():
         found = kind_of(p)
         if found == "transformer" and "mesh" in kwargs:
@@ -126,16 +136,21 @@ def load(path: str | os.PathLike, kind: str | None = None, **kwargs):
 
             _expect(p, "transformer", kind)
             return load_gguf(p, **kwargs)
-        inside = (f"; {p.name} is part of a saved folder: load the folder {p.parent}"
-                  if holds_saved(p.parent) else "")
-        raise ValueError(f"cannot load the file {p} (suffix {p.suffix!r}){inside}; expected "
-                         f"{_EXPECTED}")
+        inside = (
+            f"; {p.name} is part of a saved folder: load the folder {p.parent}"
+            if holds_saved(p.parent)
+            else ""
+        )
+        raise ValueError(
+            f"cannot load the file {p} (suffix {p.suffix!r}){inside}; expected {_EXPECTED}"
+        )
     if _zoo_mlp(p):
         raise FileNotFoundError(
             f"{p} is not a folder, but {p}.json and {p}.safetensors are an MLP classifier "
             "written by jaxcirc.zoo's digits save: read them with "
             f"jaxcirc.zoo.digits_mlp({str(p)!r}), and save it with jaxcirc.save to get a folder "
-            "jaxcirc.load reads")
+            "jaxcirc.load reads"
+        )
     raise _missing(path, p)
 
 
@@ -154,8 +169,10 @@ def _zoo_mlp(p: Path) -> bool:
 
 def _expect(path, found: str, kind: str | None) -> None:
     if kind is not None and kind != found:
-        raise ValueError(f"{path} holds a saved {found}, not a {kind}; load it with "
-                         f"kind={found!r} (or without kind=)")
+        raise ValueError(
+            f"{path} holds a saved {found}, not a {kind}; load it with "
+            f"kind={found!r} (or without kind=)"
+        )
 
 
 def save(path: str | os.PathLike, obj) -> Path:
@@ -167,4 +184,3 @@ def save(path: str | os.PathLike, obj) -> Path:
     holds another kind, or that jaxcirc did not write, is never replaced. Returns the folder.
     """
     return save_object(path, obj)
-

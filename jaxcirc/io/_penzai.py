@@ -42,14 +42,14 @@ def _check_llamalike(c, llamalike_common) -> None:
                       ("tie_embedder_and_logits", False)):  # fmt: skip
         if getattr(c, field) != ok:
             raise _refuse(f"penzai config {field}", getattr(c, field), f"supported: {ok!r}")
-    types = c.attention_type if isinstance(c.attention_type, (list, tuple)) else [
-        c.attention_type]
+    types = c.attention_type if isinstance(c.attention_type, (list, tuple)) else [c.attention_type]
     for t in types:
         if not isinstance(t, llamalike_common.AttentionTypeGlobalCausal):
             raise _refuse("penzai config attention_type", t, "supported: global causal")
     if c.mlp_variant not in _ACTS:
-        raise _refuse("penzai config mlp_variant", c.mlp_variant,
-                      f"supported: {list(_LLAMA_ACTS.values())}")
+        raise _refuse(
+            "penzai config mlp_variant", c.mlp_variant, f"supported: {list(_LLAMA_ACTS.values())}"
+        )
 
 
 def _config(c, n_ctx: int) -> tuple[str, TransformerConfig]:
@@ -68,8 +68,11 @@ def _config(c, n_ctx: int) -> tuple[str, TransformerConfig]:
         if c.use_layer_stack:
             raise _refuse("penzai config use_layer_stack", True, "supported: False")
         if c.activation_fn not in _ACTS:
-            raise _refuse("penzai config activation_fn", c.activation_fn,
-                          f"supported: {list(_NEOX_ACTS.values())}")
+            raise _refuse(
+                "penzai config activation_fn",
+                c.activation_fn,
+                f"supported: {list(_NEOX_ACTS.values())}",
+            )
         return "neox", neox(
             d_model=c.embedding_dim, n_layers=c.num_decoder_blocks, n_heads=c.num_attention_heads,
             d_head=c.projection_dim, d_mlp=c.mlp_hidden_dim, d_vocab=c.vocab_size, n_ctx=n_ctx,
@@ -155,8 +158,10 @@ def from_penzai(lm, config, *, n_ctx: int = 2048):
             raise ValueError(f"the penzai model has no parameter {label!r} (for {name})")
         value = values[label]
         if set(value.named_shape) != set(axes) or value.positional_shape:
-            raise ValueError(f"penzai parameter {label} has axes {dict(value.named_shape)}; "
-                             f"expected {list(axes)}")
+            raise ValueError(
+                f"penzai parameter {label} has axes {dict(value.named_shape)}; "
+                f"expected {list(axes)}"
+            )
         a = np.asarray(value.unwrap(*axes))
         heads = {"W_Q": cfg.n_heads, "W_O": cfg.n_heads, "W_K": cfg.n_kv_heads or cfg.n_heads,
                  "W_V": cfg.n_kv_heads or cfg.n_heads}.get(name.rsplit(".", 1)[-1])  # fmt: skip
@@ -178,22 +183,45 @@ def to_penzai(model):
         acts = _LLAMA_ACTS
     elif cfg.block == "parallel" and not cfg.gated_mlp:
         kind = "neox"
-        want = dict(norm="layernorm", positional="rotary", attn_bias=True, attn_out_bias=True,
-                    mlp_bias=True, unembed_bias=False, tied_embeddings=False, final_norm=True)
+        want = dict(
+            norm="layernorm",
+            positional="rotary",
+            attn_bias=True,
+            attn_out_bias=True,
+            mlp_bias=True,
+            unembed_bias=False,
+            tied_embeddings=False,
+            final_norm=True,
+        )
         acts = _NEOX_ACTS
     else:
-        raise ValueError(f"to_penzai converts Llama-like (sequential, gated MLP) and GPT-NeoX "
-                         f"(parallel) models; this one has block={cfg.block!r}, "
-                         f"gated_mlp={cfg.gated_mlp}")
-    extra = dict(layer_n_heads=None, layer_n_kv_heads=None, layer_d_mlp=None, mlp_out_bias=None,
-                 rotary_scale=1.0, act_topk=0.0, attn_sink=False, bigram=False, causal=True)
+        raise ValueError(
+            f"to_penzai converts Llama-like (sequential, gated MLP) and GPT-NeoX "
+            f"(parallel) models; this one has block={cfg.block!r}, "
+            f"gated_mlp={cfg.gated_mlp}"
+        )
+    extra = dict(
+        layer_n_heads=None,
+        layer_n_kv_heads=None,
+        layer_d_mlp=None,
+        mlp_out_bias=None,
+        rotary_scale=1.0,
+        act_topk=0.0,
+        attn_sink=False,
+        bigram=False,
+        causal=True,
+    )
     for field, ok in {**want, **extra}.items():
         if getattr(cfg, field) != ok:
-            raise ValueError(f"TransformerConfig.{field}={getattr(cfg, field)!r} has no penzai "
-                             f"{kind} equivalent (needs {ok!r})")
+            raise ValueError(
+                f"TransformerConfig.{field}={getattr(cfg, field)!r} has no penzai "
+                f"{kind} equivalent (needs {ok!r})"
+            )
     if cfg.act_fn not in acts:
-        raise ValueError(f"TransformerConfig.act_fn={cfg.act_fn!r} has no penzai {kind} "
-                         f"equivalent; supported: {list(acts)}")
+        raise ValueError(
+            f"TransformerConfig.act_fn={cfg.act_fn!r} has no penzai {kind} "
+            f"equivalent; supported: {list(acts)}"
+        )
     dtype = jnp.dtype(cfg.dtype)
     if kind == "llama":
         n_kv = cfg.n_kv_heads or cfg.n_heads

@@ -86,8 +86,13 @@ def _encode(value, where: str, arrays: dict):
     if isinstance(value, (jax.Array, np.ndarray, np.generic)):
         name = str(len(arrays))
         arrays[name] = np.asarray(value)
-        kind = ("jax" if isinstance(value, jax.Array)
-                else "scalar" if isinstance(value, np.generic) else "numpy")
+        kind = (
+            "jax"
+            if isinstance(value, jax.Array)
+            else "scalar"
+            if isinstance(value, np.generic)
+            else "numpy"
+        )
         return {"array": name, "type": kind}
     if type(value) in (list, tuple):
         return {type(value).__name__: [_encode(v, f"{where}[{i}]", arrays)
@@ -95,8 +100,10 @@ def _encode(value, where: str, arrays: dict):
     if type(value) is dict:
         bad = [k for k in value if type(k) is not str]
         if bad:
-            raise TypeError(f"{where} has the key {bad[0]!r} ({type(bad[0]).__name__}); "
-                            "jaxcirc.save stores dicts with str keys only")
+            raise TypeError(
+                f"{where} has the key {bad[0]!r} ({type(bad[0]).__name__}); "
+                "jaxcirc.save stores dicts with str keys only"
+            )
         return {"dict": {k: _encode(v, f"{where}[{k!r}]", arrays) for k, v in value.items()}}
     raise TypeError(
         f"{where} is a {type(value).__name__}, which jaxcirc.save cannot store: it stores None, "
@@ -109,9 +116,10 @@ def _decode(value, arrays: dict):
         return value
     if "array" in value:
         a = arrays[value["array"]]
-        return {"jax": jnp.asarray, "numpy": lambda x: x, "scalar": lambda x: x[()]}[
-            value["type"]](a)
-    (tag, inner), = value.items()
+        return {"jax": jnp.asarray, "numpy": lambda x: x, "scalar": lambda x: x[()]}[value["type"]](
+            a
+        )
+    ((tag, inner),) = value.items()
     if tag == "dict":
         return {k: _decode(v, arrays) for k, v in inner.items()}
     items = [_decode(v, arrays) for v in inner]
@@ -153,8 +161,9 @@ def _save_folder(path, kind: str, value) -> Path:
 
 
 def _corrupt(path: Path, why: str) -> ValueError:
-    return ValueError(f"{path / HEADER} is corrupt: {why}; the saved object cannot be trusted: "
-                      "save it again")
+    return ValueError(
+        f"{path / HEADER} is corrupt: {why}; the saved object cannot be trusted: save it again"
+    )
 
 
 def _header(path: Path) -> dict:
@@ -165,20 +174,31 @@ def _header(path: Path) -> dict:
     if not isinstance(header, dict):
         raise _corrupt(path, f"it holds a {type(header).__name__}, not a JSON object")
     if header.get("format") != FORMAT:
-        raise ValueError(f"{path / HEADER} has format {header.get('format')!r}; this version of "
-                         f"jaxcirc reads format {FORMAT}")
+        raise ValueError(
+            f"{path / HEADER} has format {header.get('format')!r}; this version of "
+            f"jaxcirc reads format {FORMAT}"
+        )
     kind = header.get("kind")
     if kind not in KINDS:
         raise _corrupt(path, f"unknown kind {kind!r}{nearest(str(kind), KINDS)}")
     entries = header.get("arrays")
-    if not isinstance(entries, dict) or not all(
-        isinstance(e, dict) and isinstance(e.get("dtype"), str) and isinstance(e.get("sha256"), str)
-        and type(e.get("offset")) is int and e["offset"] >= 0 and isinstance(e.get("shape"), list)
-        and all(type(n) is int and n >= 0 for n in e["shape"])
-        for e in entries.values()
-    ) or "fields" not in header:
-        raise _corrupt(path, "expected 'fields' and 'arrays' (name -> dtype, shape, offset, "
-                             "sha256)")
+    if (
+        not isinstance(entries, dict)
+        or not all(
+            isinstance(e, dict)
+            and isinstance(e.get("dtype"), str)
+            and isinstance(e.get("sha256"), str)
+            and type(e.get("offset")) is int
+            and e["offset"] >= 0
+            and isinstance(e.get("shape"), list)
+            and all(type(n) is int and n >= 0 for n in e["shape"])
+            for e in entries.values()
+        )
+        or "fields" not in header
+    ):
+        raise _corrupt(
+            path, "expected 'fields' and 'arrays' (name -> dtype, shape, offset, sha256)"
+        )
     return header
 
 
@@ -187,8 +207,9 @@ def _read_data(path: Path, entries: dict) -> dict:
     try:
         data = file.read_bytes()
     except OSError as e:
-        raise ValueError(f"cannot read {file} ({type(e).__name__}: {e}); save the object "
-                         "again") from None
+        raise ValueError(
+            f"cannot read {file} ({type(e).__name__}: {e}); save the object again"
+        ) from None
     arrays, end = {}, 0
     for name, e in entries.items():
         try:
@@ -196,16 +217,20 @@ def _read_data(path: Path, entries: dict) -> dict:
         except TypeError:
             raise _corrupt(path, f"array {name} has the unknown dtype {e['dtype']!r}") from None
         size = math.prod(e["shape"]) * dtype.itemsize
-        chunk = data[e["offset"]: e["offset"] + size]
+        chunk = data[e["offset"] : e["offset"] + size]
         if len(chunk) != size or _sha256(chunk) != e["sha256"]:
-            raise ValueError(f"{file}: array {name} ({e['dtype']}{e['shape']}) differs from the "
-                             "one saved (truncated, or SHA-256 mismatch): the file is corrupt; "
-                             "save the object again")
+            raise ValueError(
+                f"{file}: array {name} ({e['dtype']}{e['shape']}) differs from the "
+                "one saved (truncated, or SHA-256 mismatch): the file is corrupt; "
+                "save the object again"
+            )
         arrays[name] = np.frombuffer(chunk, dtype).reshape(e["shape"]).copy()
         end = max(end, e["offset"] + size)
     if end != len(data):
-        raise ValueError(f"{file} holds {len(data)} bytes; its header describes {end}: the file "
-                         "is corrupt; save the object again")
+        raise ValueError(
+            f"{file} holds {len(data)} bytes; its header describes {end}: the file "
+            "is corrupt; save the object again"
+        )
     return arrays
 
 
@@ -216,9 +241,11 @@ def _mlp_fields(model: MLPClassifier) -> dict:
     reps = model.replacements
     other = [s.name for s, r in zip(model.hidden, reps) if s.intervention is not None and r is None]
     if other:
-        raise ValueError(f"this MLPClassifier carries interventions at {other}; jaxcirc.save "
-                         "stores only Replacements (jaxcirc.methods.replace): save "
-                         "`jaxcirc.clear(model)` instead")
+        raise ValueError(
+            f"this MLPClassifier carries interventions at {other}; jaxcirc.save "
+            "stores only Replacements (jaxcirc.methods.replace): save "
+            "`jaxcirc.clear(model)` instead"
+        )
     return {
         "weights": model.weights, "biases": model.biases,
         "replacements": tuple(None if r is None else {f.name: getattr(r, f.name) for f in
@@ -281,8 +308,10 @@ def save_object(path, obj) -> Path:
         except ValueError:
             found = None  # a corrupt folder of ours: the saver below decides
         if found not in (None, kind):
-            raise FileExistsError(f"{path} holds a saved {found}; refusing to replace it with a "
-                                  f"{kind}: choose another path, or delete it yourself")
+            raise FileExistsError(
+                f"{path} holds a saved {found}; refusing to replace it with a "
+                f"{kind}: choose another path, or delete it yourself"
+            )
     if kind == "transformer":
         save_checkpoint(path, obj)
         return path
@@ -303,11 +332,12 @@ def load_object(path: Path, found: str, **kwargs):
 
         return load(path, **kwargs)
     if found not in _FOLDERS:
-        raise ValueError(f"{path} holds an SAE training run ({_TRAIN_MARKER}), which jaxcirc.load "
-                         "does not read: resume it with jaxcirc.sae.train(..., checkpoint=path)")
+        raise ValueError(
+            f"{path} holds an SAE training run ({_TRAIN_MARKER}), which jaxcirc.load "
+            "does not read: resume it with jaxcirc.sae.train(..., checkpoint=path)"
+        )
     if kwargs:
-        raise TypeError(f"loading a saved {found} takes no keyword arguments; got "
-                        f"{sorted(kwargs)}")
+        raise TypeError(f"loading a saved {found} takes no keyword arguments; got {sorted(kwargs)}")
     header = _header(path)
     arrays = _read_data(path, header["arrays"])
     try:

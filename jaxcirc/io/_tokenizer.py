@@ -35,8 +35,17 @@ _GPT4O_SPLIT = (
 # `tokenizer.ggml.pre` -> split regex, as in transformers; others use GPT-2's byte-level regex.
 PRE_TOKENIZER_SPLITS = {
     **dict.fromkeys(
-        ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "lfm2", "dbrx",
-         "smaug-bpe"),
+        (
+            "llama3",
+            "llama-v3",
+            "llama-bpe",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "lfm2",
+            "dbrx",
+            "smaug-bpe",
+        ),
         _LLAMA3_SPLIT,
     ),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), _QWEN2_SPLIT),
@@ -185,22 +194,30 @@ def _from_gguf(path: pathlib.Path) -> Tokenizer:
             raise ValueError(f"GGUF file {str(path)!r}: merge {merge!r} is not two tokens")
         merges.append(pair)
     alphabet = set(_bytes_to_unicode().values())
-    spell = lambda t: t if set(t) <= alphabet else "".join(
-        _bytes_to_unicode()[b] for b in t.encode("utf-8")
+    spell = lambda t: (
+        t if set(t) <= alphabet else "".join(_bytes_to_unicode()[b] for b in t.encode("utf-8"))
     )
     vocab = {spell(token): i for i, token in enumerate(tokens)}
     tokenizer = HFTokenizer(
-        models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
-                   end_of_word_suffix="", fuse_unk=False)
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            dropout=None,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+            fuse_unk=False,
+        )
     )
     split = PRE_TOKENIZER_SPLITS.get(metadata(reader, "tokenizer.ggml.pre", "default"))
     if split is None:
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(split), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tokenizer.decoder = decoders.ByteLevel()
     # Control tokens (`<|im_start|>`) stay whole and are special; user-defined ones stay whole.
     typed = list(zip(tokens, token_types))

@@ -124,7 +124,10 @@ def rotary_tables(
 
 
 def apply_rotary(
-    x: Float[Array, "seq heads d_head"], rotary_dim: int, base: float, offset: int = 0,
+    x: Float[Array, "seq heads d_head"],
+    rotary_dim: int,
+    base: float,
+    offset: int = 0,
     scale: float = 1.0,
 ) -> Float[Array, "seq heads d_head"]:
     """Rotate the first `rotary_dim` features of each head by position; row `i` of `x` is

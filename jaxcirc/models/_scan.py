@@ -44,9 +44,11 @@ def scan_layers(model: Transformer, scan: bool = True) -> Transformer:
 def stack_form(block):
     """`block` with its sites renamed `blocks.*.…`: equal for equal blocks of any layer."""
     return jax.tree_util.tree_map(
-        lambda x: Site(STAR + x.name.split(".", 2)[2], x.axes, x.intervention)
-        if isinstance(x, Site)
-        else x,
+        lambda x: (
+            Site(STAR + x.name.split(".", 2)[2], x.axes, x.intervention)
+            if isinstance(x, Site)
+            else x
+        ),
         block,
         is_leaf=lambda x: isinstance(x, Site),
     )

@@ -105,11 +105,15 @@ class Transformer(eqx.Module):
         """
         traced = isinstance(tokens, jax.core.Tracer)
         array = tokens if traced else np.asarray(tokens)  # numpy: concrete even under jit
-        if array.dtype == object or array.dtype == bool or not (
-            jnp.issubdtype(array.dtype, jnp.integer)
+        if (
+            array.dtype == object
+            or array.dtype == bool
+            or not (jnp.issubdtype(array.dtype, jnp.integer))
         ):
-            if array.dtype == object and array.size and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in array.flat
+            if (
+                array.dtype == object
+                and array.size
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in array.flat)
             ):
                 array = np.asarray([int(v) for v in array.flat], object).reshape(array.shape)
             else:
@@ -279,7 +283,6 @@ class Transformer(eqx.Module):
             for field in STREAM_SITES
             if (site := getattr(block, field, None)) is not None and site.intervention is not None
         )
-
 
     def nonfinite_report(self, tokens, acts: Activations | None = None) -> str | None:
         """Where non-finite values start in runs on `tokens` (`[..., seq]`): the first
