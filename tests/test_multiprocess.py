@@ -4,7 +4,8 @@ Two local CPU processes, each owning 2 devices (`--xla_force_host_platform_devic
 join one run with `jax.distributed.initialize` (CPU collectives over gloo) and build one mesh
 over all 4 devices. A data-parallel patching sweep and a data-parallel SAE training run on that
 mesh give, in both processes, what one plain process without a mesh gives: the sweep's effects
-and the SAE's loss curve and weights.
+and the SAE's loss curve and weights. Checkpoints and `jaxcirc.save` go to one shared folder,
+written by process 0 alone; a save that fails on process 0 is an error on both processes.
 """
 
 import json
@@ -52,7 +53,21 @@ def work(process: int, processes: int, port: int, checkpoint: str) -> dict:
     config = jc.sae.TrainConfig(lr=1e-2, warmup_steps=2, dead_tokens=64, log_every=1)
     res = jc.sae.train(sae, iter(batches), steps=STEPS, config=config, checkpoint=checkpoint,
                        checkpoint_every=4, **kw)  # fmt: skip
+    folder = os.path.dirname(checkpoint)
+    jc.save(os.path.join(folder, "model"), model)  # every process calls it; process 0 writes
+    loaded = jc.load(os.path.join(folder, "model"))
+    same = all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(model))
+    )
+    try:  # a folder that is not a checkpoint: process 0 refuses, and so does every process
+        jc.save(os.path.join(folder, "occupied"), model)
+        refused = None
+    except Exception as e:  # noqa: BLE001 - the test reads which error each process got
+        refused = f"{type(e).__name__}: {e}"
     return {
+        "saved model loads equal": same,
+        "refused": refused,
         "devices": len(jax.devices()),
         "local devices": len(jax.local_devices()),
         "effects": np.asarray(effects).tolist(),
@@ -86,6 +101,9 @@ def folders(tmp_path_factory):
 def runs(folders):
     port = _free_port()
     one, two = (f / "ckpt" for f in folders)  # the two processes share one folder
+    for f in folders:  # a folder holding someone's file: jaxcirc.save must refuse it
+        (f / "occupied").mkdir(exist_ok=True)
+        (f / "occupied" / "notes.txt").write_text("not a checkpoint")
     procs = [_launch(0, 1, 0, 1, one), _launch(0, 2, port, 2, two), _launch(1, 2, port, 2, two)]
     out = []
     for p in procs:
@@ -118,11 +136,28 @@ def test_two_process_sae_training_equals_one_process(runs):
 
 def test_one_checkpoint_written_by_process_zero(runs, folders):
     one, two = folders
-    # one complete checkpoint, no temporary or replaced copies left by a second writer
-    assert sorted(p.name for p in two.iterdir()) == ["ckpt"]
+    # one complete checkpoint and one saved model, no temporary or replaced copies left by a
+    # second writer, the occupied folder untouched
+    assert sorted(p.name for p in two.iterdir()) == ["ckpt", "model", "occupied"]
+    assert [p.name for p in (two / "occupied").iterdir()] == ["notes.txt"]
+    assert all(r["saved model loads equal"] for r in runs)
     single = json.loads((one / "ckpt" / "state.json").read_text())
     pair = json.loads((two / "ckpt" / "state.json").read_text())
     assert pair["step"] == single["step"] == STEPS
+
+
+def test_a_save_that_fails_on_process_zero_fails_on_every_process(runs):
+    single, zero, one = runs
+    assert single["refused"].startswith("FileExistsError") and "occupied" in single["refused"]
+    assert zero["refused"] == single["refused"].replace(*_folders_of(single, zero))
+    assert one["refused"].startswith("RuntimeError: process 0 failed to write")  # no hang
+
+
+def _folders_of(single, zero):
+    """The two runs' folders, as their error messages name them."""
+    a = single["refused"].split("FileExistsError: ", 1)[1].split(" ", 1)[0]
+    b = zero["refused"].split("FileExistsError: ", 1)[1].split(" ", 1)[0]
+    return a, b
 
 
 if __name__ == "__main__":

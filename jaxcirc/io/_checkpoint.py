@@ -38,6 +38,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from .._processes import checkpointer, written_by_one
 from ..models import Site, Transformer, TransformerConfig, from_state_dict, state_dict
 from ..models._site import nearest
 from ._hf import check_dtype, check_finite
@@ -164,17 +165,15 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def _write_arrays(directory: Path, arrays: dict) -> None:
-    import orbax.checkpoint as ocp
-
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        checkpointer.save(directory.absolute(), _nest(arrays))
+    with checkpointer() as writer:  # this process alone (`save_checkpoint`: process 0)
+        writer.save(directory.absolute(), _nest(arrays))
 
 
 def _read_arrays(directory: Path) -> dict:
     import orbax.checkpoint as ocp
 
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        return _flatten(checkpointer.restore(directory.absolute()))
+    with ocp.PyTreeCheckpointer() as reader:
+        return _flatten(reader.restore(directory.absolute()))
 
 
 def _fsync_write(path: Path, text: str) -> None:
@@ -239,13 +238,14 @@ def save_checkpoint(path: str | os.PathLike, model: Transformer) -> None:
             f"model carries interventions at {intervened[:3]}; save "
             "`jaxcirc.clear(model)` (the model without them) instead"
         )
-    config, arrays = model.cfg.to_json(), state_dict(model)
-    replace_dir(
-        path,
-        lambda tmp: _fill(tmp, config, arrays),
-        _marked,
-        f"a jaxcirc checkpoint (it has no {MARKER} file)",
-    )
+    config = model.cfg.to_json()
+    arrays = {k: np.asarray(v) for k, v in state_dict(model).items()}  # every process: whole
+
+    def write():
+        what = f"a jaxcirc checkpoint (it has no {MARKER} file)"
+        replace_dir(path, lambda tmp: _fill(tmp, config, arrays), _marked, what)
+
+    written_by_one(write, str(path))  # under jax.distributed: process 0 alone
 
 
 def replace_dir(path: str | os.PathLike, fill, ours, what: str) -> Path:

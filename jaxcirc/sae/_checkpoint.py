@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._processes import checkpointer, written_by_one
 from ._sae import CLASSES, SAE, BatchTopKSAE, JumpReLUSAE, TopKSAE
 
 SAE_MARKER = "JAXCIRC_SAE"
@@ -38,25 +39,15 @@ def _sha(x: np.ndarray) -> str:
 
 
 def _write_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
-    import orbax.checkpoint as ocp
-
-    if jax.process_count() == 1:
-        checkpointer = ocp.PyTreeCheckpointer()
-    else:  # host arrays written by this process alone (the others wait at `_save_dir`'s barrier)
-        me = ocp.options.MultiprocessingOptions(
-            primary_host=jax.process_index(), active_processes={jax.process_index()}
-        )
-        handler = ocp.PyTreeCheckpointHandler(multiprocessing_options=me)
-        checkpointer = ocp.Checkpointer(handler, multiprocessing_options=me)
-    with checkpointer:
-        checkpointer.save(directory.absolute(), arrays)
+    with checkpointer() as writer:  # this process alone (`_save_dir`: process 0)
+        writer.save(directory.absolute(), arrays)
 
 
 def _read_arrays(directory: Path) -> dict[str, np.ndarray]:
     import orbax.checkpoint as ocp
 
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        tree = checkpointer.restore(directory.absolute())
+    with ocp.PyTreeCheckpointer() as reader:
+        tree = reader.restore(directory.absolute())
     return {k: np.asarray(v) for k, v in tree.items()}
 
 
@@ -79,15 +70,9 @@ def _recover(path: Path) -> None:
 
 def _save_dir(path: Path, meta_name: str, meta: dict, arrays: dict, marker: str) -> Path:
     """Write atomically. Under `jax.distributed` (several processes, one shared folder) only
-    process 0 writes, and every process returns once it has (a barrier)."""
+    process 0 writes, and every process returns once it has (`jaxcirc._processes`)."""
     arrays = {k: np.asarray(v) for k, v in arrays.items()}  # replicated arrays: every process
-    if jax.process_count() == 1:
-        return _write_dir(path, meta_name, meta, arrays, marker)
-    if jax.process_index() == 0:
-        _write_dir(path, meta_name, meta, arrays, marker)
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(f"jaxcirc: saved {Path(path).name}")
+    written_by_one(lambda: _write_dir(path, meta_name, meta, arrays, marker), str(path))
     return Path(path)
 
 
