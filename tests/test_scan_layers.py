@@ -128,7 +128,7 @@ SITES_PER = [("resid_mid", "position"), ("mlp_out", "position"), ("z", "position
 
 
 @pytest.mark.parametrize(("site", "per"), SITES_PER)
-def test_scanned_sweep_engine_equals_unrolled_engine_at_every_site(site, per, tokens):
+def test_scanned_sweep_engine_equals_unrolled_engine_for_every_unit_kind(site, per, tokens):
     """The scanned model's sweep runs its own engine (one block body scanned over the layers,
     every run at once); the unrolled model's runs block by block. Both, at every site and
     unit kind, with position buckets and with the units in several chunks; 4 layers make
