@@ -153,7 +153,7 @@ def report(sz: dict, info: dict, reports: dict, errs: dict) -> str:
             f"difference of tokens {ANSWER} and {WRONG} at the last position. jaxcirc's default "
             "sweep: position buckets (a patch at position p recomputes positions from its "
             "bucket's "
-            f'first on), the layers unrolled as `from_state_dict` builds the model (block by '
+            f"first on), the layers unrolled as `from_state_dict` builds the model (block by "
             f'block). "full logits": a plain metric '
             f'function, so every position is unembedded as in TL (like for like); "metric reads '
             f'position {SEQ - 1}": the metric declares that position (`positions` / '
