@@ -37,9 +37,12 @@ from jax.sharding import PartitionSpec as P
 from ._checks import nearest_word
 
 
-def check_mesh(mesh, batch_axis: str | tuple[str, ...] | None = None) -> tuple[str, ...]:
+def check_mesh(
+    mesh, batch_axis: str | tuple[str, ...] | None = None, name: str = "batch_axis"
+) -> tuple[str, ...]:
     """The axis names of `mesh` the prompt batch is split over: `batch_axis` (one name or a
-    tuple of names) checked against the mesh, or the mesh's first axis."""
+    tuple of names) checked against the mesh, or the mesh's first axis; errors call the
+    argument `name` (`target_axis` where targets are split)."""
     if not isinstance(mesh, Mesh):
         raise TypeError(
             f"mesh must be a jax.sharding.Mesh (e.g. Mesh(np.array(jax.devices()), ('batch',)));"
@@ -51,13 +54,13 @@ def check_mesh(mesh, batch_axis: str | tuple[str, ...] | None = None) -> tuple[s
     axes = (batch_axis,) if isinstance(batch_axis, str) else tuple(batch_axis)
     if not axes or len(set(axes)) != len(axes):
         raise ValueError(
-            f"batch_axis must be one axis name or a tuple of distinct names of the mesh "
+            f"{name} must be one axis name or a tuple of distinct names of the mesh "
             f"{names}; got {batch_axis!r}"
         )
     for a in axes:
         if a not in names:
             raise ValueError(
-                f"batch_axis {a!r} is not an axis of the mesh{nearest_word(a, names)}; its "
+                f"{name} {a!r} is not an axis of the mesh{nearest_word(a, names)}; its "
                 f"axes are {names} (shape {tuple(mesh.devices.shape)})"
             )
     return axes

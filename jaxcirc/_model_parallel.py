@@ -131,8 +131,7 @@ def layout(shapes: dict[str, tuple[int, ...]], mesh, axis: str = "model") -> dic
 
 def _name(keypath) -> str:
     """A tree path as a dotted name (`blocks.3.attn.W_Q`), as `jaxcirc.models.state_dict`."""
-    key = lambda k: next(getattr(k, a) for a in ("name", "idx", "key") if hasattr(k, a))
-    return ".".join(str(key(k)) for k in keypath)
+    return jax.tree_util.keystr(keypath, simple=True, separator=".")
 
 
 def shard_model(model, mesh: Mesh, axis: str = "model"):

@@ -204,6 +204,8 @@ def main() -> dict:
         "sae batch": lambda: _sae_run(mesh=Mesh(np.array(jax.devices()[:3]), ("b",))),
         "lm batch": lambda: _lm_run(mesh=Mesh(np.array(jax.devices()[:3]), ("b",))),
         "lasso group": lambda: solvers.lasso(X, Y, 0.05, penalty="group_l1", mesh=mesh),
+        "lasso axis": lambda: solvers.lasso(X, Y, 0.05, mesh=mesh, target_axis="targets"),
+        "circuit_lasso axis": lambda: _circuit_lasso(mesh=mesh, target_axis="bb"),
         "lasso logistic 7": lambda: solvers.lasso(
             X, labels[:, :7], 0.02, loss="logistic", mesh=mesh
         ),
@@ -272,6 +274,10 @@ def test_bad_splits_are_refused_with_the_nearest_valid_size(report):
     assert "batch of 16 does not split evenly over the 3 devices" in e["lm batch"]
     assert "nearest: 15 or 18" in e["lm batch"]
     assert "needs penalty='l1'" in e["lasso group"]
+    assert "target_axis 'targets' is not an axis of the mesh" in e["lasso axis"]
+    assert (
+        "target_axis 'bb' is not an axis of the mesh (did you mean 'b'?)" in e["circuit_lasso axis"]
+    )
     assert (
         "number of targets of 7 does not split evenly over the 8 devices" in e["lasso logistic 7"]
     )

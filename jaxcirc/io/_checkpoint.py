@@ -239,7 +239,7 @@ def save_checkpoint(path: str | os.PathLike, model: Transformer) -> None:
             "`jaxcirc.clear(model)` (the model without them) instead"
         )
     config = model.cfg.to_json()
-    arrays = {k: np.asarray(v) for k, v in state_dict(model).items()}  # every process: whole
+    arrays = state_dict(model)  # host arrays, whole in every process
 
     def write():
         what = f"a jaxcirc checkpoint (it has no {MARKER} file)"

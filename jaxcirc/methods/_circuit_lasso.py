@@ -290,11 +290,12 @@ class _Stacked:
     def _place(self, a):
         """A stack on the device(s): split over the mesh (padded with repeats of its last
         sub-problem to a multiple of the devices), or whole."""
+        a = jnp.asarray(a)
         if self.split is None:
-            return jnp.asarray(a)
+            return a
         mesh, axes = self.split
         extra = -len(a) % _mesh.axis_size(mesh, axes)
-        a = np.concatenate([a, np.repeat(np.asarray(a)[-1:], extra, 0)])
+        a = jnp.concatenate([a, jnp.repeat(a[-1:], extra, 0)])
         return _mesh.split_along(mesh, axes, a, what="number of sub-problems")
 
     def zeros(self):
@@ -308,8 +309,8 @@ class _Stacked:
         padded widths; only the rows may differ): warm starts across the two fits."""
         out = {}
         for key, members in self.stacks.items():
-            parts = [np.asarray(Ws[other.locate[i][0]][other.locate[i][1]]) for i in members]
-            out[key] = self._place(np.stack(parts))
+            parts = [Ws[other.locate[i][0]][other.locate[i][1]] for i in members]
+            out[key] = self._place(jnp.stack(parts))
         return out
 
 
@@ -504,7 +505,7 @@ def block_lasso(
     solves its share, one SPMD program per stack shape; the results equal one device's.
     """
     alpha = _check_alpha(alpha)
-    split = None if mesh is None else (mesh, _mesh.check_mesh(mesh, target_axis))
+    split = None if mesh is None else (mesh, _mesh.check_mesh(mesh, target_axis, "target_axis"))
     src_names, src = _named(sources, "source")
     sem = targets is None
     tgt_names, tgt = (src_names, src) if sem else _named(targets, "target")

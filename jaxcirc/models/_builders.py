@@ -241,10 +241,7 @@ for _b, _family in (
 
 
 def _path(keypath) -> str:
-    parts = []
-    for k in keypath:
-        parts.append(str(k.name) if hasattr(k, "name") else str(k.idx))
-    return ".".join(parts)
+    return jax.tree_util.keystr(keypath, simple=True, separator=".")  # "blocks.0.attn.W_Q"
 
 
 def state_dict(model: Transformer) -> dict[str, np.ndarray]:

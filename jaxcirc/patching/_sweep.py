@@ -18,10 +18,11 @@ the patch can change:
 
 A run patched at layer `l` takes blocks `l..n-1`. The engine follows the model's layer form
 (`jaxcirc.models.scan_layers`). A scanned model whose blocks all have one form (no
-intervention inside, same shapes) runs one block body scanned over the layers: step `i` runs
-block `i` on every run at once (runs patched later than `i` compute values their start
-discards), so the program holds one block per bucket and compiles in about the same time at
-any depth. Otherwise the blocks are unrolled, block `i` taking the runs patched at layers `<= i`
+intervention inside, same shapes) runs block bodies scanned over the layers: step `i` runs
+block `i` on every run patched up to its segment of layers (runs patched later than `i`
+compute values their start discards; three segments: 4/3 of the exact work), so the program
+holds three blocks per bucket and compiles in about the same time at any depth. Otherwise
+the blocks are unrolled, block `i` taking the runs patched at layers `<= i`
 as one batch. Units are chunked under `lax.map`; the whole sweep traces once.
 
 **Prompts.** When the prompts' cached runs and the smallest chunk of units would not fit
@@ -55,8 +56,8 @@ from ..interventions._library import AbstractSelectiveIntervention, Chain, Funct
 from ..metrics._check import check_metric
 from ..models._attention import KVPrefix
 from ..models._replacement import get_site
+from ..models._scan import groups as scan_groups
 from ..models._scan import stack_blocks
-from ..models._scan import stack_form as _stack_form
 from ..models._site import SITE_KINDS, AbstractIntervention, Site, SiteRef, nearest
 from ..models._transformer import Transformer
 from . import _budget
@@ -287,13 +288,12 @@ def _windowable(model: Transformer, site: str, per: str) -> bool:
 
 
 def _stackable(model: Transformer) -> bool:
-    """Whether the model runs its layers scanned and every block has the same class, settings
-    and array shapes and no intervention: then one block body serves every layer (`_scanned`)."""
+    """Whether the model runs its layers scanned, no block carries an intervention and all
+    are of one form (`jaxcirc.models._scan.same_form`): then one block body serves every
+    layer (`_scanned`)."""
     if not model.scan or any(s.name.startswith("blocks.") for s in _intervened(model)):
         return False
-    forms = [jax.tree_util.tree_flatten(_stack_form(b)) for b in model.blocks]
-    shapes = [[(x.shape, x.dtype) for x in leaves] for leaves, _ in forms]
-    return all(f[1] == forms[0][1] and sh == shapes[0] for f, sh in zip(forms, shapes))
+    return len(scan_groups(model.blocks)) == 1
 
 
 def _site_heads(model: Transformer, site: str) -> int:
@@ -529,7 +529,7 @@ def _unrolled(model, site, plan, units, exs, progress):
     return tuple(out)
 
 
-SEGMENTS = 3  # scans of the scanned engine: more compile less (K+1)/K of the exact work
+SEGMENTS = 3  # the scanned engine's scans: K of them compile K bodies, do (K+1)/K of the work
 
 
 def _segments(n_layers: int, k: int = SEGMENTS) -> list[int]:

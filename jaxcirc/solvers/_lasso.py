@@ -415,7 +415,7 @@ def _split_targets(X, Y, W0, b0, mesh, target_axis, loss, penalty):
             f"mesh= splits independent targets: it needs penalty='l1' with loss 'squared' or "
             f"'logistic' (got penalty={penalty!r}, loss={loss!r}, whose columns are coupled)"
         )
-    axes = check_mesh(mesh, target_axis)
+    axes = check_mesh(mesh, target_axis, "target_axis")
     k = Y.shape[1]
     pad = -k % axis_size(mesh, axes)
     if pad and loss == "squared":  # a zero target has a zero solution and adds nothing
