@@ -187,3 +187,22 @@ def test_bad_targets_are_named():
     with pytest.warns(UserWarning, match="returning the dependency skeleton"):
         res = circuit_lasso(model, task.clean, task.corrupt, mean_logit, alpha=0.05, rank=2)
     assert res.behaviour is None
+
+
+def test_paired_changes_and_reduction_of_a_low_rank_block():
+    """A paired task's blocks become `[Δ; −Δ]` (mean zero, so centring keeps them); the
+    principal components of a rank-3 block asked for 8 keep its 3 real ones, spanning what
+    NumPy's SVD spans, and none of round-off."""
+    from jaxcirc.methods._circuit_lasso import _reduce
+
+    rng = np.random.default_rng(0)
+    clean, corrupt = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+    (both,) = tc.paired_changes([np.concatenate([clean, corrupt])])
+    np.testing.assert_array_equal(both, np.concatenate([clean - corrupt, corrupt - clean]))
+    assert np.abs(both.mean(0)).max() < 1e-12
+    low = rng.normal(size=(120, 3)) @ rng.normal(size=(3, 40))
+    (red,) = _reduce([np.concatenate([low, -low])], 8, jax.random.key(0))
+    assert red.shape == (240, 3)
+    u = np.linalg.svd(np.concatenate([low, -low]), full_matrices=False)[0][:, :3]
+    basis = np.linalg.qr(red.astype(np.float64))[0]
+    np.testing.assert_allclose(np.abs(np.linalg.svd(u.T @ basis)[1]), 1.0, atol=1e-4)

@@ -704,7 +704,8 @@ def _pca(blocks, r: int, key):
 
 def _reduce(blocks: list, r: int | None, key) -> list:
     """Blocks wider than `r` replaced by their top-`r` principal components (same widths
-    grouped into one compiled call)."""
+    grouped into one compiled call). Components beyond a block's rank (variance below 1e-6 of
+    its first, float32 round-off) are left out: they are not columns of the data."""
     if r is None:
         return blocks
     out = list(blocks)
@@ -713,7 +714,8 @@ def _reduce(blocks: list, r: int | None, key) -> list:
         idx = [i for i, b in enumerate(blocks) if b.shape[1] == w]
         red = np.asarray(_pca(jnp.stack([jnp.asarray(blocks[i]) for i in idx]), int(r), key))
         for i, x in zip(idx, red):
-            out[i] = x
+            var = (x * x).sum(0)
+            out[i] = x[:, var > 1e-6 * var[0]] if var[0] > 0 else x
     return out
 
 
@@ -915,8 +917,9 @@ def circuit_lasso(
 
     **Target.** With a behaviour (`metric`, or the Task's) that has a per-example form, the
     default `target="task"` returns the task circuit (`jaxcirc.methods._task_circuit`, §3.3):
-    the skeleton fitted at rank 8 without column scaling, and a relevance passed back from the
-    behaviour's readout through its coefficients and the heads' attention; edges score their
+    the skeleton fitted at rank 16 without column scaling (on the pairs' clean − corrupt
+    changes when `corrupt` is given), and a relevance passed back from the behaviour's readout
+    through its coefficients and the heads' attention; edges score their
     relevance, the circuit is those above the mean (or the top `n_edges`; `select` then only
     chooses the skeleton's λ). `target="skeleton"` (the default without a metric, or with one
     that has no per-example form, which warns) returns the plain dependency skeleton: block
@@ -974,8 +977,14 @@ def circuit_lasso(
     start = time.perf_counter()
     T = tokens.shape[1]
     key = jax.random.key(seed)
+    paired_task = target == "task" and corrupt is not None
+    # held-out splits keep an example's rows (a pair's, when the pairs' changes are regressed)
+    groups = np.repeat(np.arange(tokens.shape[0] // (2 if paired_task else 1)), T)
+    groups = np.tile(groups, 2) if paired_task else groups
     if granularity == "components":
         src, tgt = _component_blocks(model, g, tokens)
+        if paired_task:  # the task's skeleton regresses the pairs' changes (_task_circuit)
+            src, tgt = _task.paired_changes(src), _task.paired_changes(tgt)
         r_src = rank if rank is not None else (
             None if len(src) * src[0].shape[1] <= max_columns else max(2, max_columns // len(src))
         )  # fmt: skip
@@ -996,7 +1005,7 @@ def circuit_lasso(
         src_blocks, tgt_blocks, valid, alpha=alpha, select=select,
         n_edges=None if target == "task" else n_edges,
         n_alphas=n_alphas, eps=eps, scale=scale, val_fraction=val_fraction,
-        groups=np.repeat(np.arange(tokens.shape[0]), T), seed=seed, solver=solver, mesh=mesh,
+        groups=groups, seed=seed, solver=solver, mesh=mesh,
         target_axis=target_axis,
     )  # fmt: skip
     _step(bar, "circuit")
