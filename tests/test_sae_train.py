@@ -86,9 +86,15 @@ def _stream(steps, seed=0):
         yield {"a": a, "b": np.tanh(a) + 0.1 * rng.standard_normal((64, 8)).astype(np.float32)}
 
 
-def test_four_at_once_equal_four_one_after_another():
+@pytest.mark.parametrize("vmap", [False, True])
+def test_four_at_once_equal_four_one_after_another(monkeypatch, request, vmap):
     """Two TopK SAEs at two sites (stacked) and two ReLU SAEs with different L1 coefficients
-    (stacked, coefficients as an array) equal the same four trained separately."""
+    (stacked, coefficients as an array) equal the same four trained separately, with the stacks
+    mapped (CPU's form) and vmapped (accelerators' form, whose TopK encoder gradient is a dense
+    product)."""
+    monkeypatch.setattr(jc.sae._train, "_vmap_stacks", lambda: vmap)
+    jc.sae._train._compiled_step.cache_clear()  # the step is traced again, and after the test
+    request.addfinalizer(jc.sae._train._compiled_step.cache_clear)
     saes = _four()
     assert _groups(saes) == [[0, 1], [2, 3]]
     sparsity = [0, 0, 0.5, 2.0]
@@ -105,6 +111,29 @@ def test_four_at_once_equal_four_one_after_another():
         assert together.dead_fraction[i] == alone.dead_fraction[0]
     # different L1 coefficients gave different SAEs: the array really reached each member
     assert not np.allclose(together.saes[2].W_enc, together.saes[3].W_enc)
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_sparse_topk_step_equals_dense_step(monkeypatch, request, center):
+    """TopK's sparse training step (k active decoder rows, one dense encoder-gradient product,
+    `b_dec`'s gradient through the centring without per-row input gradients) trains the same
+    SAE as the dense form, AuxK on dead latents included."""
+    sae = jc.sae.init("topk", 8, 32, k=3, key=jax.random.key(2), center=center)
+    config = jc.sae.TrainConfig(lr=1e-2, warmup_steps=2, dead_tokens=64, log_every=1)
+    runs = {}
+    for sparse in (True, False):
+        monkeypatch.setattr(jc.sae._train, "_SPARSE_TOPK", sparse)
+        jc.sae._train._compiled_step.cache_clear()  # the step is traced again
+        request.addfinalizer(jc.sae._train._compiled_step.cache_clear)
+        stream = (b["b"] for b in _stream(12, seed=3))
+        runs[sparse] = jc.sae.train(sae, stream, steps=12, config=config)
+    assert max(h["saes"][0]["aux"] for h in runs[True].history) > 0  # AuxK on dead latents
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        np.testing.assert_allclose(
+            getattr(runs[True].saes[0], name), getattr(runs[False].saes[0], name),
+            rtol=1e-4, atol=1e-6, err_msg=name,
+        )  # fmt: skip
+    assert not np.allclose(runs[True].saes[0].b_dec, sae.b_dec)  # b_dec did train
 
 
 class _Killed(Exception):

@@ -2,8 +2,10 @@
 
 One stream feeds every SAE of a run. SAEs of the same class and shapes (different sites of a
 model, or different sparsity coefficients, which are arrays) are stacked and trained by one
-`eqx.filter_vmap`-ed step; the others run one after another inside the same compiled step,
-which is traced once per run.
+step: `eqx.filter_vmap`-ed on accelerators, a `lax.map` over the stack on CPU (there one
+member's products already use every core, and XLA:CPU runs batched gathers and scatters slower
+than unbatched ones); the others run one after another inside the same compiled step, which is
+traced once per run.
 
 Each step, for every SAE (the conventions of SAELens, Bloom et al. 2024):
 
@@ -22,9 +24,9 @@ Each step, for every SAE (the conventions of SAELens, Bloom et al. 2024):
 - a latent is *dead* once it has not fired for `dead_tokens` tokens; ReLU and JumpReLU SAEs are
   not resampled (the tied initialisation and norm-weighted penalty of Conerly et al. 2024 keep
   most latents alive): their dead fraction is measured and reported;
-- TopK's training step multiplies by the `k` active decoder rows (and updates the `k` active
-  encoder columns) only, not the whole dictionary (`_SPARSE_TOPK`; same gradients as the dense
-  form to rounding);
+- TopK's training step decodes from the `k` active decoder rows only and scatters its weight
+  gradients into the active rows, without the gradient of each input row (`_SPARSE_TOPK`;
+  the same steps as the dense form to rounding, `tests/test_sae_train.py`);
 - BatchTopK's inference threshold is the running mean (rate `threshold_rate`) of the smallest
   activation kept in each batch (Bussmann et al. 2024).
 """
@@ -171,7 +173,9 @@ def _params(sae):
     return spec
 
 
-def _member_step(member: _Member, x, coef, step, *, opt, config: TrainConfig, k_aux, aux: bool):
+def _member_step(
+    member: _Member, x, coef, step, *, opt, config: TrainConfig, k_aux, aux: bool, scatter: bool
+):
     sae = member.sae
     x = x * member.scale
     batch = x.shape[0]
@@ -180,11 +184,17 @@ def _member_step(member: _Member, x, coef, step, *, opt, config: TrainConfig, k_
     def loss_fn(params, static):
         sae = eqx.combine(params, static)
         if type(sae) is TopKSAE and _SPARSE_TOPK:  # sparse products: the k active rows only
-            xc = x - sae.b_dec if sae.center else x
-            values, index = _topk_pre(xc, sae.W_enc, sae.b_enc, sae.k)
+            data = jax.lax.stop_gradient(x)
+            values, index = _topk_pre(
+                data, sae.b_dec, sae.W_enc, sae.b_enc, sae.k, sae.center, scatter
+            )
             values = jax.nn.relu(values)
             f = (values, index)
-            err = x - (jnp.einsum("bk,bkd->bd", values, sae.W_dec[index]) + sae.b_dec)
+            if scatter:
+                x_hat = _topk_decode(values, index, sae.W_dec)
+            else:  # vmapped: autodiff's gather-transpose batches better than the scatter
+                x_hat = jnp.einsum("bk,bkd->bd", values, sae.W_dec[index])
+            err = x - (x_hat + sae.b_dec)
         elif isinstance(sae, JumpReLUSAE):
             f = sae.encode(x)
             err = x - (f @ sae.W_dec + sae.b_dec)
@@ -248,42 +258,102 @@ def _member_step(member: _Member, x, coef, step, *, opt, config: TrainConfig, k_
     return _Member(new, opt_state, since, member.scale), stats
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _topk_pre(xc, W_enc, b_enc, k):
-    """The `k` largest pre-activations of each row and their indices; the backward pass
-    touches only those `k` columns of `W_enc` (Gao et al. 2024's sparse kernels, in XLA)."""
+# TopK's sparse products (Gao et al. 2024, §5: the k active latents only, here in XLA). Unbatched
+# (`scatter`), each weight gradient is a scatter-add of the batch's `batch·k` outer-product rows
+# into the rows of the active latents: on CPU faster than the dense product with the scattered
+# `[batch, d_sae]` codes and than the gather-transpose autodiff builds (SmolLM2 width: a step
+# 120 ms vs 150 and 180). Vmapped, the encoder's gradient is that dense product instead.
+
+
+def _active_rows_grad(rows, g, index, d_sae):
+    """`Σ_b Σ_j g[b, j] rows[b]` added into row `index[b, j]` of a `[d_sae, d]` matrix."""
+    outer = (g[:, :, None] * rows[:, None, :]).reshape(-1, rows.shape[1])
+    return jnp.zeros((d_sae, rows.shape[1]), outer.dtype).at[index.reshape(-1)].add(outer)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _topk_pre(x, b_dec, W_enc, b_enc, k, center, scatter):
+    """The `k` largest pre-activations of each row of the data `x`, and their indices. `b_dec`'s
+    gradient (through the centring) is `−W_enc` times `b_enc`'s, so no per-row input gradient
+    is formed: `x` is data, its cotangent is zeros (callers pass it through `stop_gradient`).
+    `scatter` picks the form of `W_enc`'s gradient (above)."""
+    xc = x - b_dec if center else x
     return jax.lax.top_k(xc @ W_enc + b_enc, k)
 
 
-def _topk_pre_fwd(xc, W_enc, b_enc, k):
-    values, index = _topk_pre(xc, W_enc, b_enc, k)
-    return (values, index), (xc, W_enc, index)
+def _topk_pre_fwd(x, b_dec, W_enc, b_enc, k, center, scatter):
+    values, index = _topk_pre(x, b_dec, W_enc, b_enc, k, center, scatter)
+    return (values, index), (x, b_dec, W_enc, index)
 
 
-def _topk_pre_bwd(k, residuals, grads):
-    xc, W_enc, index = residuals
+def _topk_pre_bwd(k, center, scatter, residuals, grads):
+    x, b_dec, W_enc, index = residuals
     g = grads[0]  # [batch, k]; the indices carry no gradient
     d_sae = W_enc.shape[1]
-    flat = index.reshape(-1)
-    rows = (xc[:, None, :] * g[:, :, None]).reshape(-1, xc.shape[1])
-    dW = jnp.zeros((d_sae, xc.shape[1]), xc.dtype).at[flat].add(rows).T
-    db = jnp.zeros(d_sae, xc.dtype).at[flat].add(g.reshape(-1))
-    dxc = jnp.einsum("bk,bkd->bd", g, W_enc.T[index])
-    return dxc, dW, db
+    db = jnp.zeros(d_sae, g.dtype).at[index.reshape(-1)].add(g.reshape(-1))
+    d_b_dec = -(W_enc @ db) if center else jnp.zeros_like(b_dec)
+    xc = x - b_dec if center else x
+    if scatter:
+        dW = _active_rows_grad(xc, g, index, d_sae).T
+    else:
+        rows = jnp.arange(x.shape[0])[:, None]
+        dW = xc.T @ jnp.zeros((x.shape[0], d_sae), g.dtype).at[rows, index].add(g)
+    return jnp.zeros_like(x), d_b_dec, dW, db
 
 
 _topk_pre.defvjp(_topk_pre_fwd, _topk_pre_bwd)
 
 
+@jax.custom_vjp
+def _topk_decode(values, index, W_dec):
+    """`Σ_j values[b, j] W_dec[index[b, j]]`: the reconstruction from the `k` active rows."""
+    return jnp.einsum("bk,bkd->bd", values, W_dec[index])
+
+
+def _topk_decode_fwd(values, index, W_dec):
+    active = W_dec[index]  # kept for the backward pass instead of gathered again
+    return jnp.einsum("bk,bkd->bd", values, active), (values, index, active, W_dec.shape[0])
+
+
+def _topk_decode_bwd(residuals, g):
+    values, index, active, d_sae = residuals
+    d_values = jnp.einsum("bd,bkd->bk", g, active)
+    d_index = np.zeros(index.shape, jax.dtypes.float0)
+    return d_values, d_index, _active_rows_grad(g, values, index, d_sae)
+
+
+_topk_decode.defvjp(_topk_decode_fwd, _topk_decode_bwd)
+
+
+def _vmap_stacks() -> bool:
+    return jax.default_backend() != "cpu"
+
+
 def _group_step(members, xs, coefs, step, *, opt, config, k_aux, shared_input):
-    """One step of a stack of SAEs (vmapped); AuxK is computed only when a latent is dead."""
+    """One step of a stack of SAEs, in one program: vmapped on accelerators, one member after
+    another (`lax.map`) on CPU, where a member's products already use every core and batched
+    gathers and scatters run slower than unbatched ones. AuxK runs only when a latent is
+    dead."""
+    batched = _vmap_stacks() and members.scale.shape[0] > 1
 
     def vmapped(aux, members):
         def one(m, x, c):
-            return _member_step(m, x, c, step, opt=opt, config=config, k_aux=k_aux, aux=aux)
+            return _member_step(
+                m, x, c, step, opt=opt, config=config, k_aux=k_aux, aux=aux, scatter=not batched
+            )
 
-        in_axes = (0, None if shared_input else 0, 0)
-        return eqx.filter_vmap(one, in_axes=in_axes)(members, xs, coefs)
+        if batched:
+            in_axes = (0, None if shared_input else 0, 0)
+            return eqx.filter_vmap(one, in_axes=in_axes)(members, xs, coefs)
+        dyn, static = eqx.partition(members, eqx.is_array)
+
+        def each(args):
+            d, x, c = args
+            new, stats = one(eqx.combine(d, static), xs if shared_input else x, c)
+            return eqx.filter(new, eqx.is_array), stats
+
+        new, stats = jax.lax.map(each, (dyn, None if shared_input else xs, coefs))
+        return eqx.combine(new, static), stats
 
     if not isinstance(members.sae, (TopKSAE, BatchTopKSAE)) or config.aux_coefficient == 0:
         return vmapped(False, members)
