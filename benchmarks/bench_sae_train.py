@@ -9,9 +9,10 @@ as in its `SAETrainer._train_step`), each in its own process (SAELens from
 AuxK. Target (issue 14): ≥ 2× SAELens's tokens per second.
 
 (b) Four such SAEs at `blocks.{2,5,8,11}.hook_resid_post` trained at once (one model run to
-layer 11 feeds one stacked step of the four: a `lax.map` on CPU, vmapped on accelerators) vs
-one after another (each run its own model pass to its own layer and its own step), per batch;
-and the SAE steps alone (stacked vs four single steps). Target (issue 14): ≥ 3× for four.
+layer 11 feeds one compiled step of the four: stacked and vmapped on accelerators, one after
+another on CPU) vs one after another (each run its own model pass to its own layer and its own
+step), per batch; and the SAE steps alone (one program vs four single steps). Target (issue
+14): ≥ 3× for four.
 
     python benchmarks/bench_sae_train.py            # writes its section of RESULTS.md
     python benchmarks/bench_sae_train.py --quick    # small SAEs, prints only
@@ -273,7 +274,7 @@ def main() -> None:
             ["", "model run(s)", "SAE step(s)", "total"],
             [
                 [
-                    "at once (one run to layer 11, one stacked step)",
+                    "at once (one run to layer 11, one step program for the four)",
                     C.ms(four["forward_all_s"]),
                     C.ms(four["step_together_s"]),
                     C.ms(at_once),

@@ -88,15 +88,17 @@ def _stream(steps, seed=0):
 
 @pytest.mark.parametrize("vmap", [False, True])
 def test_four_at_once_equal_four_one_after_another(monkeypatch, request, vmap):
-    """Two TopK SAEs at two sites (stacked) and two ReLU SAEs with different L1 coefficients
-    (stacked, coefficients as an array) equal the same four trained separately, with the stacks
-    mapped (CPU's form) and vmapped (accelerators' form, whose TopK encoder gradient is a dense
-    product)."""
+    """Two TopK SAEs at two sites and two ReLU SAEs with different L1 coefficients (an array),
+    trained in one program, equal the same four trained separately: stacked by shape and
+    vmapped (accelerators' form, whose TopK encoder gradient is a dense product) and each
+    unbatched (CPU's form)."""
     monkeypatch.setattr(jc.sae._train, "_vmap_stacks", lambda: vmap)
     jc.sae._train._compiled_step.cache_clear()  # the step is traced again, and after the test
     request.addfinalizer(jc.sae._train._compiled_step.cache_clear)
     saes = _four()
     assert _groups(saes) == [[0, 1], [2, 3]]
+    groups = [[0, 1], [2, 3]] if vmap else [[0], [1], [2], [3]]
+    assert jc.sae._train.Trainer(saes, steps=20).groups == groups
     sparsity = [0, 0, 0.5, 2.0]
     config = jc.sae.TrainConfig(lr=1e-2, warmup_steps=3, dead_tokens=128, log_every=5)
     together = jc.sae.train(saes, _stream(20), steps=20, sparsity=sparsity, config=config)
@@ -134,6 +136,35 @@ def test_sparse_topk_step_equals_dense_step(monkeypatch, request, center):
             rtol=1e-4, atol=1e-6, err_msg=name,
         )  # fmt: skip
     assert not np.allclose(runs[True].saes[0].b_dec, sae.b_dec)  # b_dec did train
+
+
+def test_checkpoint_state_is_sae_by_sae_however_stacked(monkeypatch, request):
+    """A run's checkpointed state lists each SAE's arrays in order whether the SAEs are stacked
+    (accelerators) or not (CPU), so a checkpoint resumes on either."""
+    request.addfinalizer(jc.sae._train._compiled_step.cache_clear)
+    saes = _four()
+    config = jc.sae.TrainConfig(lr=1e-2, warmup_steps=3, dead_tokens=128, log_every=5)
+    trainers = {}
+    for vmap in (True, False):
+        monkeypatch.setattr(jc.sae._train, "_vmap_stacks", lambda vmap=vmap: vmap)
+        jc.sae._train._compiled_step.cache_clear()
+        trainers[vmap] = jc.sae._train.Trainer(saes, steps=6, sparsity=[0, 0, 0.5, 2.0],
+                                               config=config)  # fmt: skip
+    stream = list(_stream(6))
+    for batch in stream[:3]:
+        trainers[True].update(batch)
+    leaves = trainers[True].state_arrays()
+    trainers[False].restore_arrays(leaves)
+    trainers[False].step, trainers[False].tokens = trainers[True].step, trainers[True].tokens
+    for a, b in zip(trainers[False].state_arrays(), leaves):
+        np.testing.assert_array_equal(a, b)
+    for batch in stream[3:]:
+        for trainer in trainers.values():
+            trainer.update(batch)
+    for a, b in zip(trainers[False].result_saes(), trainers[True].result_saes()):
+        np.testing.assert_allclose(a.W_enc, b.W_enc, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="arrays of other shapes"):
+        trainers[False].restore_arrays(leaves[:-1])
 
 
 class _Killed(Exception):
