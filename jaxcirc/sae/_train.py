@@ -264,7 +264,9 @@ def _member_step(
 # each, which XLA:CPU runs over 10× faster than one gather of all `batch·k` rows (the
 # `[batch, k, d]` intermediate) and 4× faster than one scatter of the outer products (SmolLM2
 # width: decode 1.2 ms vs 25, a weight gradient 5.6 ms vs 22; the whole step 85-100 ms vs
-# 117-135, and 170-195 with autodiff's gather-transpose). Vmapped, autodiff's forms are used.
+# 117-135, and 170-195 with autodiff's gather-transpose). Vmapped (accelerators), the encoder's
+# gradient is one dense product with the scattered `[batch, d_sae]` gradient; the decoder's is
+# autodiff's.
 
 
 def _active_rows_grad(rows, g, index, d_sae):
