@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--saes", default=str(SAES), help="the SAEs' folder (with MANIFEST.json)")
     p.add_argument("--section", default="bench_feature_circuits", help="RESULTS.md section name")
     args = p.parse_args()
-    saes_dir = Path(args.saes)
+    saes_dir = C.HERE / args.saes  # a relative path is read from benchmarks/
     if args.torch_side:
         return torch_side()
     if args.quick:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import _common as C
 
@@ -59,7 +58,7 @@ def main() -> None:
     p.add_argument("--section", default="bench_shift", help="RESULTS.md section name")
     p.add_argument("--saes", default=str(SAES), help="the SAEs' folder (with MANIFEST.json)")
     args = p.parse_args()
-    saes_dir = Path(args.saes)
+    saes_dir = C.HERE / args.saes  # a relative path is read from benchmarks/
     info = C.machine()
 
     import jax

