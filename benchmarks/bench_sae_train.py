@@ -290,22 +290,20 @@ def main() -> None:
         "",
         f"- Four at once vs one after another: {summary['four_speedup_end_to_end']:.2f}× end to "
         f"end, {summary['four_speedup_sae_steps']:.2f}× for the SAE steps alone; target ≥ 3×: "
-        f"{'met' if summary['four_speedup_end_to_end'] >= 3 else 'NOT met'}. On CPU a stacked "
-        "step does the same floating-point work as four single ones (the matrix products "
-        "already use every core), so the gain is the shared model run (the runs to layers "
+        f"{'met' if summary['four_speedup_end_to_end'] >= 3 else 'NOT met'}. The four steps "
+        "in one program do the same floating-point work as four single ones (on CPU the matrix "
+        "products already use every core), so the gain is the shared model run (the runs to layers "
         f"2, 5, 8 and 11 cost {sum(four['forward_each_s']) / four['forward_all_s']:.1f} runs "
         "to layer 11) and the per-step overheads; "
         f"{dominant} dominate at this width."
         + (
-            " The stacked step is slower than four single steps here."
+            " The four steps in one program are slower than four single steps here."
             if four["step_together_s"] > four["step_alone_s"]
             else ""
         )
-        + f" Even a stacked step that took no time would give "
-        f"{(sum(four['forward_each_s']) + four['step_alone_s']) / four['forward_all_s']:.1f}×; "
-        f"3× needs the four steps in "
-        f"{C.ms((sum(four['forward_each_s']) + four['step_alone_s']) / 3 - four['forward_all_s'])}"
-        f" (one after another they take {C.ms(four['step_alone_s'])}).",
+        + f" Even SAE steps that took no time would give {one_by_one / four['forward_all_s']:.1f}×;"
+        f" 3× needs the four steps in {C.ms(one_by_one / 3 - four['forward_all_s'])} (one after"
+        f" another they take {C.ms(four['step_alone_s'])}).",
         f"- Peak RSS of the four-SAE process: {four['peak_rss_mib']:,.0f} MiB.",
         C.machine_markdown(info),
     ]
