@@ -86,15 +86,23 @@ def _stream(steps, seed=0):
         yield {"a": a, "b": np.tanh(a) + 0.1 * rng.standard_normal((64, 8)).astype(np.float32)}
 
 
+@pytest.fixture
+def retrace():
+    """For tests that switch the training step's form: `retrace()` drops the cached compiled
+    step (`_compiled_step` is an `lru_cache`), and it is dropped again after the test."""
+    clear = jc.sae._train._compiled_step.cache_clear
+    yield clear
+    clear()
+
+
 @pytest.mark.parametrize("vmap", [False, True])
-def test_four_at_once_equal_four_one_after_another(monkeypatch, request, vmap):
+def test_four_at_once_equal_four_one_after_another(monkeypatch, retrace, vmap):
     """Two TopK SAEs at two sites and two ReLU SAEs with different L1 coefficients (an array),
     trained in one program, equal the same four trained separately: stacked by shape and
     vmapped (accelerators' form, whose TopK encoder gradient is a dense product) and each
     unbatched (CPU's form)."""
     monkeypatch.setattr(jc.sae._train, "_vmap_stacks", lambda: vmap)
-    jc.sae._train._compiled_step.cache_clear()  # the step is traced again, and after the test
-    request.addfinalizer(jc.sae._train._compiled_step.cache_clear)
+    retrace()
     saes = _four()
     assert _groups(saes) == [[0, 1], [2, 3]]
     groups = [[0, 1], [2, 3]] if vmap else [[0], [1], [2], [3]]
@@ -116,7 +124,7 @@ def test_four_at_once_equal_four_one_after_another(monkeypatch, request, vmap):
 
 
 @pytest.mark.parametrize("center", [True, False])
-def test_sparse_topk_step_equals_dense_step(monkeypatch, request, center):
+def test_sparse_topk_step_equals_dense_step(monkeypatch, retrace, center):
     """TopK's sparse training step (k active decoder rows, one dense encoder-gradient product,
     `b_dec`'s gradient through the centring without per-row input gradients) trains the same
     SAE as the dense form, AuxK on dead latents included."""
@@ -125,8 +133,7 @@ def test_sparse_topk_step_equals_dense_step(monkeypatch, request, center):
     runs = {}
     for sparse in (True, False):
         monkeypatch.setattr(jc.sae._train, "_SPARSE_TOPK", sparse)
-        jc.sae._train._compiled_step.cache_clear()  # the step is traced again
-        request.addfinalizer(jc.sae._train._compiled_step.cache_clear)
+        retrace()
         stream = (b["b"] for b in _stream(12, seed=3))
         runs[sparse] = jc.sae.train(sae, stream, steps=12, config=config)
     assert max(h["saes"][0]["aux"] for h in runs[True].history) > 0  # AuxK on dead latents
@@ -138,16 +145,15 @@ def test_sparse_topk_step_equals_dense_step(monkeypatch, request, center):
     assert not np.allclose(runs[True].saes[0].b_dec, sae.b_dec)  # b_dec did train
 
 
-def test_checkpoint_state_is_sae_by_sae_however_stacked(monkeypatch, request):
+def test_checkpoint_state_is_sae_by_sae_however_stacked(monkeypatch, retrace):
     """A run's checkpointed state lists each SAE's arrays in order whether the SAEs are stacked
     (accelerators) or not (CPU), so a checkpoint resumes on either."""
-    request.addfinalizer(jc.sae._train._compiled_step.cache_clear)
     saes = _four()
     config = jc.sae.TrainConfig(lr=1e-2, warmup_steps=3, dead_tokens=128, log_every=5)
     trainers = {}
     for vmap in (True, False):
         monkeypatch.setattr(jc.sae._train, "_vmap_stacks", lambda vmap=vmap: vmap)
-        jc.sae._train._compiled_step.cache_clear()
+        retrace()
         trainers[vmap] = jc.sae._train.Trainer(saes, steps=6, sparsity=[0, 0, 0.5, 2.0],
                                                config=config)  # fmt: skip
     stream = list(_stream(6))
