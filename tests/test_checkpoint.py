@@ -324,3 +324,24 @@ def test_format_1_checkpoints_still_load(tmp_path):
         same(jaxcirc.load(path), model)
     save_checkpoint(path, model)  # a format-1 checkpoint is jaxcirc's, so it may be replaced
     assert marker(path)["format"] == 2
+
+
+def test_recovery_restores_the_newest_version_set_aside_for_every_kind_of_folder(tmp_path):
+    """Two killed saves left two previous versions; the newer one (by when it was completed,
+    not by its random name) goes back into place, for an SAE folder as for a checkpoint."""
+    from jaxcirc import _atomic, sae
+
+    older = sae.init("topk", 8, 16, k=2, key=jax.random.key(0))
+    newer = sae.init("topk", 8, 16, k=2, key=jax.random.key(1))
+    sae.save(tmp_path / "b", older)
+    sae.save(tmp_path / "a", newer)
+    os.replace(tmp_path / "b", tmp_path / ".s.old-ffffffff")  # sorts last by name
+    past = time.time() - 100
+    for f in (tmp_path / ".s.old-ffffffff").rglob("*"):
+        os.utime(f, (past, past))
+    os.utime(tmp_path / ".s.old-ffffffff", (past, past))
+    os.replace(tmp_path / "a", tmp_path / ".s.old-00000000")
+    (tmp_path / ".s.tmp-12345678").mkdir()
+    loaded = sae.load(tmp_path / "s")
+    assert np.array_equal(np.asarray(loaded.W_enc), np.asarray(newer.W_enc))
+    assert not _atomic.has_interrupted_save(tmp_path / "s")

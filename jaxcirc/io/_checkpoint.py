@@ -5,13 +5,10 @@ orbax PyTree checkpoint of `state_dict(model)`, nested by dotted name) and, writ
 marker `JAXCIRC_CHECKPOINT`: a JSON object with the format, the SHA-256 of `config.json`, of every
 file under `arrays/` and of every array's bytes (with its shape and dtype).
 
-A save writes a hidden sibling `.NAME.tmp-XXXXXXXX`, fsyncs it, moves a previous checkpoint aside
-to `.NAME.old-XXXXXXXX`, renames the new one into place and deletes the old one. Saves and
-recoveries in one directory take turns under an exclusive `flock` on that directory, which the
-kernel releases when a process dies, so whatever hidden siblings a save finds are the remains of
-a killed save: it deletes them, after moving a previous checkpoint that was set aside back into
-place. `load_checkpoint` does the same recovery when `path` is missing. Only a directory holding
-the marker (or an empty one) is ever replaced.
+A save is `jaxcirc._atomic.replace_dir`: a hidden sibling `.NAME.tmp-XXXXXXXX`, fsynced, swapped
+into place under an exclusive lock on the parent, so a killed save never leaves a half-written
+checkpoint under `NAME`; `load_checkpoint` moves a previous checkpoint set aside back into place
+when `path` is missing. Only a directory holding the marker (or an empty one) is ever replaced.
 
 Loading checks, in order and before reading any array: the marker, no symlinks inside, the
 config's fields and sizes against the stored array shapes (so a config claiming ten million
@@ -21,23 +18,27 @@ that it is finite (`allow_nonfinite=True` skips the last).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import re
-import shutil
-import signal
 import types
 import typing
-import uuid
 import warnings
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from .._atomic import (
+    fsync_path,
+    has_interrupted_save,
+    kill_point,
+    locked,
+    recover_locked,
+    replace_dir,
+)
 from .._processes import checkpointer, written_by_one
 from ..models import Site, Transformer, TransformerConfig, from_state_dict, state_dict
 from ..models._site import nearest
@@ -46,12 +47,6 @@ from ._hf import check_dtype, check_finite
 MARKER = "JAXCIRC_CHECKPOINT"
 FORMAT = 2
 _READS = (1, 2)  # format 1: no hashes (jaxcirc before content hashes)
-_KILL_ENV = "JAXCIRC_KILL_SAVE_AT"  # test hook: SIGKILL the saving process at a named stage
-
-
-def _stage(name: str) -> None:
-    if os.environ.get(_KILL_ENV) == name:
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
@@ -64,83 +59,6 @@ def _marked(path: Path) -> bool:
     """Whether `path` is a directory that `save_checkpoint` wrote (it holds the marker file)."""
     marker = path / MARKER
     return path.is_dir() and not path.is_symlink() and marker.is_file() and not marker.is_symlink()
-
-
-def _leftovers(path: Path) -> dict[str, list[Path]]:
-    """Hidden siblings that saves of `path` leave while they run: `tmp` (being written) and
-    `old` (the previous checkpoint, moved aside)."""
-    found: dict[str, list[Path]] = {"tmp": [], "old": []}
-    if not path.parent.is_dir():
-        return found
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(tmp|old)-[0-9a-f]{{8}}$")
-    for sibling in path.parent.iterdir():
-        match = pattern.match(sibling.name)
-        if match:
-            found[match.group(1)].append(sibling)
-    return found
-
-
-def has_interrupted_save(path: str | os.PathLike) -> bool:
-    """Whether an interrupted save of `path` left hidden siblings behind."""
-    return any(_leftovers(Path(path)).values())
-
-
-@contextlib.contextmanager
-def _locked(directory: Path):
-    """An exclusive `flock` on `directory`; a no-op where `fcntl` is missing (not POSIX)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms that cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _recency(directory: Path) -> int:
-    marker = directory / MARKER
-    return (marker if marker.is_file() else directory).stat().st_mtime_ns
-
-
-def _recover(path: Path) -> bool:
-    """With the lock held: undo what killed saves of `path` left. A previous checkpoint moved
-    aside goes back to `path` if `path` is missing; every other leftover is deleted. Returns
-    whether `path` was restored."""
-    left = _leftovers(path)
-    restored = False
-    olds = sorted(left["old"], key=_recency)
-    if olds and not path.exists() and not path.is_symlink():
-        try:
-            os.replace(olds[-1], path)
-        except OSError as e:
-            raise OSError(
-                f"an interrupted save of {path} moved the previous checkpoint to "
-                f"{olds[-1]} and it cannot be moved back ({e}); rename it to {path} "
-                "yourself"
-            ) from e
-        _fsync(path.parent)
-        olds.pop()
-        restored = True
-    for leftover in (*left["tmp"], *olds):
-        shutil.rmtree(leftover, ignore_errors=True)
-    return restored
 
 
 def _nest(flat: dict) -> dict:
@@ -218,8 +136,8 @@ def _files(root: Path) -> list[Path]:
 def _fsync_tree(root: Path) -> None:
     for directory, _, filenames in os.walk(root):
         for name in filenames:
-            _fsync(Path(directory) / name)
-        _fsync(Path(directory))
+            fsync_path(Path(directory) / name)
+        fsync_path(Path(directory))
 
 
 def save_checkpoint(path: str | os.PathLike, model: Transformer) -> None:
@@ -248,37 +166,12 @@ def save_checkpoint(path: str | os.PathLike, model: Transformer) -> None:
     written_by_one(write, str(path))  # under jax.distributed: process 0 alone
 
 
-def replace_dir(path: str | os.PathLike, fill, ours, what: str) -> Path:
-    """Write the directory `path` atomically: `fill(tmp)` fills a hidden sibling, which then
-    replaces `path` (the swap in the module docstring). Under the parent's lock, leftovers of
-    killed saves go first; `path` may only be a directory where `ours(path)` holds, an empty
-    one, or missing (`what` names what it should be). Returns `path`."""
-    path = Path(path).expanduser()
-    if path.name in ("", ".", ".."):
-        path = path.absolute().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path.parent):
-        _recover(path)
-        if path.is_symlink():
-            raise FileExistsError(
-                f"{path} is a symlink; save to the directory it points to "
-                f"({os.readlink(path)}) or remove the link"
-            )
-        if path.exists() and not (ours(path) or (path.is_dir() and not any(path.iterdir()))):
-            raise FileExistsError(
-                f"{path} exists and is not {what}; refusing to replace it: "
-                "choose a new path, or delete it yourself"
-            )
-        _swap(path, fill)
-    return path
-
-
 def _fill(tmp: Path, config: str, arrays: dict) -> None:
     _fsync_write(tmp / "config.json", config)
-    _stage("config")
+    kill_point("config")
     _write_arrays(tmp / "arrays", arrays)
     _fsync_tree(tmp / "arrays")
-    _stage("arrays")
+    kill_point("arrays")
     marker = {
         "kind": "transformer",
         "format": FORMAT,
@@ -299,44 +192,15 @@ def _fill(tmp: Path, config: str, arrays: dict) -> None:
     _fsync_write(tmp / MARKER, json.dumps(marker, indent=1, sort_keys=True))  # complete
 
 
-def _swap(path: Path, fill) -> None:
-    tag = uuid.uuid4().hex[:8]
-    tmp = path.parent / f".{path.name}.tmp-{tag}"
-    old = path.parent / f".{path.name}.old-{tag}"
-    try:
-        tmp.mkdir()
-        fill(tmp)
-        _fsync(tmp)
-        _stage("marker")
-        if path.exists():
-            os.replace(path, old)
-            _fsync(path.parent)
-            _stage("aside")
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                os.replace(old, path)  # put the previous checkpoint back
-                raise
-            _fsync(path.parent)
-            _stage("swapped")
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-            _fsync(path.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def recover_interrupted(path: str | os.PathLike) -> bool:
     """When `path` is missing: clean up what killed saves of it left, moving a previous version
     back into place (with a warning). Returns whether a killed save was found."""
     path = Path(path).expanduser()
     if path.exists() or path.is_symlink() or not path.parent.is_dir():
         return False
-    with _locked(path.parent):
+    with locked(path.parent):
         interrupted = has_interrupted_save(path)
-        if not path.exists() and _recover(path):
+        if not path.exists() and recover_locked(path):
             warnings.warn(
                 f"a save of {path} was interrupted; the previous checkpoint was "
                 "moved back into place",

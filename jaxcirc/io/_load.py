@@ -11,9 +11,10 @@ import os
 import re
 from pathlib import Path
 
+from .._atomic import has_interrupted_save
 from ..models import Transformer, shard_model
 from ..models._site import nearest
-from ._checkpoint import has_interrupted_save, is_checkpoint, load_checkpoint, recover_interrupted
+from ._checkpoint import is_checkpoint, load_checkpoint, recover_interrupted
 from ._hf import INDEX, WEIGHTS, load_hf
 from ._saved import check_kind, holds_saved, kind_of, load_object, save_object
 

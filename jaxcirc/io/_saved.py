@@ -29,10 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._atomic import replace_dir
 from ..graph import Circuit, FeatureGraph, Graph, Node, Scores
 from ..models import MLPClassifier, Replacement, Transformer
 from ..models._site import nearest
-from ._checkpoint import MARKER, _fsync_write, load_checkpoint, replace_dir, save_checkpoint
+from ._checkpoint import MARKER, _fsync_write, load_checkpoint, save_checkpoint
 
 HEADER, DATA, FORMAT = "jaxcirc.json", "arrays.bin", 1
 KINDS = ("transformer", "mlp_classifier", "sae", "circuit", "mask")

@@ -6,9 +6,8 @@ SHA-256 of every array's bytes. A training checkpoint holds `state.json` (the SA
 the step, the tokens seen, the stream position, the history) and `arrays/` (every SAE's
 parameters, optimizer state and dead-latent counters), with the marker `JAXCIRC_SAE_TRAIN`.
 
-Every save writes a hidden sibling `.NAME.tmp-XXXXXXXX`, moves a previous version aside to
-`.NAME.old-XXXXXXXX`, renames the new one into place and deletes the old one; a load that finds
-`NAME` missing after a killed save puts the old one back first.
+Every save is `jaxcirc._atomic.replace_dir` (a hidden sibling swapped into place under a lock);
+a load that finds `NAME` missing after a killed save puts the previous version back first.
 """
 
 from __future__ import annotations
@@ -17,15 +16,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
-import shutil
-import uuid
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._atomic import recover as _recover
+from .._atomic import replace_dir
 from .._processes import checkpointer, written_by_one
 from ._sae import CLASSES, SAE, BatchTopKSAE, JumpReLUSAE, TopKSAE
 
@@ -51,23 +49,6 @@ def _read_arrays(directory: Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in tree.items()}
 
 
-def _siblings(path: Path, kind: str) -> list[Path]:
-    if not path.parent.is_dir():
-        return []
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{kind}-[0-9a-f]{{8}}$")
-    return sorted(p for p in path.parent.iterdir() if pattern.match(p.name))
-
-
-def _recover(path: Path) -> None:
-    """Undo a killed save: an old version moved aside comes back if `path` is missing."""
-    olds = _siblings(path, "old")
-    if olds and not path.exists():
-        os.replace(olds[-1], path)
-        olds = olds[:-1]
-    for p in (*olds, *_siblings(path, "tmp")):
-        shutil.rmtree(p, ignore_errors=True)
-
-
 def _save_dir(path: Path, meta_name: str, meta: dict, arrays: dict, marker: str) -> Path:
     """Write atomically. Under `jax.distributed` (several processes, one shared folder) only
     process 0 writes, and every process returns once it has (`jaxcirc._processes`)."""
@@ -77,37 +58,18 @@ def _save_dir(path: Path, meta_name: str, meta: dict, arrays: dict, marker: str)
 
 
 def _write_dir(path: Path, meta_name: str, meta: dict, arrays: dict, marker: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _recover(path)
-    if path.exists() and not (path / marker).is_file() and any(path.iterdir()):
-        raise FileExistsError(
-            f"{path} exists and is not a saved {'SAE' if marker == SAE_MARKER else 'training run'}"
-            f" ({marker} missing); refusing to replace it"
-        )
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    def fill(tmp: Path) -> None:
         _write_arrays(tmp / "arrays", arrays)
         (tmp / meta_name).write_text(json.dumps(meta, indent=1) + "\n")
         hashes = {k: {"sha256": _sha(v), "shape": list(v.shape), "dtype": str(v.dtype)}
                   for k, v in arrays.items()}  # fmt: skip
-        with open(tmp / marker, "w") as f:
+        with open(tmp / marker, "w") as f:  # written last: the folder is complete
             f.write(json.dumps({"format": FORMAT, "arrays": hashes}) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+
+    what = f"a saved {'SAE' if marker == SAE_MARKER else 'training run'} ({marker} missing)"
+    return replace_dir(path, fill, lambda p: (p / marker).is_file(), what)
 
 
 def _load_dir(path: Path, meta_name: str, marker: str) -> tuple[dict, dict]:

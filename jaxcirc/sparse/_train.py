@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._atomic import recover as _recover
 from .._checks import check_float, check_int
 from .._mesh import check_divides, check_mesh, replicate, split_along
-from ..sae._checkpoint import _load_dir, _recover, _save_dir
+from ..sae._checkpoint import _load_dir, _save_dir
 from ._masked import default_include, l0_schedule
 from ._optimizer import sparse_adamw, warmup_linear_decay
 from ._prune import _check_task, _margins_jit, _scores
