@@ -56,9 +56,10 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--section", default="bench_shift", help="RESULTS.md section name")
-    p.add_argument("--saes", default=str(SAES), help="the SAEs' folder (with MANIFEST.json)")
+    p.add_argument("--saes", nargs="+", default=[str(SAES)],
+                   help="the SAEs' folders (each with MANIFEST.json)")  # fmt: skip
     args = p.parse_args()
-    saes_dir = C.HERE / args.saes  # a relative path is read from benchmarks/
+    saes_dirs = [C.HERE / d for d in args.saes]  # a relative path is read from benchmarks/
     info = C.machine()
 
     import jax
@@ -78,11 +79,12 @@ def main() -> None:
         args.n_attribution, args.steps, args.top = 8, 2, 10
         manifest = {}
     else:
-        if not (saes_dir / "MANIFEST.json").exists():
-            hint = "run benchmarks/train_sae_smollm2.py"
-            raise SystemExit(f"no {saes_dir / 'MANIFEST.json'}: {hint}")
-        manifest = json.loads((saes_dir / "MANIFEST.json").read_text())
-        saes = load_saes(saes_dir)
+        manifest = {"saes": []}
+        for d in saes_dirs:
+            if not (d / "MANIFEST.json").exists():
+                raise SystemExit(f"no {d / 'MANIFEST.json'}: run benchmarks/train_sae_smollm2.py")
+            manifest["saes"] += json.loads((d / "MANIFEST.json").read_text())["saes"]
+        saes = load_saes(saes_dirs)
     site = f"blocks.{args.probe_layer}.hook_resid_post"
     start = time.perf_counter()
     res = shift(
@@ -92,7 +94,8 @@ def main() -> None:
     )  # fmt: skip
     wall = time.perf_counter() - start
     load_end = os.getloadavg()[0]
-    record = {"model": str(path), "saes": str(saes_dir), "wall_s": wall, **res.to_json()}
+    record = {"model": str(path), "saes": [str(d) for d in saes_dirs], "wall_s": wall,
+              **res.to_json()}  # fmt: skip
     js, png = write(record, OUT / ("quick" if args.quick else args.section))
     print(json.dumps(res.rows, indent=1))
 

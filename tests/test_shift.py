@@ -371,3 +371,16 @@ def test_cli_shift_help_and_bad_input(tmp_path, capsys):
     assert main(["shift", "--saes", str(tmp_path), "--probe-layer", "4"]) == 1
     assert "--probe-layer 4 has no SAE; SAE layers: [0, 1]" in capsys.readouterr().err
     assert main(["shift", "--saes", str(tmp_path), "--top", "0"]) == 2
+
+
+def test_cli_shift_reads_saes_from_several_folders_and_refuses_two_at_one_site(tmp_path):
+    from jaxcirc.cli._shift import load_saes
+
+    saes = saes_for(tiny_model())
+    for i, sae in enumerate(saes):
+        jc.sae.save(tmp_path / f"part{i}" / "sae", sae)
+    loaded = load_saes([tmp_path / f"part{i}" for i in range(len(saes))])
+    assert [s.site for s in loaded] == sorted(s.site for s in saes)
+    jc.sae.save(tmp_path / "again" / "sae", saes[0])
+    with pytest.raises(ValueError, match=f"two SAEs read {saes[0].site}.*part0.*again"):
+        load_saes([tmp_path / "part0", tmp_path / "again"])

@@ -11,8 +11,8 @@ skyline, an oracle probe; and the CircuitLasso route (Yin et al. 2026). Writes
 `OUT/shift.json` (the table, the flagged features, the top features with their effects and
 gender scores) and `OUT/shift.png`.
 
-`--saes` is a folder of SAE folders (jaxcirc's `sae.json` or SAELens's `cfg.json`), e.g. the
-one `benchmarks/train_sae_smollm2.py` writes, or one SAE folder.
+`--saes` names folders of SAE folders (jaxcirc's `sae.json` or SAELens's `cfg.json`), e.g. those
+`benchmarks/train_sae_smollm2.py` writes, or SAE folders; every site is read by one SAE.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--saes", type=Path, required=True, help="folder of SAE folders")
+    parser.add_argument(
+        "--saes", type=Path, nargs="+", required=True, help="folders of SAE folders (or SAEs)"
+    )
     parser.add_argument(
         "--probe-layer", type=int, default=None, help="layer of the probe (default: deepest SAE)"
     )
@@ -49,25 +51,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def load_saes(path: Path) -> list:
-    """The SAEs of a folder of SAE folders (or of one SAE folder), ordered by site."""
+def load_saes(paths) -> list:
+    """The SAEs of folders of SAE folders (or of SAE folders), ordered by site; `paths` is one
+    path or several. Two SAEs at one site are an error naming both folders."""
     from ._sae_dashboard import load_sae
 
-    if not path.is_dir():
-        raise FileNotFoundError(f"--saes {path} is not a folder")
-    if (path / "sae.json").exists() or (path / "cfg.json").exists():
-        return [load_sae(path)]
-    folders = sorted(p for p in path.iterdir() if (p / "sae.json").exists() or
-                     (p / "cfg.json").exists())  # fmt: skip
-    if not folders:
-        raise FileNotFoundError(
-            f"--saes {path} holds no SAE folder (a folder with sae.json or cfg.json)"
-        )
-    saes = [load_sae(p) for p in folders]
-    missing = [str(p) for p, s in zip(folders, saes) if not s.site]
-    if missing:
-        raise ValueError(f"these SAEs name no site: {missing}")
-    return sorted(saes, key=lambda s: s.site)
+    paths = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+    found = {}
+    for path in paths:
+        if not path.is_dir():
+            raise FileNotFoundError(f"--saes {path} is not a folder")
+        if (path / "sae.json").exists() or (path / "cfg.json").exists():
+            folders = [path]
+        else:
+            folders = sorted(p for p in path.iterdir() if (p / "sae.json").exists() or
+                             (p / "cfg.json").exists())  # fmt: skip
+        if not folders:
+            raise FileNotFoundError(
+                f"--saes {path} holds no SAE folder (a folder with sae.json or cfg.json)"
+            )
+        for folder in folders:
+            sae = load_sae(folder)
+            if not sae.site:
+                raise ValueError(f"the SAE at {folder} names no site")
+            if sae.site in found:
+                raise ValueError(
+                    f"two SAEs read {sae.site}: {found[sae.site][0]} and {folder}; pass one"
+                )
+            found[sae.site] = (folder, sae)
+    return [found[site][1] for site in sorted(found)]
 
 
 def run(args) -> int:
@@ -101,7 +113,7 @@ def run(args) -> int:
         threshold=args.threshold, steps=args.steps, C=args.C, seed=args.seed,
         progress=not args.no_progress,
     )  # fmt: skip
-    record = {"model": str(args.model), "saes": str(args.saes), **res.to_json()}
+    record = {"model": str(args.model), "saes": [str(p) for p in args.saes], **res.to_json()}
     js, png = write(record, args.out)
     for name, row in res.rows.items():
         print(f"{name:28s} profession {row['profession']:5.1f}  gender {row['gender']:5.1f}  "
