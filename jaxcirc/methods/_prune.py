@@ -291,7 +291,12 @@ def prune_model(
                 )
 
     def measure(current: Model, site: str, fn, a, k):
-        """`(a, g, h)` flattened to `[rows, n_units, d_unit]`."""
+        """`(a, g, h)` flattened to `[rows, n_units, d_unit]`; variance and random pruning read
+        the activations alone, so their `g` and `h` are zeros (no curvature is computed)."""
+        u, d = a.shape[-2:]
+        if method in ("variance", "random"):
+            flat = a.reshape(-1, u, d)
+            return flat, jnp.zeros_like(flat), jnp.zeros_like(flat)
         try:
             c = unit_curvature(
                 fn, a, x, y, loss=loss, method=curvature, probes=probes, key=k,
@@ -299,7 +304,6 @@ def prune_model(
             )  # fmt: skip
         except ValueError as e:
             raise ValueError(f"site {site!r}: {e}") from None
-        u, d = a.shape[-2:]
         return tuple(t.reshape(-1, u, d) for t in (a, c.grad, c.curv))
 
     done: dict[str, Replacement] = {}
