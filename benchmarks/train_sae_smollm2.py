@@ -31,7 +31,13 @@ CKPT = C.HERE / "out" / "train_sae_smollm2"
 
 def main() -> None:
     p = C.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--layers", type=int, nargs="+", default=[2, 5, 8, 11])
+    p.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[2, 5, 8, 11],
+        help="blocks whose resid_post is read; -1: the token embedding (hook_embed)",
+    )
     p.add_argument("--d-sae", type=int, default=4608)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
@@ -48,6 +54,8 @@ def main() -> None:
                    help="python: the standard library's docstrings, topics and source; mixed: "
                         "those alternated with English prose (the fortunes package, "
                         "benchmarks/setup_text.sh)")  # fmt: skip
+    p.add_argument("--section", default=None,
+                   help="RESULTS.md section (default: train_sae_smollm2[_CORPUS])")  # fmt: skip
     p.add_argument("--out", default=str(OUT), help="where the SAEs and MANIFEST.json go")
     args = p.parse_args()
     if args.quick:
@@ -73,7 +81,8 @@ def main() -> None:
     rows = token_sequences(tokenizer, args.seq, args.train_rows + args.eval_rows, texts=texts)
     t_tok = time.perf_counter() - t0
     train_rows, eval_rows = rows[: args.train_rows], rows[args.train_rows :]
-    sites = [f"blocks.{layer}.hook_resid_post" for layer in args.layers]
+    sites = [f"blocks.{layer}.hook_resid_post" if layer >= 0 else "hook_embed"
+             for layer in args.layers]  # fmt: skip
     d_model = model.cfg.d_model
     batch = args.batch_rows * (args.seq - 1)
     buffer = jc.sae.ActivationBuffer(model, train_rows, sites, batch_size=batch,
@@ -86,7 +95,7 @@ def main() -> None:
     config = jc.sae.TrainConfig(lr=args.lr, warmup_steps=min(args.warmup, steps // 5),
                                 dead_tokens=args.dead_tokens, log_every=10)  # fmt: skip
     out = C.HERE / args.out  # a relative path is read from benchmarks/
-    ckpt = CKPT / ("quick" if args.quick else "run" if args.corpus == "python" else args.corpus)
+    ckpt = CKPT / ("quick" if args.quick else out.name)  # one per output folder
     if args.fresh:
         shutil.rmtree(ckpt, ignore_errors=True)
 
@@ -115,7 +124,8 @@ def main() -> None:
     record = []
     for layer, sae, site, m, c, dead in zip(args.layers, res.saes, sites, metrics, ce,
                                             res.dead_fraction):  # fmt: skip
-        entry = {"site": site, "layer": layer, "path": f"resid_post_L{layer}",
+        folder = f"resid_post_L{layer}" if layer >= 0 else "embed"
+        entry = {"site": site, "layer": layer, "path": folder,
                  "architecture": "topk", "d_in": d_model, "d_sae": args.d_sae, "k": args.k,
                  "fvu": m["fvu"], "l0": m["l0"], "dead_fraction_eval": m["dead_fraction"],
                  "dead_fraction_train": dead, "ce_clean": c["ce_clean"], "ce_sae": c["ce_sae"],
@@ -173,8 +183,8 @@ def main() -> None:
         f"- SAEs saved in `{shown}/` (`jaxcirc.sae.load`), MANIFEST.json beside them.",
         C.machine_markdown(info),
     ])  # fmt: skip
-    C.write_section("train_sae_smollm2" + ("" if args.corpus == "python" else "_" + args.corpus),
-                    body)  # fmt: skip
+    default = "train_sae_smollm2" + ("" if args.corpus == "python" else "_" + args.corpus)
+    C.write_section(args.section or default, body)
 
 
 if __name__ == "__main__":

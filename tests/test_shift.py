@@ -384,3 +384,23 @@ def test_cli_shift_reads_saes_from_several_folders_and_refuses_two_at_one_site(t
     jc.sae.save(tmp_path / "again" / "sae", saes[0])
     with pytest.raises(ValueError, match=f"two SAEs read {saes[0].site}.*part0.*again"):
         load_saes([tmp_path / "part0", tmp_path / "again"])
+
+
+def test_an_embedding_sae_is_upstream_of_every_block_and_its_ablation_reaches_the_probe():
+    """`hook_embed` counts as layer −1: SHIFT splices it with the block SAEs, and zeroing its
+    features changes the embedding the blocks read (by hand: x − f_i W_dec[i])."""
+    model = tiny_model()
+    embed = jc.sae.init("relu", 16, 24, key=jax.random.key(5), site="hook_embed")
+    saes = [embed, *saes_for(model)]
+    assert [s.site for s in S.upstream(saes, saes[1].site)] == ["hook_embed", saes[1].site]
+    assert S._layer("hook_embed") == -1
+    with pytest.raises(ValueError, match="neither an embedding.*nor in a block"):
+        S._layer("ln_final.hook_normalized")
+    t = bios(TOK, 4, kind="balanced").tokens[0]
+    _, acts = S.ablate(model, saes, {"hook_embed": [2]}).run(t)
+    x = model.run(t)[1]["hook_embed"]
+    want = x - embed.encode(x)[:, 2:3] * embed.W_dec[2]
+    np.testing.assert_allclose(np.asarray(acts["hook_embed"]), np.asarray(want), atol=1e-5)
+    patched = jc.interventions.intervene(model, {"hook_embed": jc.interventions.Patch(want)})
+    x0 = patched.run(t)[1][saes[1].site]
+    np.testing.assert_allclose(np.asarray(acts[saes[1].site]), np.asarray(x0), atol=2e-3)

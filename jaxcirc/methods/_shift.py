@@ -199,10 +199,19 @@ def _check_site(model, site: str) -> None:
         raise ValueError(f"unknown site {site!r}{nearest_word(site, table)}")
 
 
+_BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed")
+
+
 def _layer(site: str) -> int:
+    """The block of `site`; −1 for the embeddings (before every block)."""
+    if site in _BEFORE_BLOCKS:
+        return -1
     layer = SiteRef.parse(site).layer
     if layer is None:
-        raise ValueError(f"site {site!r} is not in a block ('blocks.<layer>.<name>')")
+        raise ValueError(
+            f"site {site!r} is neither an embedding ({', '.join(_BEFORE_BLOCKS)}) nor in a "
+            "block ('blocks.<layer>.<name>')"
+        )
     return layer
 
 
