@@ -270,6 +270,12 @@ def test_shift_effects_equal_brute_force_zero_ablation():
             delta = (out[:-1] - out[-1]).reshape(seq, sae.d_sae)
             want += delta[1:n].sum(0)  # the BOS (position 0) and the padding left out
         np.testing.assert_allclose(got[sae.site], want / len(data), atol=1e-4)
+    # signs by other labels (the feature skyline's gender): flipping every label negates
+    flipped = S.shift_effects(model, saes, probe, data, method="exact", labels=1 - data.label)
+    for sae in saes:
+        np.testing.assert_allclose(flipped[sae.site], -got[sae.site], atol=1e-6)
+    with pytest.raises(ValueError, match="labels must be 2 values of 0/1"):
+        S.shift_effects(model, saes, probe, data, labels=[0, 2])
 
 
 # ------------------------------------------------------------------------ gender proxy
@@ -336,8 +342,9 @@ def test_shift_table_on_a_tiny_model(tmp_path):
     res = S.shift(model, saes, TOK, n_train=16, n_test=16, n_attribution=4, n_neutral=16,
                   top=6, steps=1, threshold=2.0, chunk=16)  # fmt: skip
     names = ["original probe", "SHIFT", "SHIFT + retrain", "random ablation",
-             "random ablation + retrain", "neuron skyline", "neuron skyline + retrain", "oracle",
-             "CircuitLasso", "CircuitLasso + retrain"]  # fmt: skip
+             "random ablation + retrain", "neuron skyline", "neuron skyline + retrain",
+             "feature skyline", "feature skyline + retrain", "oracle", "CircuitLasso",
+             "CircuitLasso + retrain"]  # fmt: skip
     assert list(res.rows) == names
     for row in res.rows.values():
         for k in ("profession", "gender", "worst_group"):
@@ -345,6 +352,7 @@ def test_shift_table_on_a_tiny_model(tmp_path):
     n_flag = sum(len(v) for v in res.flags["SHIFT"].values())
     assert res.rows["SHIFT"]["features"] == n_flag
     assert sum(len(v) for v in res.flags["random"].values()) == n_flag
+    assert sum(len(v) for v in res.flags["feature skyline"].values()) == max(n_flag, 1)
     assert len(res.top) == 6
     flagged = {(r["site"], r["feature"]) for r in res.top if r["gender_score"] >= 2.0}
     assert flagged == {(s, i) for s, v in res.flags["SHIFT"].items() for i in v}

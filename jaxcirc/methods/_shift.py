@@ -5,8 +5,9 @@ mean-pooled residual stream, trained where gender and profession coincide, also 
 Attribute the probe's output to SAE features (integrated gradients, zero ablation), let a person
 flag the top features that are about gender, zero them (keeping the SAE error) in every spliced
 site up to the probe's, and evaluate the probe, or retrain it on the ablated activations.
-The baselines are the rows of their table: random features, a neuron skyline and an oracle
-probe trained on balanced data. The CircuitLasso route (Yin et al. 2026, arXiv 2606.16939,
+The baselines are the rows of their table: random features, a neuron skyline, a feature
+skyline (the features with the largest effect on gender) and an oracle probe trained on
+balanced data. The CircuitLasso route (Yin et al. 2026, arXiv 2606.16939,
 §4) chooses the features by a sparse logistic regression of the label on one site's features
 instead of by attribution.
 
@@ -254,15 +255,19 @@ def shift_effects(
     *,
     method: str = "ig",
     steps: int = 10,
+    labels=None,
 ) -> dict[str, np.ndarray]:
     """Each feature's effect on the probe (Marks et al. §5): `feature_effects` with zero
-    ablation and `metric = ±probe logit` (by label), summed over positions but the BOS and
-    averaged over `data`'s bios. **Returns:** `{site: [d_sae]}` for the SAEs up to the
-    probe's site."""
+    ablation and `metric = ±probe logit` (+ for label 0, − for label 1), summed over positions
+    but the BOS and averaged over `data`'s bios. `labels` (default `data.label`, the
+    profession) sets the signs; `data.gender` gives the feature skyline's effects on gender.
+    **Returns:** `{site: [d_sae]}` for the SAEs up to the probe's site."""
     from ._feature_effects import feature_effects
 
     saes = upstream(saes, probe.site)
-    labels = np.asarray(data.label)
+    labels = np.asarray(data.label if labels is None else labels)
+    if labels.shape != (len(data),) or not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"labels must be {len(data)} values of 0/1; got shape {labels.shape}")
     totals = {s.site: np.zeros(s.d_sae) for s in saes}
     for label, sign in ((0, 1.0), (1, -1.0)):
         rows = np.flatnonzero(labels == label)
@@ -492,7 +497,8 @@ def shift(
     `probe_site`: the probe's site, one of the SAEs' (default: the deepest). The probe is
     trained on `n_train` ambiguous bios; SHIFT attributes with `n_attribution` of them (IG,
     `steps`), takes the `top` features, flags the gendered ones and zeroes them at every SAE
-    site up to the probe's. The random baseline and the neuron skyline ablate as many units;
+    site up to the probe's. The random baseline, the neuron skyline and the feature skyline
+    (the `shift_effects` signed by gender on balanced bios) ablate as many units;
     the oracle is trained on `n_train` balanced bios; everything is evaluated on `n_test`
     balanced bios of the test split (held-out names, frames and activities). CircuitLasso:
     `feature_ranking` (logistic loss) of the label on the probe site's pooled codes, its
@@ -539,6 +545,13 @@ def shift(
 
     row("original probe", x_test)
 
+    def ablated(name, edited, n_units, seconds, tag):
+        """The rows `name` and `name + retrain` of the model `edited`."""
+        xa, xt = acts(edited, amb, f"{tag}: train"), acts(edited, test, f"{tag}: test")
+        row(name, xt, n_units, seconds)
+        row(f"{name} + retrain", xt, n_units, seconds,
+            train_probe(xa, amb.label, C=C, site=probe_site))  # fmt: skip
+
     # SHIFT: attribution, top features, flag, ablate
     start = time.perf_counter()
     say(f"SHIFT: attributing the probe to {sum(s.d_sae for s in used)} features at "
@@ -549,30 +562,31 @@ def shift(
     chosen = top_features(effects, top)
     flags["SHIFT"] = flag_gender(chosen, scores, threshold)
     n_flag = sum(len(v) for v in flags["SHIFT"].values())
-    shifted = ablate(model, used, flags["SHIFT"])
-    xs_amb, xs_test = acts(shifted, amb, "SHIFT: train"), acts(shifted, test, "SHIFT: test")
-    row("SHIFT", xs_test, n_flag, clock["shift_attribution"])
-    retrained = train_probe(xs_amb, amb.label, C=C, site=probe_site)
-    row("SHIFT + retrain", xs_test, n_flag, clock["shift_attribution"], retrained)
+    ablated("SHIFT", ablate(model, used, flags["SHIFT"]), n_flag, clock["shift_attribution"],
+            "SHIFT")  # fmt: skip
 
     # random features, same count
     flags["random"] = random_flags(used, n_flag, seed=seed)
-    rand = ablate(model, used, flags["random"])
-    xr_amb, xr_test = acts(rand, amb, "random: train"), acts(rand, test, "random: test")
-    row("random ablation", xr_test, n_flag)
-    row("random ablation + retrain", xr_test, n_flag, 0.0,
-        train_probe(xr_amb, amb.label, C=C, site=probe_site))  # fmt: skip
+    ablated("random ablation", ablate(model, used, flags["random"]), n_flag, 0.0, "random")
 
     # neuron skyline: top residual units by their effect on gender (balanced data)
     start = time.perf_counter()
     units, means = neuron_skyline(model, [s.site for s in used], probe, bal, n_flag)
     clock["skyline"] = time.perf_counter() - start
     flags["neuron skyline"] = units
-    sky = neuron_ablate(model, units, means, seq)
-    xn_amb, xn_test = acts(sky, amb, "skyline: train"), acts(sky, test, "skyline: test")
-    row("neuron skyline", xn_test, n_flag, clock["skyline"])
-    row("neuron skyline + retrain", xn_test, n_flag, clock["skyline"],
-        train_probe(xn_amb, amb.label, C=C, site=probe_site))  # fmt: skip
+    ablated("neuron skyline", neuron_ablate(model, units, means, seq), n_flag,
+            clock["skyline"], "neuron skyline")  # fmt: skip
+
+    # feature skyline: the top features by their effect on gender (balanced data, IG)
+    start = time.perf_counter()
+    few = _first(bal, n_attribution)
+    gender_effects = shift_effects(model, used, probe, few, steps=steps, labels=few.gender)
+    clock["feature_skyline"] = time.perf_counter() - start
+    flags["feature skyline"] = {}
+    for site, i, _ in top_features(gender_effects, max(n_flag, 1)):
+        flags["feature skyline"].setdefault(site, []).append(i)
+    ablated("feature skyline", ablate(model, used, flags["feature skyline"]), max(n_flag, 1),
+            clock["feature_skyline"], "feature skyline")  # fmt: skip
 
     # oracle: trained on balanced data
     x_bal = acts(model, bal, "oracle: train")
@@ -590,11 +604,9 @@ def shift(
     flags["CircuitLasso"] = flag_gender([(probe_site, i) for i in nonzero], lasso_scores,
                                         threshold)  # fmt: skip
     n_lasso = sum(len(v) for v in flags["CircuitLasso"].values())
-    las = ablate(model, used, flags["CircuitLasso"])  # the others unedited: SHIFT's program
-    xl_amb, xl_test = acts(las, amb, "CircuitLasso: train"), acts(las, test, "lasso: test")
-    row("CircuitLasso", xl_test, n_lasso, clock["circuit_lasso"])
-    row("CircuitLasso + retrain", xl_test, n_lasso, clock["circuit_lasso"],
-        train_probe(xl_amb, amb.label, C=C, site=probe_site))  # fmt: skip
+    # the other SAEs unedited: SHIFT's program
+    ablated("CircuitLasso", ablate(model, used, flags["CircuitLasso"]), n_lasso,
+            clock["circuit_lasso"], "CircuitLasso")  # fmt: skip
 
     top_rows = [
         {"site": s, "feature": i, "effect": e, "gender_score": float(scores[s][i])}
