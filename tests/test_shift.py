@@ -412,3 +412,17 @@ def test_an_embedding_sae_is_upstream_of_every_block_and_its_ablation_reaches_th
     patched = jc.interventions.intervene(model, {"hook_embed": jc.interventions.Patch(want)})
     x0 = patched.run(t)[1][saes[1].site]
     np.testing.assert_allclose(np.asarray(acts[saes[1].site]), np.asarray(x0), atol=2e-3)
+
+
+def test_bios_fvu_is_the_reconstruction_error_over_the_bios_tokens_without_bos():
+    model, saes = tiny_model(), saes_for(tiny_model())
+    data = bios(TOK, 4, kind="balanced")
+    got = S.bios_fvu(model, saes, data)
+    for sae in saes:
+        rows = []
+        for t, n in zip(data.tokens, data.lengths):
+            rows.append(np.asarray(model.run(t)[1][sae.site])[1 : int(n)])
+        x = np.concatenate(rows).astype(np.float64)
+        err = x - np.asarray(sae.decode(sae.encode(jnp.asarray(x, jnp.float32))))
+        want = (err**2).sum() / ((x - x.mean(0)) ** 2).sum()
+        assert got[sae.site] == pytest.approx(want, rel=1e-4)

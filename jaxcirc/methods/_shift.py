@@ -228,6 +228,18 @@ def upstream(saes, site: str) -> tuple:
     return out
 
 
+def bios_fvu(model, saes, data) -> dict[str, float]:
+    """Each SAE's fraction of variance unexplained on `data`'s tokens (a `Bios`; BOS and
+    padding left out): the share of the activations that stays in the SAE error, which SHIFT
+    keeps and no feature ablation reaches. `{site: fvu}`."""
+    from ..sae import reconstruction, site_activations
+
+    acts = site_activations(model, data.tokens, [s.site for s in saes])
+    pos = np.arange(data.tokens.shape[1])
+    valid = (pos[None] >= 1) & (pos[None] < np.asarray(data.lengths)[:, None])
+    return {s.site: reconstruction(s, np.asarray(acts[s.site])[valid])["fvu"] for s in saes}
+
+
 # -------------------------------------------------------------------------- attribution
 
 
@@ -628,6 +640,7 @@ def shift(
         "lasso_alpha": float(ranking.alpha),
         "lasso_nonzero": int((ranking.dataset > 0).sum()),
         "seconds": {k: round(v, 2) for k, v in clock.items()},
+        "bios_fvu": bios_fvu(model, used, amb),
     }
     return ShiftResult(rows, flags, top_rows, info)
 
