@@ -161,9 +161,10 @@ def main() -> None:
                 "yes" if e["fvu"] <= 0.2 and e["l0"] <= 64 and e["loss_recovered"] >= 0.8
                 else "no"] for e in record]  # fmt: skip
     body = "\n".join([
-        f"## SmolLM2-135M residual SAEs (`benchmarks/train_sae_smollm2.py --corpus {args.corpus}`)",
+        f"## SmolLM2-135M SAEs at {', '.join(f'`{x}`' for x in sites)} "
+        f"(`benchmarks/train_sae_smollm2.py --corpus {args.corpus}`)",
         "",
-        f"TopK SAEs (d_sae = {args.d_sae}, k = {args.k}) at {len(sites)} residual sites, "
+        f"TopK SAEs (d_sae = {args.d_sae}, k = {args.k}) at {len(sites)} site(s), "
         f"trained together (one compiled step) on {res.tokens:,} tokens of {summary['corpus']} "
         f"({res.steps} steps of {batch} tokens, lr "
         f"{args.lr:g}, AuxK on latents silent for {args.dead_tokens:,} tokens), BOS left out. "
@@ -177,7 +178,7 @@ def main() -> None:
         f"- Time: tokenising {t_tok:.0f} s, training {t_train / 60:.1f} min for "
         f"{res.tokens - start['tokens']:,} tokens "
         f"({(res.tokens - start['tokens']) / t_train:,.0f} tokens/s including the model's "
-        f"forward to layer {max(args.layers)}"
+        + (f"forward to layer {max(args.layers)}" if max(args.layers) >= 0 else "embedding")
         + (f"; resumed from a checkpoint at step {start['step']}" if start["step"] else "")
         + f"), evaluation {t_eval:.0f} s; 1-min load average after training {load_train:.1f}.",
         f"- SAEs saved in `{shown}/` (`jaxcirc.sae.load`), MANIFEST.json beside them.",
