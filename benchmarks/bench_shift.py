@@ -42,8 +42,6 @@ MARKS = {
     "SHIFT + retrain": (93.1, 52.0, 89.0),
     "oracle": (93.8, 49.4, 91.9),
 }
-# Marks et al.'s Gemma-2-2B notebook (the feature skyline is not in their Pythia table)
-GEMMA_FEATURE_SKYLINE = (80.9, 53.7, 56.7)
 YIN = {"SHIFT": (257.6, 49), "CircuitLasso": (36.5, 41)}
 
 
@@ -105,8 +103,6 @@ def main() -> None:
     for name, r in res.rows.items():
         ref = MARKS.get(name)
         paper = f"{ref[0]} / {ref[1]} / {ref[2]}" if ref else ""
-        if name == "feature skyline":
-            paper = "{} / {} / {} (Gemma-2-2B)".format(*GEMMA_FEATURE_SKYLINE)
         rows.append([name, f"{r['profession']:.1f}", f"{r['gender']:.1f}",
                      f"{r['worst_group']:.1f}", r["features"] or "", paper])  # fmt: skip
     sr = res.rows["SHIFT + retrain"]
@@ -131,8 +127,7 @@ def main() -> None:
         C.machine_markdown(info),
         f"- 1-min load average at the end {load_end:.2f}; wall {wall:.0f} s for the whole "
         f"table: IG attribution {sec['shift_attribution']:.0f} s, neuron skyline "
-        f"{sec['skyline']:.0f} s, feature skyline {sec['feature_skyline']:.0f} s, "
-        f"CircuitLasso {sec['circuit_lasso']:.0f} s, the rest "
+        f"{sec['skyline']:.0f} s, CircuitLasso {sec['circuit_lasso']:.0f} s, the rest "
         f"(pooled activations of the {len(res.rows)} runs, probes, gender scores) "
         f"{wall - sum(sec.values()):.0f} s",
         f"- Probe: logistic regression (L2, C = {res.info['C']}) on the residual at "

@@ -5,9 +5,8 @@ mean-pooled residual stream, trained where gender and profession coincide, also 
 Attribute the probe's output to SAE features (integrated gradients, zero ablation), let a person
 flag the top features that are about gender, zero them (keeping the SAE error) in every spliced
 site up to the probe's, and evaluate the probe, or retrain it on the ablated activations.
-The baselines are the rows of their table: random features, a neuron skyline, a feature
-skyline (the features with the largest effect on gender) and an oracle probe trained on
-balanced data. The CircuitLasso route (Yin et al. 2026, arXiv 2606.16939,
+The baselines are the rows of their table: random features, a neuron skyline and an oracle
+probe trained on balanced data. The CircuitLasso route (Yin et al. 2026, arXiv 2606.16939,
 §4) chooses the features by a sparse logistic regression of the label on one site's features
 instead of by attribution.
 
@@ -272,7 +271,7 @@ def shift_effects(
     """Each feature's effect on the probe (Marks et al. §5): `feature_effects` with zero
     ablation and `metric = ±probe logit` (+ for label 0, − for label 1), summed over positions
     but the BOS and averaged over `data`'s bios. `labels` (default `data.label`, the
-    profession) sets the signs; `data.gender` gives the feature skyline's effects on gender.
+    profession) sets the signs; `labels=data.gender` gives effects signed by gender.
     **Returns:** `{site: [d_sae]}` for the SAEs up to the probe's site."""
     from ._feature_effects import feature_effects
 
@@ -509,8 +508,7 @@ def shift(
     `probe_site`: the probe's site, one of the SAEs' (default: the deepest). The probe is
     trained on `n_train` ambiguous bios; SHIFT attributes with `n_attribution` of them (IG,
     `steps`), takes the `top` features, flags the gendered ones and zeroes them at every SAE
-    site up to the probe's. The random baseline, the neuron skyline and the feature skyline
-    (the `shift_effects` signed by gender on balanced bios) ablate as many units;
+    site up to the probe's. The random baseline and the neuron skyline ablate as many units;
     the oracle is trained on `n_train` balanced bios; everything is evaluated on `n_test`
     balanced bios of the test split (held-out names, frames and activities). CircuitLasso:
     `feature_ranking` (logistic loss) of the label on the probe site's pooled codes, its
@@ -588,17 +586,6 @@ def shift(
     flags["neuron skyline"] = units
     ablated("neuron skyline", neuron_ablate(model, units, means, seq), n_flag,
             clock["skyline"], "neuron skyline")  # fmt: skip
-
-    # feature skyline: the top features by their effect on gender (balanced data, IG)
-    start = time.perf_counter()
-    few = _first(bal, n_attribution)
-    gender_effects = shift_effects(model, used, probe, few, steps=steps, labels=few.gender)
-    clock["feature_skyline"] = time.perf_counter() - start
-    flags["feature skyline"] = {}
-    for site, i, _ in top_features(gender_effects, max(n_flag, 1)):
-        flags["feature skyline"].setdefault(site, []).append(i)
-    ablated("feature skyline", ablate(model, used, flags["feature skyline"]), max(n_flag, 1),
-            clock["feature_skyline"], "feature skyline")  # fmt: skip
 
     # oracle: trained on balanced data
     x_bal = acts(model, bal, "oracle: train")
