@@ -13,10 +13,11 @@ lr 3e-3, k_coef 1e-4, τ ~ N(0.1, 0.01²)) on 256 prompts (seed 0), then on 256 
 (seed 1): the full model, the circuit with everything else mean-ablated, and the circuit itself
 mean-ablated. One target per task for every model: the larger of `--target-loss` (the paper's
 0.15) and 1.25 × the worse of the two compared models' own task losses (after the fitted logit
-scale), so both can reach it; a task is pruned only where both compared models answer at
-least `--min-accuracy` (0.8) of its training prompts (a circuit of a task the model does not
-solve means nothing). A model that cannot reach the target has no circuit there: the row says
-so. Edges: nonzero weights between two kept nodes.
+scale and bias between the task's two tokens), so both can reach it; a task is pruned only where
+both compared models answer at least `--min-accuracy` (0.8) of its training prompts after that
+calibration (a circuit of a task the model does not solve means nothing). A model that cannot
+reach the target has no circuit there: the row says so. Edges: nonzero weights between two
+kept nodes.
 
     python benchmarks/bench_sparse_circuits.py          # ~10 min on 2 CPU cores
 """
@@ -90,7 +91,8 @@ def one(model, task_name, tok, held, args, label, target) -> dict:
     test = python_tasks(tok, args.prompts, 1, (task_name,))[task_name]
     full = {n: np.ones(np.shape(m), bool) for n, m in means.items()}
     row: dict = {"full_test": sparse.evaluate(model, test, full, means)}
-    row["full_train_fitted"] = _fitted_loss(model, train, means)
+    row["full_train_fitted"], _, fit = _fitted(model, train, means)
+    row["full_test_calibrated"] = _calibrated_accuracy(model, test, means, fit)
     total = int(sum(np.size(m) for m in means.values()))
     row["total_nodes"], row["total_edges"] = total, sparse.circuit_edges(model, full)
     if target is None:
@@ -120,12 +122,24 @@ def one(model, task_name, tok, held, args, label, target) -> dict:
     return row
 
 
-def _fitted_loss(model, task, means) -> float:
-    """The full model's task loss after the fitted logit scale (what the circuit is held to)."""
+def _fitted(model, task, means):
+    """The full model's task loss and accuracy after the fitted logit scale and token bias
+    (what the circuit is held to), and the fitted `(scale, bias)`."""
     from jaxcirc.sparse._prune import _check_task, _evaluate
 
     full = {n: np.ones(np.shape(m), np.float32) for n, m in means.items()}
-    return float(_evaluate(model, means, full, *_check_task(model, task), True)[0])
+    loss, acc, fit = _evaluate(model, means, full, *_check_task(model, task), True)
+    return float(loss), float(acc), fit
+
+
+def _calibrated_accuracy(model, task, means, fit) -> float:
+    """Accuracy of the full model on `task` with a `(scale, bias)` fitted on other prompts."""
+    from jaxcirc.sparse._prune import _check_task, _margins_jit, _scores, _side
+
+    full = {n: np.ones(np.shape(m), np.float32) for n, m in means.items()}
+    data = _check_task(model, task)
+    delta = _margins_jit(model, means, full, *data)
+    return float(_scores(delta, fit[0], fit[1], _side(*data[2:]))[1])
 
 
 def control(results: dict, t: str) -> str:
@@ -168,8 +182,8 @@ def main() -> None:
     compared = ("weight-sparse", "dense (matched loss)")
     for t in args.tasks:
         train = python_tasks(tok, args.prompts, 0, (t,))[t]
-        own = [_fitted_loss(zoo[k], train, sparse.node_means(zoo[k], held)) for k in compared]
-        accuracy = [sparse.task_scores(zoo[k], train)["accuracy"] for k in compared]
+        fits = [_fitted(zoo[k], train, sparse.node_means(zoo[k], held)) for k in compared]
+        own, accuracy = [f[0] for f in fits], [f[1] for f in fits]  # calibrated
         targets[t] = max(args.target_loss, 1.25 * max(own))
         solved[t] = min(accuracy) >= args.min_accuracy
         if not solved[t]:
@@ -193,7 +207,8 @@ def main() -> None:
         for t, r in per.items():
             c = r["circuit"]
             rows.append([
-                label, t, f"{r['full_test']['accuracy']:.1%}", f"{r['full_train_fitted']:.3f}",
+                label, t, f"{r['full_test']['accuracy']:.1%} / "
+                f"{r['full_test_calibrated']:.1%}", f"{r['full_train_fitted']:.3f}",
                 cell(r, "n_nodes") + f" / {r['total_nodes']:,}",
                 cell(r) + f" / {r['total_edges']:,}",
                 "—" if c is None else f"{c['test_circuit_only']['loss']:.3f} / "
@@ -222,13 +237,17 @@ def main() -> None:
         "sparse model's.",
         "",
         "Pruning: target task loss (binary cross-entropy answer vs distractor after a fitted "
-        "logit scale) per task "
+        "logit scale and bias between the two tokens, `jaxcirc.sparse.prune`) per task "
         + ", ".join(f"{t} {v:.3f}" for t, v in targets.items())
         + f" (the larger of {args.target_loss} and 1.25 × the worse of the two compared models' "
         f"own losses), {args.steps} steps; {args.prompts} training prompts, as many fresh "
-        "prompts for the columns marked test.",
+        "prompts for the columns marked test. Calibrated accuracy: the full model's scale and "
+        "bias fitted on the training prompts, applied to the test prompts; a task is pruned "
+        f"where both compared models reach {args.min_accuracy:.0%} calibrated on its training "
+        "prompts.",
         "",
-        C.table(["model", "task", "test accuracy (full)", "task loss (full, fitted)",
+        C.table(["model", "task", "test accuracy (full: raw / calibrated)",
+                 "task loss (full, fitted)",
                  "circuit nodes / all", "circuit edges / all", "test: circuit only (loss / acc.)",
                  "test: circuit ablated (acc.)"], rows),  # fmt: skip
         "",

@@ -185,3 +185,27 @@ def test_bad_inputs():
     bad = {**{n: jnp.ones(v.shape) for n, v in means.items()}, "L0.mlp_neurons": jnp.ones(3)}
     with pytest.raises(ValueError, match="'L0.mlp_neurons'.*did you mean 'L0.mlp_neuron'"):
         P.circuit_edges(model, bad)
+
+
+def test_the_fitted_shift_is_a_bias_between_the_two_answer_tokens():
+    """A model that tells the contexts apart but prefers token B in both (the corpus's `)` over
+    `))`) is wrong on half the rows raw; the fitted bias between the two tokens puts it right
+    on all of them. A task of more than two tokens gets no bias."""
+    from jaxcirc.sparse._prune import _fit, _scores, _side
+
+    a_id, b_id = 7, 3  # o = +1 where the answer is the smaller id (3)
+    answer = jnp.array([b_id, a_id] * 8)
+    distractor = jnp.array([a_id, b_id] * 8)
+    side = _side(answer, distractor)
+    np.testing.assert_array_equal(np.asarray(side), [1.0, -1.0] * 8)
+    # logit(B) − logit(A) = 3 − 2·[context 2]: right in context 1 (answer B), wrong in context 2
+    delta = jnp.where(answer == b_id, 3.0, -1.0) + 0.1 * jnp.sin(jnp.arange(16.0))
+    raw_loss, raw_acc = _scores(delta)
+    assert float(raw_acc) == 0.5
+    scale, shift = _fit(delta, side)
+    loss, acc = _scores(delta, scale, shift, side)
+    assert float(acc) == 1.0 and float(loss) < 0.1 < float(raw_loss)
+    assert float(shift) < 0  # the bias favours the larger id (token A), against the prior
+    # three tokens: no bias, the scale alone
+    three = _side(jnp.array([1, 2, 5, 1]), jnp.array([2, 1, 1, 5]))
+    np.testing.assert_array_equal(np.asarray(three), 0.0)

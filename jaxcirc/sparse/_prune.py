@@ -10,9 +10,14 @@ the library's `Mean` intervention (masks are array leaves: a new mask never reco
 the task loss plus `k_coef · Σ m` with AdamW in one compiled `lax.scan`, then bisects over `k`
 for the smallest top-`k` set (by `τ`) whose task loss, after a fitted logit scale and shift,
 is at most `target_loss`. The task loss is the binary cross-entropy of answer vs distractor at
-each clean prompt's last position, `softplus(−a·Δ)` with `Δ` the logit difference. The paper
-fits a global logit scale and shift (16 L-BFGS steps); a shift of all logits cancels in `Δ`, so
-only the scale `a ≥ 0` is fitted here (16 damped Newton steps) and `shift` is always 0.
+each clean prompt's last position, `softplus(−(a·Δ + b·o))` with `Δ` the logit difference. The
+paper fits a logit scale and shift (16 L-BFGS steps). A shift of every logit cancels in `Δ`, so
+the shift `b` here is a bias between the task's two tokens: `o = +1` on rows whose answer is the
+smaller id, `−1` on the others, and `b` is fitted only for a task of exactly two tokens (the
+binary tasks; `o = 0` otherwise). It matters where the corpus prefers one token in both
+contexts: after `f(g(a, b` the standard library continues with `)` more often than with `))`,
+so a model can tell the depths apart (`Δ` rises from depth 1 to depth 2) and still put `)` first
+at both. `a ≥ 0` and `b` take 16 damped Newton steps from `(1, 0)`.
 Edges are nonzero weights between two kept nodes (W_Q/W_K/W_V, W_O, W_in, W_out);
 residual-stream links are identities, not weights, and are not counted.
 """
@@ -149,30 +154,46 @@ def _margins(model, means, masks, tokens, last, answer, distractor):
     return take(answer) - take(distractor)
 
 
-def _fit(delta):
-    """The logit scale `a ≥ 0` minimising `mean softplus(−a·Δ)`: 16 damped Newton steps from
-    `a = 1` (each moves `a` by at most 1). A shift added to every logit cancels in `Δ`."""
-
-    def step(a, _):
-        z = a * delta
-        grad = -(jax.nn.sigmoid(-z) * delta).mean()
-        hess = (jax.nn.sigmoid(z) * jax.nn.sigmoid(-z) * delta**2).mean()
-        return jnp.maximum(a - jnp.clip(grad / (hess + 1e-6), -1.0, 1.0), 0.0), None
-
-    scale = jax.lax.scan(step, jnp.float32(1.0), None, length=FIT_STEPS)[0]
-    return jnp.stack([scale, jnp.float32(0.0)])
+def _side(answer, distractor):
+    """`o`: +1 on rows whose answer is the task's smaller token id, −1 on the others, for a task
+    of exactly two tokens; zeros otherwise (no bias is fitted)."""
+    lo = jnp.minimum(answer.min(), distractor.min())
+    hi = jnp.maximum(answer.max(), distractor.max())
+    two = (lo != hi) & jnp.all((answer == lo) | (answer == hi)) & jnp.all(answer != distractor)
+    two = two & jnp.all((distractor == lo) | (distractor == hi))
+    return jnp.where(two, jnp.where(answer == lo, 1.0, -1.0), 0.0)
 
 
-def _scores(delta, scale=1.0, shift=0.0):
-    z = scale * delta + shift
-    return jax.nn.softplus(-z).mean(), (delta > 0).mean()
+def _fit(delta, side):
+    """The logit scale `a ≥ 0` and token bias `b` minimising `mean softplus(−(a·Δ + b·o))`: 16
+    damped Newton steps from `(1, 0)` (each moves a parameter by at most 1)."""
+    feats = jnp.stack([delta, side], 1)
+
+    def step(ab, _):
+        z = feats @ ab
+        grad = -(jax.nn.sigmoid(-z)[:, None] * feats).mean(0)
+        w = jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
+        hess = (feats.T * w) @ feats / delta.shape[0] + 1e-6 * jnp.eye(2)
+        ab = ab - jnp.clip(jnp.linalg.solve(hess, grad), -1.0, 1.0)
+        return ab.at[0].set(jnp.maximum(ab[0], 0.0)), None
+
+    return jax.lax.scan(step, jnp.array([1.0, 0.0], jnp.float32), None, length=FIT_STEPS)[0]
+
+
+def _scores(delta, scale=1.0, shift=0.0, side=0.0):
+    """`(loss, accuracy)` of the calibrated margins `z = scale·Δ + shift·o`; the accuracy
+    counts `z > 0` (`Δ > 0` where the scale is 0)."""
+    z = scale * delta + shift * side
+    right = jnp.where(scale > 0, z > 0, delta > 0)
+    return jax.nn.softplus(-z).mean(), right.mean()
 
 
 @eqx.filter_jit
 def _evaluate(model, means, masks, tokens, last, answer, distractor, fit):
     delta = _margins(model, means, masks, tokens, last, answer, distractor)
-    params = _fit(delta) if fit else jnp.array([1.0, 0.0])
-    loss, acc = _scores(delta, params[0], params[1])
+    side = _side(answer, distractor)
+    params = _fit(delta, side) if fit else jnp.array([1.0, 0.0])
+    loss, acc = _scores(delta, params[0], params[1], side)
     return loss, acc, params
 
 
@@ -332,7 +353,7 @@ def evaluate(model, task, circuit, means, *, ablate: str = "complement") -> dict
         masks = {n: 1.0 - m for n, m in masks.items()}
     delta = _margins_jit(model, means, masks, *data)
     scale, shift = (circuit.scale, circuit.shift) if isinstance(circuit, TaskCircuit) else (1, 0)
-    loss, acc = _scores(delta, scale, shift)
+    loss, acc = _scores(delta, scale, shift, _side(*data[2:]))
     return {"loss": float(loss), "accuracy": float(acc)}
 
 
