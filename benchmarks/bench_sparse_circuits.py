@@ -93,6 +93,7 @@ def one(model, task_name, tok, held, args, label, target) -> dict:
     row: dict = {"full_test": sparse.evaluate(model, test, full, means)}
     row["full_train_fitted"], _, fit = _fitted(model, train, means)
     row["full_test_calibrated"] = _calibrated_accuracy(model, test, means, fit)
+    row["full_test_pairs"] = sparse.task_scores(model, test, pairs=True)["pair_accuracy"]
     total = int(sum(np.size(m) for m in means.values()))
     row["total_nodes"], row["total_edges"] = total, sparse.circuit_edges(model, full)
     if target is None:
@@ -208,7 +209,8 @@ def main() -> None:
             c = r["circuit"]
             rows.append([
                 label, t, f"{r['full_test']['accuracy']:.1%} / "
-                f"{r['full_test_calibrated']:.1%}", f"{r['full_train_fitted']:.3f}",
+                f"{r['full_test_calibrated']:.1%} / {r['full_test_pairs']:.1%}",
+                f"{r['full_train_fitted']:.3f}",
                 cell(r, "n_nodes") + f" / {r['total_nodes']:,}",
                 cell(r) + f" / {r['total_edges']:,}",
                 "—" if c is None else f"{c['test_circuit_only']['loss']:.3f} / "
@@ -244,9 +246,10 @@ def main() -> None:
         "prompts for the columns marked test. Calibrated accuracy: the full model's scale and "
         "bias fitted on the training prompts, applied to the test prompts; a task is pruned "
         f"where both compared models reach {args.min_accuracy:.0%} calibrated on its training "
-        "prompts.",
+        "prompts. Pairs: the margin on each prompt beats the same margin on its contrast "
+        "prompt (the two contexts ranked right, whatever the prior between the tokens).",
         "",
-        C.table(["model", "task", "test accuracy (full: raw / calibrated)",
+        C.table(["model", "task", "test accuracy (full: raw / calibrated / pairs)",
                  "task loss (full, fitted)",
                  "circuit nodes / all", "circuit edges / all", "test: circuit only (loss / acc.)",
                  "test: circuit ablated (acc.)"], rows),  # fmt: skip

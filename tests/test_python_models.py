@@ -54,6 +54,21 @@ def test_the_sparse_model_solves_quote(model, bpe):
     assert sparse.task_scores(model, task)["accuracy"] >= 0.9
 
 
+def test_the_sparse_model_tells_the_bracket_depths_apart(model, bpe):
+    """`x = f(g(a, b` -> `))`, `x = f + g(a, b` -> `)`. The standard library continues with `)`
+    more often than `))` even at depth 2 (`bench_bracket_corpus.py`), so raw accuracy sits near
+    chance; but the margin `))` − `)` is higher at depth 2 than at depth 1 on nearly every pair
+    (measured 96.7 % of 256 fresh pairs). A scale and bias fitted on other prompts lift the
+    accuracy only a little (measured 63.7 %): the margin moves more across prompts than with
+    the depth, so the task is not solved in the absolute sense the done-when asks."""
+    fit = sparse.calibrate(model, jc.tasks.bracket_task(bpe, 256, seed=0))
+    fresh = jc.tasks.bracket_task(bpe, 256, seed=11)
+    scores = sparse.task_scores(model, fresh, pairs=True)
+    calibrated = sparse.task_scores(model, fresh, calibration=fit)["accuracy"]
+    assert scores["accuracy"] < 0.7 and scores["pair_accuracy"] >= 0.9, scores
+    assert calibrated > scores["accuracy"]  # the fitted bias helps, on prompts it never saw
+
+
 def test_quote_circuit_is_sufficient_and_necessary(model, bpe):
     _, held, _ = jc.tasks.python_rows(bpe, 128, 1, 32)
     means = sparse.node_means(model, held)

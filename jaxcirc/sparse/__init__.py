@@ -8,7 +8,8 @@ linear decay) chained with `keep_topk`; `train_lm`: next-token pretraining with 
 annealed to a nonzero fraction), resumable from a checkpoint; `prune`: the smallest node circuit
 of a model on a binary task (Heaviside masks with a sigmoid straight-through gradient, mean
 ablation, bisection over the circuit size), counted in edges and validated both ways by
-`evaluate`.
+`evaluate`; `calibrate` and `task_scores(..., calibration=)`: a task's fitted logit scale and
+bias between its two tokens, and the scores they give.
 """
 
 from ._masked import KeepTopKState as KeepTopKState
@@ -33,6 +34,7 @@ from ._prune import masked_model as masked_model
 from ._prune import node_means as node_means
 from ._prune import plot_circuit as plot_circuit
 from ._prune import prune as prune
+from ._train import calibrate as calibrate
 from ._train import evaluate_lm as evaluate_lm
 from ._train import lm_loss as lm_loss
 from ._train import next_token_loss as next_token_loss

@@ -32,7 +32,7 @@ from .._mesh import check_divides, check_mesh, replicate, split_along
 from ..sae._checkpoint import _load_dir, _save_dir
 from ._masked import default_include, l0_schedule
 from ._optimizer import sparse_adamw, warmup_linear_decay
-from ._prune import _check_task, _margins_jit, _scores
+from ._prune import _check_task, _fit, _margins_jit, _scores, _side
 
 MARKER = "JAXCIRC_LM_TRAIN"
 
@@ -130,13 +130,35 @@ def lm_loss(model, tokens, *, batch_size: int = 64) -> float:
     return value
 
 
-def task_scores(model, task) -> dict[str, float]:
+def task_scores(model, task, *, calibration=None, pairs: bool = False) -> dict[str, float]:
     """`accuracy` (rows with `logit(answer) > logit(distractor)` at the last clean position) and
-    `loss` (the binary cross-entropy of answer vs distractor) of `model` on `task`."""
+    `loss` (the binary cross-entropy of answer vs distractor) of `model` on `task`; with
+    `calibration=(scale, bias)` (from `calibrate` on other prompts) both read the calibrated
+    margins `scale·Δ ± bias` (`jaxcirc.sparse.prune`'s module docstring). With `pairs`, also
+    `pair_accuracy`: rows whose margin on the clean prompt beats the same margin on its contrast
+    prompt (the model ranks the two contexts right, whatever its prior between the tokens)."""
     data = _check_task(model, task)
     delta = _margins_jit(model, {}, {}, *data)
-    loss, acc = _scores(delta)
-    return {"accuracy": float(acc), "loss": float(loss)}
+    if calibration is None:
+        loss, acc = _scores(delta)
+    else:
+        scale, bias = (float(v) for v in calibration)
+        loss, acc = _scores(delta, scale, bias, _side(*data[2:]))
+    out = {"accuracy": float(acc), "loss": float(loss)}
+    if pairs:
+        model.check_tokens(task.corrupt, name="task.corrupt", ndim=2)
+        contrast = _margins_jit(model, {}, {}, task.corrupt, *data[1:])
+        out["pair_accuracy"] = float((delta > contrast).mean())
+    return out
+
+
+def calibrate(model, task) -> tuple[float, float]:
+    """The logit scale and the bias between a binary task's two tokens that minimise `model`'s
+    task loss on `task` (what `prune` fits for a circuit): `(scale, bias)`."""
+    data = _check_task(model, task)
+    delta = _margins_jit(model, {}, {}, *data)
+    scale, bias = _fit(delta, _side(*data[2:]))
+    return float(scale), float(bias)
 
 
 def evaluate_lm(model, *, tokens=None, tasks: Mapping | None = None) -> dict:
