@@ -111,7 +111,8 @@ def main() -> None:
     sec = res.info["seconds"]
     n_shift = res.rows["SHIFT"]["features"]
     n_lasso = res.rows["CircuitLasso"]["features"]
-    flagged = ", ".join(f"L{s.split('.')[1]}:{i}" for s, ids in res.flags["SHIFT"].items()
+    short = lambda site: f"L{site.split('.')[1]}" if site.startswith("blocks.") else site
+    flagged = ", ".join(f"{short(s)}:{i}" for s, ids in res.flags["SHIFT"].items()
                         for i in ids)  # fmt: skip
     sizes = ", ".join(f"`{s.site}` ({s.architecture}, d_sae {s.d_sae})" for s in saes
                       if s.site in res.info["sae_sites"])  # fmt: skip
