@@ -206,6 +206,10 @@ def test_the_fitted_shift_is_a_bias_between_the_two_answer_tokens():
     loss, acc = _scores(delta, scale, shift, side)
     assert float(acc) == 1.0 and float(loss) < 0.1 < float(raw_loss)
     assert float(shift) < 0  # the bias favours the larger id (token A), against the prior
+    # margins that say nothing: never worse than log 2 (a = b = 0)
+    noise = 40.0 * jnp.sin(7.0 * jnp.arange(16.0))
+    worst = _scores(noise, *_fit(noise, side), side)[0]
+    assert float(worst) <= np.log(2.0) + 1e-6
     # three tokens: no bias, the scale alone
     three = _side(jnp.array([1, 2, 5, 1]), jnp.array([2, 1, 1, 5]))
     np.testing.assert_array_equal(np.asarray(three), 0.0)

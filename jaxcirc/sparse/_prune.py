@@ -166,7 +166,8 @@ def _side(answer, distractor):
 
 def _fit(delta, side):
     """The logit scale `a ≥ 0` and token bias `b` minimising `mean softplus(−(a·Δ + b·o))`: 16
-    damped Newton steps from `(1, 0)` (each moves a parameter by at most 1)."""
+    damped Newton steps from `(1, 0)` (each moves a parameter by at most 1), or `(0, 0)` (loss
+    log 2) where they end above it."""
     feats = jnp.stack([delta, side], 1)
 
     def step(ab, _):
@@ -177,7 +178,10 @@ def _fit(delta, side):
         ab = ab - jnp.clip(jnp.linalg.solve(hess, grad), -1.0, 1.0)
         return ab.at[0].set(jnp.maximum(ab[0], 0.0)), None
 
-    return jax.lax.scan(step, jnp.array([1.0, 0.0], jnp.float32), None, length=FIT_STEPS)[0]
+    ab = jax.lax.scan(step, jnp.array([1.0, 0.0], jnp.float32), None, length=FIT_STEPS)[0]
+    # the clipped steps may stop short where no scale helps; (0, 0) gives log 2
+    worse = jax.nn.softplus(-(feats @ ab)).mean() > jnp.log(2.0)
+    return jnp.where(worse, jnp.zeros(2, jnp.float32), ab)
 
 
 def _scores(delta, scale=1.0, shift=0.0, side=0.0):
