@@ -28,7 +28,7 @@ def main() -> None:
     from jaxcirc.tasks import python_source
 
     tok = jc.io.python_bpe()
-    text = {i: tok.decode([i]) for i in range(len(tok))}
+    text = {i: tok.decode([i]) for i in range(tok.vocab_size)}
     change = {i: t.count("(") - t.count(")") for i, t in text.items()}
     (two,), (one,) = (tok.encode(s, add_special_tokens=False) for s in ("))", ")"))
     counts: Counter = Counter()
@@ -59,12 +59,13 @@ def main() -> None:
         C.table(["depth", "next `)`", "next `))`", "next other", "`))` of `)` or `))`"], rows),
         "",
         f"- At depth 2 the corpus continues with `))` in {d2:.1%} of the cases where it "
-        "continues with `)` or `))`: `)` alone (`f(g(x) + 1)`, `f(g(x).y)`, ...) is the more "
-        "common. A model that matched the corpus would answer `)` at both depths, i.e. 50 % on "
-        "`bracket_task`'s accuracy (logit of `))` against `)`), and its task loss (a fitted "
-        "scale, no bias on the logit difference) would not reach a target either; whether a "
-        "model tracks depth shows as a logit difference that rises from the depth-1 prompt to "
-        "the depth-2 one of each pair.",
+        "continues with `)` or `))`"
+        + (": `)` alone (`f(g(x) + 1)`, `f(g(x).y)`, ...) is the more common, so a model that "
+           "matched the corpus would answer `)` at both depths, 50 % on `bracket_task`'s raw "
+           "accuracy (logit of `))` against `)`)." if d2 < 0.5 else ".")
+        + " The bias between the two tokens that pruning fits (`jaxcirc.sparse.calibrate`) "
+        "takes such a prior out, and pair accuracy (`jaxcirc.sparse.task_scores(..., "
+        "pairs=True)`) says whether a model ranks the two depths right.",
         f"- Wall {wall:.0f} s.",
         C.machine_markdown(info),
     ])  # fmt: skip
