@@ -91,8 +91,9 @@ def one(model, task_name, tok, held, args, label, target) -> dict:
     test = python_tasks(tok, args.prompts, 1, (task_name,))[task_name]
     full = {n: np.ones(np.shape(m), bool) for n, m in means.items()}
     row: dict = {"full_test": sparse.evaluate(model, test, full, means)}
-    row["full_train_fitted"], _, fit = _fitted(model, train, means)
-    row["full_test_calibrated"] = _calibrated_accuracy(model, test, means, fit)
+    fit = sparse.calibrate(model, train)  # what the circuit is held to
+    row["full_train_fitted"] = sparse.task_scores(model, train, calibration=fit)["loss"]
+    row["full_test_calibrated"] = sparse.task_scores(model, test, calibration=fit)["accuracy"]
     row["full_test_pairs"] = sparse.task_scores(model, test, pairs=True)["pair_accuracy"]
     total = int(sum(np.size(m) for m in means.values()))
     row["total_nodes"], row["total_edges"] = total, sparse.circuit_edges(model, full)
@@ -121,26 +122,6 @@ def one(model, task_name, tok, held, args, label, target) -> dict:
     print(f"[{label} / {task_name}] {c.n_nodes} nodes, {c.n_edges} edges, loss {c.loss:.3f} "
           f"({row['seconds']:.0f} s)", flush=True)  # fmt: skip
     return row
-
-
-def _fitted(model, task, means):
-    """The full model's task loss and accuracy after the fitted logit scale and token bias
-    (what the circuit is held to), and the fitted `(scale, bias)`."""
-    from jaxcirc.sparse._prune import _check_task, _evaluate
-
-    full = {n: np.ones(np.shape(m), np.float32) for n, m in means.items()}
-    loss, acc, fit = _evaluate(model, means, full, *_check_task(model, task), True)
-    return float(loss), float(acc), fit
-
-
-def _calibrated_accuracy(model, task, means, fit) -> float:
-    """Accuracy of the full model on `task` with a `(scale, bias)` fitted on other prompts."""
-    from jaxcirc.sparse._prune import _check_task, _margins_jit, _scores, _side
-
-    full = {n: np.ones(np.shape(m), np.float32) for n, m in means.items()}
-    data = _check_task(model, task)
-    delta = _margins_jit(model, means, full, *data)
-    return float(_scores(delta, fit[0], fit[1], _side(*data[2:]))[1])
 
 
 def control(results: dict, t: str) -> str:
@@ -183,8 +164,9 @@ def main() -> None:
     compared = ("weight-sparse", "dense (matched loss)")
     for t in args.tasks:
         train = python_tasks(tok, args.prompts, 0, (t,))[t]
-        fits = [_fitted(zoo[k], train, sparse.node_means(zoo[k], held)) for k in compared]
-        own, accuracy = [f[0] for f in fits], [f[1] for f in fits]  # calibrated
+        fits = [sparse.task_scores(zoo[k], train, calibration=sparse.calibrate(zoo[k], train))
+                for k in compared]  # fmt: skip
+        own, accuracy = [f["loss"] for f in fits], [f["accuracy"] for f in fits]  # calibrated
         targets[t] = max(args.target_loss, 1.25 * max(own))
         solved[t] = min(accuracy) >= args.min_accuracy
         if not solved[t]:
