@@ -213,3 +213,19 @@ def test_the_fitted_shift_is_a_bias_between_the_two_answer_tokens():
     # three tokens: no bias, the scale alone
     three = _side(jnp.array([1, 2, 5, 1]), jnp.array([2, 1, 1, 5]))
     np.testing.assert_array_equal(np.asarray(three), 0.0)
+
+
+def test_task_scores_and_calibrate_refuse_non_finite_margins():
+    from jaxcirc import sparse
+    from jaxcirc._finite import NonFiniteError
+
+    model = zoo.induction_model()
+    task = induction(8, half_len=4, d_vocab=64)
+    assert np.isfinite(sparse.task_scores(model, task, pairs=True)["pair_accuracy"])
+    W = np.asarray(model.unembed.W_U).copy()
+    W[:, int(task.answer[2])] = np.nan  # the answer's logit: NaN on every row that reads it
+    broken = eqx.tree_at(lambda m: m.unembed.W_U, model, jnp.asarray(W))
+    with pytest.raises(NonFiniteError, match="margin on the clean prompts"):
+        sparse.task_scores(broken, task)
+    with pytest.raises(NonFiniteError, match="margin on the clean prompts"):
+        sparse.calibrate(broken, task)

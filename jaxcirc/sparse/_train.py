@@ -28,6 +28,7 @@ import numpy as np
 
 from .._atomic import recover as _recover
 from .._checks import check_float, check_int
+from .._finite import check_finite
 from .._mesh import check_divides, check_mesh, replicate, split_along
 from ..sae._checkpoint import _load_dir, _save_dir
 from ._masked import default_include, l0_schedule
@@ -130,6 +131,15 @@ def lm_loss(model, tokens, *, batch_size: int = 64) -> float:
     return value
 
 
+def _task_margins(model, task, tokens, data):
+    """`logit(answer) − logit(distractor)` at each prompt's last position, checked finite."""
+    delta = _margins_jit(model, {}, {}, tokens, *data[1:])
+    which = "contrast" if tokens is not data[0] else "clean"
+    check_finite(np.asarray(delta), f"task {task.name!r} margin on the {which} prompts",
+                 axes=("row",))  # fmt: skip
+    return delta
+
+
 def task_scores(model, task, *, calibration=None, pairs: bool = False) -> dict[str, float]:
     """`accuracy` (rows with `logit(answer) > logit(distractor)` at the last clean position) and
     `loss` (the binary cross-entropy of answer vs distractor) of `model` on `task`; with
@@ -138,7 +148,7 @@ def task_scores(model, task, *, calibration=None, pairs: bool = False) -> dict[s
     `pair_accuracy`: rows whose margin on the clean prompt beats the same margin on its contrast
     prompt (the model ranks the two contexts right, whatever its prior between the tokens)."""
     data = _check_task(model, task)
-    delta = _margins_jit(model, {}, {}, *data)
+    delta = _task_margins(model, task, data[0], data)
     if calibration is None:
         loss, acc = _scores(delta)
     else:
@@ -147,7 +157,7 @@ def task_scores(model, task, *, calibration=None, pairs: bool = False) -> dict[s
     out = {"accuracy": float(acc), "loss": float(loss)}
     if pairs:
         model.check_tokens(task.corrupt, name="task.corrupt", ndim=2)
-        contrast = _margins_jit(model, {}, {}, task.corrupt, *data[1:])
+        contrast = _task_margins(model, task, task.corrupt, data)
         out["pair_accuracy"] = float((delta > contrast).mean())
     return out
 
@@ -156,7 +166,7 @@ def calibrate(model, task) -> tuple[float, float]:
     """The logit scale and the bias between a binary task's two tokens that minimise `model`'s
     task loss on `task` (what `prune` fits for a circuit): `(scale, bias)`."""
     data = _check_task(model, task)
-    delta = _margins_jit(model, {}, {}, *data)
+    delta = _task_margins(model, task, data[0], data)
     scale, bias = _fit(delta, _side(*data[2:]))
     return float(scale), float(bias)
 
