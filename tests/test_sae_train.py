@@ -1,6 +1,8 @@
 """SAE training: planted-dictionary recovery, stacked = one by one, kill and resume, the
 activation buffer, checkpoints, metrics against direct computations, and bad inputs."""
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -354,3 +356,29 @@ def test_buffer_non_finite_names_site_row_position():
         next(it)
     with pytest.raises(ValueError, match="no site 'blocks.1.hook_resid_pots'"):
         jc.sae.ActivationBuffer(model, tokens, ["blocks.1.hook_resid_pots"])
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu"])
+def test_pretrained_saes_train_on_from_where_they_are(arch):
+    """`TrainConfig(pretrained=True)`: a trained SAE (it reads raw activations) goes on from
+    itself: one step at a vanishing learning rate returns it unchanged, biases and thresholds
+    included, on data whose scale is far from the trainer's `E‖x‖ = √d_in`. Without the flag
+    the same SAE would be read as one of the scaled space (and its `b_dec` reset)."""
+    atoms = planted()
+    key = jax.random.key(5)
+    kw = {"k": ACTIVE} if arch != "jumprelu" else {"threshold": 0.5, "bandwidth": 0.1}
+    sae = jc.sae.init(arch, D_IN, 48, key=key, **kw)
+    raw = lambda seed: (20.0 * x for x in planted_batches(atoms, 256, 30, seed=seed))
+    config = jc.sae.TrainConfig(lr=1e-2, warmup_steps=5, log_every=10)
+    trained = jc.sae.train(sae, raw(1), steps=30, config=config).saes[0]
+    still = jc.sae.TrainConfig(
+        lr=1e-12, warmup_steps=0, log_every=10, pretrained=True, threshold_rate=1e-9
+    )  # BatchTopK: its running mean too
+    again = jc.sae.train(trained, raw(2), steps=1, config=still).saes[0]
+    for name, value in vars(trained).items():
+        if isinstance(value, jax.Array):
+            np.testing.assert_allclose(np.asarray(getattr(again, name)), np.asarray(value),
+                                       rtol=1e-4, atol=1e-5, err_msg=name)  # fmt: skip
+    naive = jc.sae.train(trained, raw(2), steps=1,
+                         config=dataclasses.replace(still, pretrained=False)).saes[0]  # fmt: skip
+    assert not np.allclose(np.asarray(naive.b_dec), np.asarray(trained.b_dec), atol=1e-3)

@@ -10,7 +10,9 @@ Each step, for every SAE (the conventions of SAELens, Bloom et al. 2024):
 - activations are scaled so that `E‖x‖ = √d_in` (the factor is estimated on the first batch
   and folded back into the biases and thresholds at the end, so the returned SAEs read raw
   activations; the initial thresholds of the SAEs given are read in the scaled space);
-  `b_dec` starts at the first batch's mean;
+  `b_dec` starts at the first batch's mean. With `pretrained=True` the SAEs given are trained
+  ones that read raw activations: they are moved into the scaled space instead (biases and
+  thresholds times the factor) and keep their `b_dec`, so training goes on from them;
 - loss `= E‖x − x̂‖² + sparsity term`: the decoder-norm-weighted L1 for ReLU (its coefficient
   warmed up linearly over `sparsity_warmup_steps`), the straight-through L0 for JumpReLU
   (Rajamanoharan et al. 2024), none for TopK/BatchTopK, which get Gao et al. (2024)'s AuxK
@@ -66,6 +68,7 @@ class TrainConfig:
     threshold_rate: float = 0.01
     normalize: bool = True
     init_b_dec: bool = True
+    pretrained: bool = False
     b1: float = 0.9
     b2: float = 0.999
     log_every: int = 10
@@ -237,7 +240,8 @@ def _member_step(
     if isinstance(new, BatchTopKSAE):
         smallest = jnp.min(jnp.where(f > 0, f, jnp.inf))
         smallest = jnp.where(jnp.isfinite(smallest), smallest, new.threshold)
-        rate = jnp.where(step == 0, 1.0, config.threshold_rate)
+        first = step == 0 if not config.pretrained else False  # a trained threshold goes on
+        rate = jnp.where(first, 1.0, config.threshold_rate)
         new = eqx.tree_at(lambda s: s.threshold, new, (1 - rate) * new.threshold + rate * smallest)
     if isinstance(f, tuple):  # TopK: (values, index)
         values, index = f
@@ -465,7 +469,9 @@ def _init_member(sae, x, opt, config):
     scale = 1.0
     if config.normalize:
         scale = math.sqrt(sae.d_in) / max(float(np.mean(np.linalg.norm(x, axis=-1))), 1e-30)
-    if config.init_b_dec:
+    if config.pretrained:  # a trained SAE of raw activations, into the scaled space
+        sae = fold_scale(sae, 1.0 / scale)
+    elif config.init_b_dec:
         sae = eqx.tree_at(lambda s: s.b_dec, sae, (np.mean(x, 0) * scale).astype(x.dtype))
     sae = with_site(sae, "")
     params = eqx.filter(sae, _params(sae))
