@@ -253,7 +253,7 @@ def main() -> None:
         f"(`benchmarks/train_sae_smollm2.py --corpus {args.corpus}`)",
         "",
         f"TopK SAEs (d_sae = {args.d_sae}, k = {args.k}) at {len(sites)} site(s), "
-        + (f"fine-tuned from `benchmarks/{args.init}` " if args.init else "")
+        + (f"fine-tuned from `benchmarks/{args.init}`, " if args.init else "")
         + f"trained together (one compiled step) on {res.tokens:,} tokens of {summary['corpus']} "
         + (f"({args.vocab_share:.0%} of each embedding batch replaced by embedding rows drawn "
            "uniformly over the vocabulary) " if args.vocab_share else "")
