@@ -37,6 +37,21 @@ def test_sae_train_tiny_model(tmp_path, capsys):
     # the same folder for another architecture: the checkpoint says what it holds
     assert main(argv + ["--arch", "relu"]) == 1
     assert "a 'topk' SAE (d_in=16, d_sae=32, k=4)" in capsys.readouterr().err
+    # --init goes on from the saved SAEs: at a vanishing learning rate they come back unchanged
+    again = tmp_path / "again"
+    tuned = argv[:-3] + ["--out", str(again), "--init", str(out), "--lr", "1e-12",
+                         "--no-progress"]  # fmt: skip
+    assert main(tuned) == 0
+    assert json.loads((again / "metrics.json").read_text())["init"] == str(out)
+    for site in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post"):
+        a, b = jaxcirc.sae.load(out / site), jaxcirc.sae.load(again / site)
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-4, atol=1e-5)
+    capsys.readouterr()
+    one = str(out / "blocks.0.hook_resid_post")  # an SAE folder for one of the two sites
+    missing = argv[:-3] + ["--out", str(tmp_path / "x"), "--init", one, "--no-progress"]
+    assert main(missing) == 2
+    assert "no SAE in" in capsys.readouterr().err
 
 
 def test_sae_train_bad_arguments(tmp_path, capsys):

@@ -6,7 +6,8 @@ random tokens instead), and trains one SAE per `--site` from one activation stre
 run stops after the last site; BOS left out). Writes `OUT/checkpoint/` every
 `--checkpoint-every` steps (rerunning the same command resumes there), each SAE to
 `OUT/<site>/` (`jaxcirc.sae.load`) and `OUT/metrics.json` (FVU, L0, dead fraction on held-out
-rows, the cross-entropy clean / spliced / zero-ablated and the loss recovered).
+rows, the cross-entropy clean / spliced / zero-ablated and the loss recovered). `--init` goes on
+training saved SAEs (jaxcirc or SAELens folders, one per `--site`) instead of new ones.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the SAEs and the shuffle")
     parser.add_argument("--checkpoint-every", type=int, default=25, help="steps per checkpoint")
     parser.add_argument("--out", type=Path, default=Path("sae-out"), help="output folder")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="saved SAEs to train further (a folder of SAE folders, or one); their architecture "
+        "and sizes replace --arch, --d-sae and --k",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run, parser=parser)  # fmt: skip
     return parser
@@ -72,6 +80,25 @@ def _rows(model, path, args, n):
         return token_sequences(tokenizer, args.seq, n), "Python standard library text"
     rng = np.random.default_rng(args.seed)
     return rng.integers(0, model.cfg.d_vocab, (n, args.seq)), "random tokens (no tokenizer)"
+
+
+def _saved(parser, path, sites, widths):
+    """The SAEs saved under `path`, one per site of `sites`, checked against the sites' widths."""
+    from ._shift import load_saes
+
+    try:
+        found = {sae.site: sae for sae in load_saes(path)}
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(f"argument --init: {e}")
+    out = []
+    for site in sites:
+        if site not in found:
+            parser.error(f"argument --init: no SAE in {path} reads {site}; it has {sorted(found)}")
+        if found[site].d_in != widths[site]:
+            parser.error(f"argument --init: the SAE of {site} reads {found[site].d_in} units; "
+                         f"the site has {widths[site]}")  # fmt: skip
+        out.append(found[site])
+    return out
 
 
 def run(args) -> int:
@@ -104,15 +131,19 @@ def run(args) -> int:
     buffer = S.ActivationBuffer(model, train_rows, args.site, batch_size=batch,
                                 rows_per_refill=8 * args.batch_rows, seed=args.seed)  # fmt: skip
     widths = buffer.d_in
-    keys = jax.random.split(jax.random.key(args.seed), len(args.site))
-    saes = []
-    for key, site in zip(keys, args.site):
-        d_in = widths[site]
-        d_sae = args.d_sae or 8 * d_in
-        k = args.k if args.arch in ("topk", "batchtopk") else None
-        saes.append(S.init(args.arch, d_in, d_sae, key=key, site=site, k=k))
+    if args.init is not None:
+        saes = _saved(p, args.init, args.site, widths)
+    else:
+        keys = jax.random.split(jax.random.key(args.seed), len(args.site))
+        saes = []
+        for key, site in zip(keys, args.site):
+            d_in = widths[site]
+            d_sae = args.d_sae or 8 * d_in
+            k = args.k if args.arch in ("topk", "batchtopk") else None
+            saes.append(S.init(args.arch, d_in, d_sae, key=key, site=site, k=k))
     config = S.TrainConfig(lr=args.lr, warmup_steps=min(25, max(steps // 5, 1)),
-                           dead_tokens=max(50 * batch, 10_000))  # fmt: skip
+                           dead_tokens=max(50 * batch, 10_000),
+                           pretrained=args.init is not None)  # fmt: skip
     sparsity = None if args.sparsity is None else [args.sparsity] * len(saes)
     res = S.train(saes, buffer, steps=steps, sparsity=sparsity, config=config,
                   checkpoint=args.out / "checkpoint", checkpoint_every=args.checkpoint_every,
@@ -120,7 +151,8 @@ def run(args) -> int:
     acts = S.site_activations(model, eval_rows, args.site)
     ce = S.spliced_ce(model, res.saes, eval_rows)
     record = {"model": str(args.model), "text": source, "steps": res.steps,
-              "train_tokens": res.tokens, "saes": []}  # fmt: skip
+              "train_tokens": res.tokens, "saes": [],
+              "init": None if args.init is None else str(args.init)}  # fmt: skip
     for sae, c, dead in zip(res.saes, ce, res.dead_fraction):
         x = np.asarray(acts[sae.site])[:, 1:].reshape(-1, sae.d_in)
         m = S.reconstruction(sae, x)
