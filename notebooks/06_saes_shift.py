@@ -132,9 +132,11 @@ plt.show()
 # %% [markdown]
 # ## The splice is the identity
 # `splice(lm, sae)` puts the SAE at its site as an intervention, `x = decode(f) + ε`, with the
-# features and the error as data. Unedited, it computes exactly what the model computes; the
-# prompts here are subject–verb agreement pairs (below), and the same compiled program of the
-# model runs on the corrupted ones.
+# features and the error as data. Unedited, the site returns its input bit for bit; the logits
+# equal the model's to float32 rounding (XLA compiles the two programs separately and may order
+# their sums differently; with some XLA flags they are identical). The prompts here are
+# subject–verb agreement pairs (below), and the same compiled program of the model runs on the
+# corrupted ones.
 
 # %%
 task = jc.tasks.agreement(tok, 4, style="nounpp")
@@ -147,7 +149,7 @@ print(
     "  bit for bit:",
     bool(jnp.array_equal(logits_sp, logits_lm)),
 )
-np.testing.assert_allclose(logits_sp, logits_lm, rtol=0, atol=1e-5)
+np.testing.assert_allclose(logits_sp, logits_lm, rtol=1e-5, atol=1e-4)
 
 # %% [markdown]
 # With the error removed (`error_keep=0`), the model runs on the SAE's reconstruction alone.

@@ -128,8 +128,9 @@ def splice(model, saes: SAE | Sequence[SAE] | Mapping[str, Splice], **edits):
 
     `saes` is one SAE, a sequence of them (each with its `site`), or a mapping from site name
     to a `Splice` (to give each site its own edits). `edits` (`feature_keep=…`, …) apply to
-    every SAE of a sequence. Without edits the spliced model computes exactly what `model`
-    computes.
+    every SAE of a sequence. Without edits each spliced site returns its input bit for bit, so
+    the spliced model computes what `model` computes (to float32 rounding: XLA compiles it as
+    another program and may order its sums differently).
     """
     if isinstance(saes, Mapping):
         if edits:
