@@ -56,8 +56,9 @@ if not OPTIMIZED:
 @pytest.fixture(autouse=True)
 def _optimise_slow_tests(request):
     """Tests marked `slow` run a real model (SmolLM2-135M) or long loops: there optimised
-    programs pay for their compile."""
-    if OPTIMIZED or UNOPTIMIZED or request.node.get_closest_marker("slow") is None:
+    programs pay for their compile; not those also marked `compile_bound` (tiny runs)."""
+    marked = request.node.get_closest_marker
+    if OPTIMIZED or UNOPTIMIZED or marked("slow") is None or marked("compile_bound") is not None:
         yield
         return
     jax.config.update("jax_disable_most_optimizations", False)
