@@ -14,6 +14,11 @@ Checkpoints go to `benchmarks/out/train_sae_smollm2/`: rerunning after a kill re
 
     python benchmarks/train_sae_smollm2.py                 # ~35 min on 2 loaded cores
     python benchmarks/train_sae_smollm2.py --quick         # a smoke test, prints only
+
+`--corpus mixed` alternates the docstrings with English prose; `--init FOLDER` goes on training
+saved SAEs (`jaxcirc.sae.TrainConfig(pretrained=True)`), e.g. on `--corpus mixed_bios`, which
+adds templated train-split bios for SHIFT; `--vocab-share F` shows an embedding SAE every token.
+The commands behind the SAEs that SHIFT uses are in their RESULTS.md sections.
 """
 
 from __future__ import annotations
