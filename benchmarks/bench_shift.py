@@ -141,7 +141,9 @@ def main() -> None:
         f"bios, train names only): {n_shift} flagged ({flagged or 'none'})",
         "- SAE error on the bios (FVU over the ambiguous training bios' tokens, BOS left out; "
         "SHIFT keeps the error, so this share of each site is out of its reach): "
-        + ", ".join(f"`{site}` {v:.3f}" for site, v in res.info["bios_fvu"].items()),
+        + ", ".join(f"`{site}` {v:.3f}" for site, v in res.info["bios_fvu"].items())
+        + "; over the balanced test bios (held-out names, frames, activities; reported only): "
+        + ", ".join(f"`{site}` {v:.3f}" for site, v in res.info["bios_fvu_test"].items()),
         "",
         C.table(["run", "profession", "gender", "worst group", "units ablated",
                  "Marks et al., Pythia-70M (prof. / gender / worst)"], rows),  # fmt: skip

@@ -354,6 +354,10 @@ def test_shift_table_on_a_tiny_model(tmp_path):
     assert len(res.top) == 6
     flagged = {(r["site"], r["feature"]) for r in res.top if r["gender_score"] >= 2.0}
     assert flagged == {(s, i) for s, v in res.flags["SHIFT"].items() for i in v}
+    want = S.bios_fvu(model, saes, bios(TOK, 16, kind="balanced", split="test", seed=0))
+    got = res.info["bios_fvu_test"]  # the same over SHIFT's own (padded) test bios
+    assert got and set(got) <= set(want)
+    np.testing.assert_allclose([got[k] for k in got], [want[k] for k in got], rtol=1e-4)
     json.dumps(res.to_json())
     # the CLI's writer: JSON (the table) and a PNG
     from jaxcirc.cli._shift import write

@@ -628,6 +628,7 @@ def shift(
         "lasso_nonzero": int((ranking.dataset > 0).sum()),
         "seconds": {k: round(v, 2) for k, v in clock.items()},
         "bios_fvu": bios_fvu(model, used, amb),
+        "bios_fvu_test": bios_fvu(model, used, test),  # reported only: it chooses nothing
     }
     return ShiftResult(rows, flags, top_rows, info)
 
