@@ -91,18 +91,6 @@ class WithVocabulary:
             yield {**batch, "hook_embed": x}
 
 
-def start_from(folder, sites):
-    """The SAEs saved in `folder` (a `train_sae_smollm2.py` output), one per site, in `sites`'
-    order."""
-    from jaxcirc.cli._shift import load_saes
-
-    found = {s.site: s for s in load_saes(folder)}
-    missing = [s for s in sites if s not in found]
-    if missing:
-        raise SystemExit(f"--init {folder} has no SAE at {missing}; it has {sorted(found)}")
-    return [found[site] for site in sites]
-
-
 def main() -> None:
     p = C.parser(__doc__.split("\n\n")[0])
     p.add_argument(
@@ -153,14 +141,17 @@ def main() -> None:
 
     import jaxcirc as jc
     from jaxcirc._atomic import atomic_write
+    from jaxcirc.cli._shift import load_saes
     from jaxcirc.io._gguf import smollm2_gguf_path
     from jaxcirc.tasks._corpus import mixed_text, token_sequences
 
     path = smollm2_gguf_path()
     model, tokenizer = jc.load(path), jc.io.load_tokenizer(path)
     t0 = time.perf_counter()
-    texts = {"python": None, "mixed": mixed_text(), "mixed_bios": None}[args.corpus]
-    if args.corpus == "mixed_bios":
+    texts = None  # python: token_sequences' default, the standard library's text
+    if args.corpus == "mixed":
+        texts = mixed_text()
+    elif args.corpus == "mixed_bios":
         texts = with_bios(mixed_text(), tokenizer)
     rows = token_sequences(tokenizer, args.seq, args.train_rows + args.eval_rows, texts=texts)
     t_tok = time.perf_counter() - t0
@@ -172,13 +163,15 @@ def main() -> None:
     buffer = jc.sae.ActivationBuffer(model, train_rows, sites, batch_size=batch,
                                      rows_per_refill=8 * args.batch_rows, seed=0,
                                      chunk_rows=16)  # fmt: skip
+    if not 0.0 <= args.vocab_share <= 1.0:
+        raise SystemExit(f"--vocab-share must be in [0, 1]; got {args.vocab_share}")
     if args.vocab_share:
         if "hook_embed" not in sites:
             raise SystemExit("--vocab-share is for the embedding SAE: add --layers -1")
         W_E = np.asarray(model.embed.W_E, np.float32)
         buffer = WithVocabulary(buffer, W_E, args.vocab_share)
     if args.init:
-        saes = start_from(C.HERE / args.init, sites)
+        saes = load_saes(C.HERE / args.init, sites=sites, flag="--init")
         args.d_sae, args.k = saes[0].d_sae, saes[0].k
     else:
         keys = jax.random.split(jax.random.key(0), len(sites))

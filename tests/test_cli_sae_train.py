@@ -52,6 +52,10 @@ def test_sae_train_tiny_model(tmp_path, capsys):
     missing = argv[:-3] + ["--out", str(tmp_path / "x"), "--init", one, "--no-progress"]
     assert main(missing) == 2
     assert "no SAE in" in capsys.readouterr().err
+    nowhere = argv[:-3] + ["--out", str(tmp_path / "x"), "--init", str(tmp_path / "none")]
+    assert main(nowhere) == 2
+    err = capsys.readouterr().err
+    assert "--init" in err and "is not a folder" in err and "--saes" not in err
 
 
 def test_sae_train_bad_arguments(tmp_path, capsys):

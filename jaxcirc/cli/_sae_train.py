@@ -87,18 +87,14 @@ def _saved(parser, path, sites, widths):
     from ._shift import load_saes
 
     try:
-        found = {sae.site: sae for sae in load_saes(path)}
+        saes = load_saes(path, sites=sites, flag="--init")
     except (FileNotFoundError, ValueError) as e:
-        parser.error(f"argument --init: {e}")
-    out = []
-    for site in sites:
-        if site not in found:
-            parser.error(f"argument --init: no SAE in {path} reads {site}; it has {sorted(found)}")
-        if found[site].d_in != widths[site]:
-            parser.error(f"argument --init: the SAE of {site} reads {found[site].d_in} units; "
-                         f"the site has {widths[site]}")  # fmt: skip
-        out.append(found[site])
-    return out
+        parser.error(f"argument {e}")
+    for sae in saes:
+        if sae.d_in != widths[sae.site]:
+            parser.error(f"argument --init: the SAE of {sae.site} reads {sae.d_in} units; "
+                         f"the site has {widths[sae.site]}")  # fmt: skip
+    return saes
 
 
 def run(args) -> int:

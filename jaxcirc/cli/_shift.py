@@ -51,16 +51,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def load_saes(paths) -> list:
+def load_saes(paths, *, sites=None, flag: str = "--saes") -> list:
     """The SAEs of folders of SAE folders (or of SAE folders), ordered by site; `paths` is one
-    path or several. Two SAEs at one site are an error naming both folders."""
+    path or several. Two SAEs at one site are an error naming both folders. With `sites`, the
+    SAEs of those sites in their order (a site without one is an error). `flag` names the
+    argument in the errors."""
     from ._sae_dashboard import load_sae
 
     paths = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
     found = {}
     for path in paths:
         if not path.is_dir():
-            raise FileNotFoundError(f"--saes {path} is not a folder")
+            raise FileNotFoundError(f"{flag} {path} is not a folder")
         if (path / "sae.json").exists() or (path / "cfg.json").exists():
             folders = [path]
         else:
@@ -68,7 +70,7 @@ def load_saes(paths) -> list:
                              (p / "cfg.json").exists())  # fmt: skip
         if not folders:
             raise FileNotFoundError(
-                f"--saes {path} holds no SAE folder (a folder with sae.json or cfg.json)"
+                f"{flag} {path} holds no SAE folder (a folder with sae.json or cfg.json)"
             )
         for folder in folders:
             sae = load_sae(folder)
@@ -79,7 +81,13 @@ def load_saes(paths) -> list:
                     f"two SAEs read {sae.site}: {found[sae.site][0]} and {folder}; pass one"
                 )
             found[sae.site] = (folder, sae)
-    return [found[site][1] for site in sorted(found)]
+    if sites is None:
+        return [found[site][1] for site in sorted(found)]
+    for site in sites:
+        if site not in found:
+            shown = ", ".join(str(p) for p in paths)
+            raise ValueError(f"{flag}: no SAE in {shown} reads {site}; they read {sorted(found)}")
+    return [found[site][1] for site in sites]
 
 
 def run(args) -> int:
