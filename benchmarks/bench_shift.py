@@ -55,6 +55,8 @@ def main() -> None:
     p.add_argument("--top", type=int, default=50)
     p.add_argument("--threshold", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--shift-rounds", type=int, default=1,
+                   help="SHIFT rounds (> 1: iterated SHIFT)")  # fmt: skip
     p.add_argument("--section", default="bench_shift", help="RESULTS.md section name")
     p.add_argument("--saes", nargs="+", default=[str(SAES)],
                    help="the SAEs' folders (each with MANIFEST.json)")  # fmt: skip
@@ -90,7 +92,7 @@ def main() -> None:
     res = shift(
         model, saes, tokenizer, probe_site=site, n_train=args.n_train, n_test=args.n_test,
         n_attribution=args.n_attribution, n_neutral=args.n_neutral, top=args.top,
-        threshold=args.threshold, steps=args.steps, progress=True,
+        threshold=args.threshold, steps=args.steps, rounds=args.shift_rounds, progress=True,
     )  # fmt: skip
     wall = time.perf_counter() - start
     load_end = os.getloadavg()[0]
@@ -105,13 +107,32 @@ def main() -> None:
         paper = f"{ref[0]} / {ref[1]} / {ref[2]}" if ref else ""
         rows.append([name, f"{r['profession']:.1f}", f"{r['gender']:.1f}",
                      f"{r['worst_group']:.1f}", r["features"] or "", paper])  # fmt: skip
-    sr = res.rows["SHIFT + retrain"]
-    met = sr["worst_group"] >= 85.0 and abs(sr["gender"] - 50.0) <= 10.0
-    verdict = "met" if met else "not met"
+
+    def verdict(name):
+        r = res.rows[name]
+        met = r["worst_group"] >= 85.0 and abs(r["gender"] - 50.0) <= 10.0
+        return (f"{name}: **{'met' if met else 'not met'}** (worst group "
+                f"{r['worst_group']:.1f} %, gender {r['gender']:.1f} %)")  # fmt: skip
+
+    judged = [n for n in ("SHIFT + retrain", "iterated SHIFT + retrain") if n in res.rows]
+    short = lambda site: f"L{site.split('.')[1]}" if site.startswith("blocks.") else site
+    iterated = []
+    if "iterated SHIFT" in res.flags:
+        more = {s: [i for i in ids if i not in res.flags["SHIFT"].get(s, [])]
+                for s, ids in res.flags["iterated SHIFT"].items()}  # fmt: skip
+        laps = "; ".join(f"round {j + 1}: {r['flagged']} of {r['inspected']} flagged, "
+                         f"{r['seconds']:.0f} s"
+                         for j, r in enumerate(res.info["rounds"]))  # fmt: skip
+        iterated = [
+            f"- Iterated SHIFT (`--shift-rounds {args.shift_rounds}`; each later round "
+            "attributes the probe retrained in the round before, on the model with everything "
+            f"flagged so far ablated, and inspects the top {args.top} features not yet flagged; "
+            f"it stops when a round flags nothing new): {laps}; added "
+            + (", ".join(f"{short(s)}:{i}" for s, ids in more.items() for i in ids) or "none")
+        ]
     sec = res.info["seconds"]
     n_shift = res.rows["SHIFT"]["features"]
     n_lasso = res.rows["CircuitLasso"]["features"]
-    short = lambda site: f"L{site.split('.')[1]}" if site.startswith("blocks.") else site
     flagged = ", ".join(f"{short(s)}:{i}" for s, ids in res.flags["SHIFT"].items()
                         for i in ids)  # fmt: skip
     sizes = ", ".join(f"`{s.site}` ({s.architecture}, d_sae {s.d_sae})" for s in saes
@@ -139,6 +160,7 @@ def main() -> None:
         f"{args.top} features of {len(res.info['sae_sites'])} sites, flagged by the automatic "
         f"proxy (Cohen's d ≥ {args.threshold} between men's and women's profession-free "
         f"bios, train names only): {n_shift} flagged ({flagged or 'none'})",
+        *iterated,
         "- SAE error on the bios (FVU over the ambiguous training bios' tokens, BOS left out; "
         "SHIFT keeps the error, so this share of each site is out of its reach): "
         + ", ".join(f"`{site}` {v:.3f}" for site, v in res.info["bios_fvu"].items())
@@ -148,8 +170,8 @@ def main() -> None:
         C.table(["run", "profession", "gender", "worst group", "units ablated",
                  "Marks et al., Pythia-70M (prof. / gender / worst)"], rows),  # fmt: skip
         "",
-        f"Target (SHIFT + retrain: worst group ≥ 85 %, gender within 10 points of 50 %): "
-        f"**{verdict}** (worst group {sr['worst_group']:.1f} %, gender {sr['gender']:.1f} %).",
+        "Target (worst group ≥ 85 %, gender within 10 points of 50 %): "
+        + "; ".join(verdict(n) for n in judged) + ".",
         "",
         C.table(["route", "selection time", "features inspected", "flagged (ablated)",
                  "Yin et al., Pythia-70M (time, features)"], [  # fmt: skip

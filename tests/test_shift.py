@@ -367,6 +367,51 @@ def test_shift_table_on_a_tiny_model(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_iterated_shift_attributes_the_retrained_probe_on_the_ablated_model(monkeypatch):
+    """Round 2 attributes the probe retrained in round 1 on the model with round 1's flags
+    ablated, skips what is flagged, adds the next gendered feature; round 3 finds nothing new
+    and stops. The attribution is scripted (real effects plus a planted lead) so each round's
+    top feature is known; the planted gender features are feature 0 of each site."""
+    model, saes = planted_gender_model()
+    l0, l1 = (s.site for s in saes)
+    real, calls = S.shift_effects, []
+
+    def scripted(m, used, probe, data, **kw):
+        out = {k: v.copy() for k, v in real(m, used, probe, data, **kw).items()}
+        calls.append((m, probe))
+        out[l1][0] += 100.0  # round 1's lead, flagged there; skipped after
+        if len(calls) > 1:
+            out[l0][0] += 50.0
+        return out
+
+    monkeypatch.setattr(S, "shift_effects", scripted)
+    res = S.shift(model, saes, TOK, n_train=16, n_test=16, n_attribution=4, n_neutral=16,
+                  top=1, steps=1, threshold=2.0, chunk=16, rounds=5)  # fmt: skip
+    assert res.flags["SHIFT"] == {l1: [0]}
+    assert res.flags["iterated SHIFT"] == {l1: [0], l0: [0]}
+    assert [r["flagged"] for r in res.info["rounds"]] == [1, 1, 0]
+    assert len(calls) == 3
+    assert res.rows["iterated SHIFT"]["features"] == 2
+    names = list(res.rows)
+    assert names[1:5] == ["SHIFT", "SHIFT + retrain", "iterated SHIFT",
+                          "iterated SHIFT + retrain"]  # fmt: skip
+    # round 2 ran on the model with L1:0 zeroed, with the probe retrained on it
+    t = bios(TOK, 4, kind="balanced").tokens[0]
+    want = S.ablate(model, saes, {l1: [0]}).run(t)[1][l1]
+    np.testing.assert_allclose(np.asarray(calls[1][0].run(t)[1][l1]), np.asarray(want),
+                               atol=1e-6)  # fmt: skip
+    sets = [bios(TOK, 16, kind=k, split=sp, seed=0) for k, sp in
+            (("ambiguous", "train"), ("balanced", "train"), ("neutral", "train"),
+             ("balanced", "test"))]  # fmt: skip
+    amb = S._pad_to(sets[0], max(d.tokens.shape[1] for d in sets))
+    x = S.pooled(S.ablate(model, saes, {l1: [0]}), amb, l1, chunk=16)
+    retrained = S.train_probe(x, amb.label, C=1e-3, site=l1)
+    np.testing.assert_allclose(np.asarray(calls[1][1].w), np.asarray(retrained.w), atol=1e-5)
+    assert not np.allclose(np.asarray(calls[1][1].w), np.asarray(calls[0][1].w), atol=1e-5)
+    with pytest.raises(ValueError, match="rounds"):
+        S.shift(model, saes, TOK, n_train=16, n_test=16, n_attribution=4, rounds=0)
+
+
 def test_cli_shift_help_and_bad_input(tmp_path, capsys):
     from jaxcirc.cli import main
 

@@ -43,6 +43,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--top", type=int, default=50, help="top features inspected")
     parser.add_argument("--threshold", type=float, default=1.0, help="gender score to flag")
     parser.add_argument("--steps", type=int, default=10, help="integrated-gradient steps")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="SHIFT rounds (> 1 adds iterated SHIFT: attribute the retrained "
+                        "probe again, flag more)")  # fmt: skip
     parser.add_argument("--C", type=float, default=1e-3, help="probe inverse L2 strength")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bios and baselines")
     parser.add_argument("--out", type=Path, default=Path("shift-out"), help="output folder")
@@ -96,7 +99,7 @@ def run(args) -> int:
     from ..io import load_tokenizer
     from ..methods._shift import _layer, shift
 
-    for name in ("n_train", "n_test", "n_attribution", "n_neutral", "top", "steps"):
+    for name in ("n_train", "n_test", "n_attribution", "n_neutral", "top", "steps", "rounds"):
         if getattr(args, name) < 1:
             args.parser.error(f"argument --{name.replace('_', '-')}: must be at least 1")
     saes = load_saes(args.saes)
@@ -118,7 +121,7 @@ def run(args) -> int:
     res = shift(
         model, saes, tokenizer, probe_site=probe_site, n_train=args.n_train, n_test=args.n_test,
         n_attribution=args.n_attribution, n_neutral=args.n_neutral, top=args.top,
-        threshold=args.threshold, steps=args.steps, C=args.C, seed=args.seed,
+        threshold=args.threshold, steps=args.steps, C=args.C, rounds=args.rounds, seed=args.seed,
         progress=not args.no_progress,
     )  # fmt: skip
     record = {"model": str(args.model), "saes": [str(p) for p in args.saes], **res.to_json()}

@@ -498,6 +498,7 @@ def shift(
     threshold: float = 1.0,
     steps: int = 10,
     C: float = 1e-3,
+    rounds: int = 1,
     seed: int = 0,
     chunk: int = 32,
     progress: bool = False,
@@ -513,6 +514,11 @@ def shift(
     balanced bios of the test split (held-out names, frames and activities). CircuitLasso:
     `feature_ranking` (logistic loss) of the label on the probe site's pooled codes, its
     `top` features by `|Â|`, flagged and ablated the same way at that site.
+
+    `rounds > 1` adds iterated SHIFT (the rows `iterated SHIFT` and `… + retrain`): the person
+    looks again. Each later round attributes the probe retrained in the round before, on the
+    model with everything flagged so far ablated, takes the `top` features not yet flagged,
+    flags the gendered ones and retrains; it stops early when a round flags nothing new.
     """
     from ..tasks import bios
     from ._circuit_lasso import feature_ranking
@@ -529,6 +535,7 @@ def shift(
             f"SAE sites: {sites}"
         )
     check_int(n_attribution, "n_attribution", 2, n_train)
+    rounds = check_int(rounds, "rounds", 1)
     used = upstream(saes, probe_site)
     model = _through(model, _layer(probe_site))
     clock: dict[str, float] = {}
@@ -556,24 +563,57 @@ def shift(
     row("original probe", x_test)
 
     def ablated(name, edited, n_units, seconds, tag):
-        """The rows `name` and `name + retrain` of the model `edited`."""
+        """The rows `name` and `name + retrain` of the model `edited`; the retrained probe."""
         xa, xt = acts(edited, amb, f"{tag}: train"), acts(edited, test, f"{tag}: test")
+        retrained = train_probe(xa, amb.label, C=C, site=probe_site)
         row(name, xt, n_units, seconds)
-        row(f"{name} + retrain", xt, n_units, seconds,
-            train_probe(xa, amb.label, C=C, site=probe_site))  # fmt: skip
+        row(f"{name} + retrain", xt, n_units, seconds, retrained)
+        return retrained
 
     # SHIFT: attribution, top features, flag, ablate
     start = time.perf_counter()
     say(f"SHIFT: attributing the probe to {sum(s.d_sae for s in used)} features at "
         f"{len(used)} sites (IG, {steps} steps, {n_attribution} bios)", flush=True)  # fmt: skip
-    effects = shift_effects(model, used, probe, _first(amb, n_attribution), steps=steps)
+    attribution = _first(amb, n_attribution)
+    effects = shift_effects(model, used, probe, attribution, steps=steps)
     clock["shift_attribution"] = time.perf_counter() - start
     scores = gender_scores(model, used, neutral, chunk=chunk)
     chosen = top_features(effects, top)
     flags["SHIFT"] = flag_gender(chosen, scores, threshold)
-    n_flag = sum(len(v) for v in flags["SHIFT"].values())
-    ablated("SHIFT", ablate(model, used, flags["SHIFT"]), n_flag, clock["shift_attribution"],
-            "SHIFT")  # fmt: skip
+    n_flag = _count(flags["SHIFT"])
+    retrained = ablated("SHIFT", ablate(model, used, flags["SHIFT"]), n_flag,
+                        clock["shift_attribution"], "SHIFT")  # fmt: skip
+    history = [{"inspected": len(chosen), "flagged": n_flag,
+                "seconds": round(clock["shift_attribution"], 2)}]  # fmt: skip
+
+    # iterated SHIFT: attribute the retrained probe on the ablated model, flag again
+    flagged = {site: list(ids) for site, ids in flags["SHIFT"].items()}
+    start = time.perf_counter()
+    for r in range(2, rounds + 1):
+        lap = time.perf_counter()
+        say(f"SHIFT round {r}: {_count(flagged)} features ablated so far", flush=True)
+        effects = shift_effects(ablate(model, used, flagged), used, retrained, attribution,
+                                steps=steps)  # fmt: skip
+        for site, ids in flagged.items():
+            effects[site][np.asarray(ids, int)] = -np.inf
+        fresh = [c for c in top_features(effects, top) if np.isfinite(c[2])]
+        new = flag_gender(fresh, scores, threshold)
+        history.append({"inspected": len(fresh), "flagged": _count(new)})
+        if new:
+            for site, ids in new.items():
+                flagged.setdefault(site, []).extend(ids)
+            edited = ablate(model, used, flagged)
+            xa = acts(edited, amb, f"SHIFT round {r}: train")
+            retrained = train_probe(xa, amb.label, C=C, site=probe_site)
+        history[-1]["seconds"] = round(time.perf_counter() - lap, 2)
+        if not new:
+            break
+    if rounds > 1:
+        clock["shift_rounds"] = time.perf_counter() - start
+        flags["iterated SHIFT"] = flagged
+        seconds = clock["shift_attribution"] + clock["shift_rounds"]
+        ablated("iterated SHIFT", ablate(model, used, flagged), _count(flagged), seconds,
+                "iterated SHIFT")  # fmt: skip
 
     # random features, same count
     flags["random"] = random_flags(used, n_flag, seed=seed)
@@ -602,7 +642,7 @@ def shift(
     lasso_scores = {probe_site: scores[probe_site]}
     flags["CircuitLasso"] = flag_gender([(probe_site, i) for i in nonzero], lasso_scores,
                                         threshold)  # fmt: skip
-    n_lasso = sum(len(v) for v in flags["CircuitLasso"].values())
+    n_lasso = _count(flags["CircuitLasso"])
     # the other SAEs unedited: SHIFT's program
     ablated("CircuitLasso", ablate(model, used, flags["CircuitLasso"]), n_lasso,
             clock["circuit_lasso"], "CircuitLasso")  # fmt: skip
@@ -624,6 +664,7 @@ def shift(
         "C": C,
         "seed": seed,
         "inspected": {"SHIFT": len(chosen), "CircuitLasso": len(nonzero)},
+        "rounds": history,
         "lasso_alpha": float(ranking.alpha),
         "lasso_nonzero": int((ranking.dataset > 0).sum()),
         "seconds": {k: round(v, 2) for k, v in clock.items()},
@@ -631,6 +672,10 @@ def shift(
         "bios_fvu_test": bios_fvu(model, used, test),  # reported only: it chooses nothing
     }
     return ShiftResult(rows, flags, top_rows, info)
+
+
+def _count(flags: Mapping[str, Sequence[int]]) -> int:
+    return sum(len(v) for v in flags.values())
 
 
 def _through(model, layer: int):
