@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -27,6 +28,18 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(1, str(HERE.parent))  # run from a checkout without installing jaxcirc
+
+
+def _xla_workaround() -> None:
+    """Set jaxcirc's XLA flag (a jaxlib 0.10.2 CPU miscompilation, `jaxcirc/_xla_workaround.py`)
+    before anything here starts JAX's backend (`machine()` asks for the devices), without
+    importing JAX: the PyTorch sides stay free of it, and their peak memory with them."""
+    path = HERE.parent / "jaxcirc" / "_xla_workaround.py"
+    spec = importlib.util.spec_from_file_location("_jaxcirc_xla_workaround", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+_xla_workaround()
 RESULTS = HERE / "RESULTS.md"
 CORES = len(os.sched_getaffinity(0))
 

@@ -66,3 +66,21 @@ def test_flag_only_on_the_affected_version():
         assert _xla_workaround.FLAG in flags
     else:
         assert _xla_workaround.FLAG not in flags
+
+
+def test_benchmarks_set_the_flag_before_any_jax_computation_without_importing_jax():
+    """`benchmarks/_common.py` (imported first by every benchmark) sets the flag itself, so a
+    benchmark that asks for the devices before importing jaxcirc still runs with it, and its
+    PyTorch sides never import JAX."""
+    bench = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks")
+    code = (
+        f"import os, sys; sys.path.insert(0, {bench!r}); import _common; "
+        "print(os.environ.get('XLA_FLAGS', ''), '|', 'jax' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.strip()  # fmt: skip
+    flags, imported = out.rsplit("|", 1)
+    affected = _xla_workaround.version("jaxlib") in _xla_workaround.AFFECTED
+    assert (_xla_workaround.FLAG in flags) == affected, out
+    assert imported.strip() == "False", out
