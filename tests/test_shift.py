@@ -426,6 +426,8 @@ def test_cli_shift_help_and_bad_input(tmp_path, capsys):
     assert main(["shift", "--saes", str(tmp_path), "--probe-layer", "4"]) == 1
     assert "--probe-layer 4 has no SAE; SAE layers: [0, 1]" in capsys.readouterr().err
     assert main(["shift", "--saes", str(tmp_path), "--top", "0"]) == 2
+    assert main(["shift", "--saes", str(tmp_path), "--rounds", "0"]) == 2
+    assert "--rounds: must be at least 1" in capsys.readouterr().err
 
 
 def test_cli_shift_reads_saes_from_several_folders_and_refuses_two_at_one_site(tmp_path):
