@@ -105,8 +105,9 @@ def main() -> None:
     for name, r in res.rows.items():
         ref = MARKS.get(name)
         paper = f"{ref[0]} / {ref[1]} / {ref[2]}" if ref else ""
+        groups = " / ".join(f"{v:.0f}" for v in r["groups"].values())
         rows.append([name, f"{r['profession']:.1f}", f"{r['gender']:.1f}",
-                     f"{r['worst_group']:.1f}", r["features"] or "", paper])  # fmt: skip
+                     f"{r['worst_group']:.1f}", groups, r["features"] or "", paper])  # fmt: skip
 
     def verdict(name):
         r = res.rows[name]
@@ -167,7 +168,8 @@ def main() -> None:
         + "; over the balanced test bios (held-out names, frames, activities; reported only): "
         + ", ".join(f"`{site}` {v:.3f}" for site, v in res.info["bios_fvu_test"].items()),
         "",
-        C.table(["run", "profession", "gender", "worst group", "units ablated",
+        C.table(["run", "profession", "gender", "worst group",
+                 "groups (male prof. / female prof. / male nurse / female nurse)", "units ablated",
                  "Marks et al., Pythia-70M (prof. / gender / worst)"], rows),  # fmt: skip
         "",
         "Target (worst group ≥ 85 %, gender within 10 points of 50 %): "

@@ -152,6 +152,8 @@ def test_accuracy_counts_groups():
     assert acc["profession"] == pytest.approx(100 * 3 / 6)
     assert acc["gender"] == pytest.approx(100 * 5 / 6)  # pred == gender on 5 of 6
     assert acc["worst_group"] == pytest.approx(0.0)  # female professor, male nurse missed
+    assert acc["groups"] == pytest.approx({"male professor": 100.0, "female professor": 0.0,
+                                           "male nurse": 0.0, "female nurse": 50.0})  # fmt: skip
 
 
 def test_probe_bad_input():

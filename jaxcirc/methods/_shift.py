@@ -114,21 +114,26 @@ def train_probe(
     )
 
 
+GROUPS = ("male professor", "female professor", "male nurse", "female nurse")  # Bios.group
+
+
 def accuracy(probe: Probe, x, data) -> dict:
     """Profession accuracy, gender accuracy (how often the prediction's label matches the
-    gender it co-occurs with in the ambiguous set: professor ↔ male, nurse ↔ female) and the
-    worst (profession × gender) group's profession accuracy, in percent, on `data` (a `Bios`)."""
+    gender it co-occurs with in the ambiguous set: professor ↔ male, nurse ↔ female), the
+    worst (profession × gender) group's profession accuracy, and each group's (`"groups"`,
+    by name), in percent, on `data` (a `Bios`)."""
     pred = np.asarray(probe(jnp.asarray(x))) > 0
     profession, gender = np.asarray(data.profession), np.asarray(data.gender)
     if pred.shape != profession.shape:
         raise ValueError(f"{pred.shape[0]} pooled rows for {profession.shape[0]} bios")
     hit = pred == (profession == 1)
-    groups = {int(g): float(hit[np.asarray(data.group) == g].mean()) for g in range(4)}
-    present = [v for g, v in groups.items() if (np.asarray(data.group) == g).any()]
+    group = np.asarray(data.group)
+    groups = {GROUPS[g]: 100 * float(hit[group == g].mean()) for g in np.unique(group)}
     return {
         "profession": 100 * float(hit.mean()),
         "gender": 100 * float((pred == (gender == 1)).mean()),
-        "worst_group": 100 * min(present),
+        "worst_group": min(groups.values()),
+        "groups": groups,
     }
 
 
