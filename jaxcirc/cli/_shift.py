@@ -127,8 +127,11 @@ def run(args) -> int:
     record = {"model": str(args.model), "saes": [str(p) for p in args.saes], **res.to_json()}
     js, png = write(record, args.out)
     for name, row in res.rows.items():
+        groups = "/".join(f"{v:.0f}" for v in row["groups"].values())
         print(f"{name:28s} profession {row['profession']:5.1f}  gender {row['gender']:5.1f}  "
-              f"worst group {row['worst_group']:5.1f}  features {row['features']}")  # fmt: skip
+              f"worst group {row['worst_group']:5.1f} (groups {groups})  "
+              f"features {row['features']}")  # fmt: skip
+    print("groups: male professor / female professor / male nurse / female nurse (%)")
     print(f"wrote {js} and {png}")
     return 0
 
