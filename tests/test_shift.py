@@ -154,6 +154,9 @@ def test_accuracy_counts_groups():
     assert acc["worst_group"] == pytest.approx(0.0)  # female professor, male nurse missed
     assert acc["groups"] == pytest.approx({"male professor": 100.0, "female professor": 0.0,
                                            "male nurse": 0.0, "female nurse": 50.0})  # fmt: skip
+    neutral = bios(TOK, 4, kind="neutral")  # no profession: refused, not misnamed
+    with pytest.raises(ValueError, match=r"needs bios with a profession.*group ids \[-2, -1\]"):
+        S.accuracy(probe, np.zeros((4, 1)), neutral)
 
 
 def test_probe_bad_input():

@@ -128,6 +128,11 @@ def accuracy(probe: Probe, x, data) -> dict:
         raise ValueError(f"{pred.shape[0]} pooled rows for {profession.shape[0]} bios")
     hit = pred == (profession == 1)
     group = np.asarray(data.group)
+    if not np.isin(group, range(4)).all():
+        raise ValueError(
+            f"accuracy needs bios with a profession (groups 0..3: {', '.join(GROUPS)}); got "
+            f"group ids {np.unique(group).tolist()} (neutral bios have no profession)"
+        )
     groups = {GROUPS[g]: 100 * float(hit[group == g].mean()) for g in np.unique(group)}
     return {
         "profession": 100 * float(hit.mean()),
@@ -567,9 +572,11 @@ def shift(
 
     row("original probe", x_test)
 
-    def ablated(name, edited, n_units, seconds, tag):
-        """The rows `name` and `name + retrain` of the model `edited`; the retrained probe."""
-        xa, xt = acts(edited, amb, f"{tag}: train"), acts(edited, test, f"{tag}: test")
+    def ablated(name, edited, n_units, seconds, tag, xa=None):
+        """The rows `name` and `name + retrain` of the model `edited` (`xa`: its pooled
+        training bios, if already at hand); the retrained probe."""
+        xa = acts(edited, amb, f"{tag}: train") if xa is None else xa
+        xt = acts(edited, test, f"{tag}: test")
         retrained = train_probe(xa, amb.label, C=C, site=probe_site)
         row(name, xt, n_units, seconds)
         row(f"{name} + retrain", xt, n_units, seconds, retrained)
@@ -593,6 +600,7 @@ def shift(
 
     # iterated SHIFT: attribute the retrained probe on the ablated model, flag again
     flagged = {site: list(ids) for site, ids in flags["SHIFT"].items()}
+    xa = None  # the pooled training bios of the model with `flagged` ablated, once computed
     start = time.perf_counter()
     for r in range(2, rounds + 1):
         lap = time.perf_counter()
@@ -618,7 +626,7 @@ def shift(
         flags["iterated SHIFT"] = flagged
         seconds = clock["shift_attribution"] + clock["shift_rounds"]
         ablated("iterated SHIFT", ablate(model, used, flagged), _count(flagged), seconds,
-                "iterated SHIFT")  # fmt: skip
+                "iterated SHIFT", xa)  # fmt: skip
 
     # random features, same count
     flags["random"] = random_flags(used, n_flag, seed=seed)
