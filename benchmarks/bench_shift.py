@@ -67,7 +67,8 @@ def main() -> None:
     import jax
 
     import jaxcirc as jc
-    from jaxcirc.cli._shift import load_saes, write
+    from jaxcirc.cli._shift import write
+    from jaxcirc.io import load_saes
     from jaxcirc.io._gguf import smollm2_gguf_path
     from jaxcirc.methods import shift
 

@@ -45,7 +45,7 @@ def main() -> None:
 
     import jaxcirc as jc
     from jaxcirc._atomic import atomic_write
-    from jaxcirc.cli._sae_dashboard import load_sae
+    from jaxcirc.io import load_sae
     from jaxcirc.io._gguf import smollm2_gguf_path
     from jaxcirc.tasks._corpus import token_sequences
     from jaxcirc.viz._dashboard import feature_dashboard, plot_dashboard, write_html

@@ -141,7 +141,7 @@ def main() -> None:
 
     import jaxcirc as jc
     from jaxcirc._atomic import atomic_write
-    from jaxcirc.cli._shift import load_saes
+    from jaxcirc.io import load_saes
     from jaxcirc.io._gguf import smollm2_gguf_path
     from jaxcirc.tasks._corpus import mixed_text, token_sequences
 
@@ -171,7 +171,7 @@ def main() -> None:
         W_E = np.asarray(model.embed.W_E, np.float32)
         buffer = WithVocabulary(buffer, W_E, args.vocab_share)
     if args.init:
-        saes = load_saes(C.HERE / args.init, sites=sites, flag="--init")
+        saes = load_saes(C.HERE / args.init, sites=sites, what="--init")
         args.d_sae, args.k = saes[0].d_sae, saes[0].k
     else:
         keys = jax.random.split(jax.random.key(0), len(sites))

@@ -325,3 +325,31 @@ def test_refuses_extra_nonfinite_and_float64(tmp_path):
     with pytest.raises(ValueError, match="jax_enable_x64"):
         load_saelens(tmp_path)
     assert load_saelens(tmp_path, dtype="float32").W_enc.dtype == jnp.float32
+
+
+def test_load_saes_reads_either_format_by_site_and_names_what_is_missing(tmp_path):
+    """`jaxcirc.io.load_saes` over a folder holding a SAELens SAE and a jaxcirc SAE at other
+    sites: both, ordered by site, equal to what was saved; `sites` picks and orders them; a
+    site without an SAE and a folder without any are errors naming them."""
+    from jaxcirc.io import load_sae, load_saes
+
+    ours = _random("topk", seed=3, site="blocks.1.hook_resid_post")
+    theirs = _random("jumprelu", seed=4, site="blocks.0.hook_resid_post")
+    jc.sae.save(tmp_path / "saes" / "ours", ours)
+    save_saelens(tmp_path / "saes" / "theirs", theirs)
+    got = load_saes(tmp_path / "saes")
+    assert [s.site for s in got] == [theirs.site, ours.site]
+    x = jnp.asarray(_inputs())
+    for a, b in zip(got, (theirs, ours)):
+        assert type(a) is type(b)
+        np.testing.assert_array_equal(np.asarray(a.encode(x)), np.asarray(b.encode(x)))
+    picked = load_saes([tmp_path / "saes"], sites=[ours.site, theirs.site])
+    assert [s.site for s in picked] == [ours.site, theirs.site]
+    assert load_sae(tmp_path / "saes" / "theirs", site="hook_embed").site == "hook_embed"
+    with pytest.raises(ValueError, match="--init: no SAE in .* reads blocks.2.hook_resid_post"):
+        load_saes(tmp_path / "saes", sites=["blocks.2.hook_resid_post"], what="--init")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty holds no SAE folder"):
+        load_saes(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="is not an SAE folder"):
+        load_sae(tmp_path / "empty")

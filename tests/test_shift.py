@@ -436,7 +436,7 @@ def test_cli_shift_help_and_bad_input(tmp_path, capsys):
 
 
 def test_cli_shift_reads_saes_from_several_folders_and_refuses_two_at_one_site(tmp_path):
-    from jaxcirc.cli._shift import load_saes
+    from jaxcirc.io import load_saes
 
     saes = saes_for(tiny_model())
     for i, sae in enumerate(saes):

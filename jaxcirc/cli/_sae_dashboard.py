@@ -63,25 +63,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def load_sae(path: Path, site: str | None = None):
-    """An SAE from a SAELens folder or a jaxcirc SAE folder."""
-    if (path / "cfg.json").exists() or path.name == "cfg.json":
-        from ..io._saelens import load_saelens
-
-        return load_saelens(path, site)
-    if (path / "sae.json").exists():
-        import dataclasses
-
-        from ..sae import load
-
-        sae = load(path)
-        return sae if site is None else dataclasses.replace(sae, site=site)
-    raise FileNotFoundError(
-        f"{path} is not an SAE folder: expected cfg.json + sae_weights.safetensors (SAELens) "
-        f"or sae.json (jaxcirc)"
-    )
-
-
 def _tokens(args, model, tokenizer):
     import numpy as np
 
@@ -113,7 +94,7 @@ def run(args) -> int:
     from .. import load
     from .._atomic import atomic_write
     from .._finite import check_finite_weights
-    from ..io import load_tokenizer
+    from ..io import load_sae, load_tokenizer
     from ..viz._dashboard import feature_dashboard, plot_dashboard, write_html
 
     if args.features is not None and any(f < 0 for f in args.features):

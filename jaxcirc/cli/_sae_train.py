@@ -84,10 +84,10 @@ def _rows(model, path, args, n):
 
 def _saved(parser, path, sites, widths):
     """The SAEs saved under `path`, one per site of `sites`, checked against the sites' widths."""
-    from ._shift import load_saes
+    from ..io import load_saes
 
     try:
-        saes = load_saes(path, sites=sites, flag="--init")
+        saes = load_saes(path, sites=sites, what="--init")
     except (FileNotFoundError, ValueError) as e:
         parser.error(f"argument {e}")
     for sae in saes:

