@@ -417,6 +417,37 @@ def test_iterated_shift_attributes_the_retrained_probe_on_the_ablated_model(monk
         S.shift(model, saes, TOK, n_train=16, n_test=16, n_attribution=4, rounds=0)
 
 
+def test_iterated_shift_that_finds_nothing_new_repeats_shifts_rows(monkeypatch):
+    """A second round whose top feature is already flagged adds nothing: the iterated rows are
+    SHIFT's (only the time differs), not a recomputation."""
+    model, saes = planted_gender_model()
+    l1 = saes[1].site
+    real = S.shift_effects
+
+    def scripted(m, used, probe, data, **kw):
+        out = {k: v.copy() for k, v in real(m, used, probe, data, **kw).items()}
+        out[l1][0] += 100.0  # flagged in round 1; the next best is not gendered
+        return out
+
+    runs, chunked = [], S._chunked
+
+    def counted(*a, desc="", **kw):
+        runs.append(desc)
+        return chunked(*a, desc=desc, **kw)
+
+    monkeypatch.setattr(S, "shift_effects", scripted)
+    monkeypatch.setattr(S, "_chunked", counted)
+    res = S.shift(model, saes, TOK, n_train=16, n_test=16, n_attribution=4, n_neutral=16,
+                  top=1, steps=1, threshold=2.0, chunk=16, rounds=3)  # fmt: skip
+    assert [r["flagged"] for r in res.info["rounds"]] == [1, 0]
+    assert "SHIFT: test" in runs and not [d for d in runs if d.startswith("iterated")]
+    assert res.flags["iterated SHIFT"] == res.flags["SHIFT"] == {l1: [0]}
+    for name in ("SHIFT", "SHIFT + retrain"):
+        got, want = dict(res.rows[f"iterated {name}"]), dict(res.rows[name])
+        assert got.pop("seconds") >= want.pop("seconds")
+        assert got == want
+
+
 def test_cli_shift_help_and_bad_input(tmp_path, capsys):
     from jaxcirc.cli import main
 

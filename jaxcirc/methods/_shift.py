@@ -625,8 +625,12 @@ def shift(
         clock["shift_rounds"] = time.perf_counter() - start
         flags["iterated SHIFT"] = flagged
         seconds = clock["shift_attribution"] + clock["shift_rounds"]
-        ablated("iterated SHIFT", ablate(model, used, flagged), _count(flagged), seconds,
-                "iterated SHIFT", xa)  # fmt: skip
+        if _count(flagged) == n_flag:  # no round added a feature: SHIFT's rows, not recomputed
+            for name in ("SHIFT", "SHIFT + retrain"):
+                rows[f"iterated {name}"] = {**rows[name], "seconds": round(seconds, 2)}
+        else:
+            ablated("iterated SHIFT", ablate(model, used, flagged), _count(flagged), seconds,
+                    "iterated SHIFT", xa)  # fmt: skip
 
     # random features, same count
     flags["random"] = random_flags(used, n_flag, seed=seed)
