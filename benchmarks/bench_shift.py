@@ -132,6 +132,17 @@ def main() -> None:
             f"it stops when a round flags nothing new): {laps}; added "
             + (", ".join(f"{short(s)}:{i}" for s, ids in more.items() for i in ids) or "none")
         ]
+    from jaxcirc.tasks._bios import FRAMES
+
+    def cell(v):
+        return "" if v is None else f"{v:.0f}"
+
+    by_frame = [
+        [name, f"{j}: {FRAMES['test'][j]}"]
+        + [cell(res.rows[name]["frames"][g][j]) for g in res.rows[name]["groups"]]
+        for name in ("original probe", "SHIFT + retrain", "oracle")
+        for j in range(len(FRAMES["test"]))
+    ]
     sec = res.info["seconds"]
     n_shift = res.rows["SHIFT"]["features"]
     n_lasso = res.rows["CircuitLasso"]["features"]
@@ -175,6 +186,12 @@ def main() -> None:
         "",
         "Target (worst group ≥ 85 %, gender within 10 points of 50 %): "
         + "; ".join(verdict(n) for n in judged) + ".",
+        "",
+        "Each group's accuracy by the test split's sentence frame (`Bios.frame`; reported "
+        "only: which template drives a group's errors):",
+        "",
+        C.table(["run", "frame", "male prof.", "female prof.", "male nurse", "female nurse"],
+                by_frame),  # fmt: skip
         "",
         C.table(["route", "selection time", "features inspected", "flagged (ablated)",
                  "Yin et al., Pythia-70M (time, features)"], [  # fmt: skip

@@ -12,7 +12,7 @@ import pytest
 import jaxcirc as jc
 from jaxcirc.methods import _shift as S
 from jaxcirc.tasks import bios
-from jaxcirc.tasks._bios import _ACTIVITIES, _FRAMES, _NAMES
+from jaxcirc.tasks._bios import _ACTIVITIES, _NAMES, FRAMES
 
 
 class WordTokenizer:
@@ -22,7 +22,7 @@ class WordTokenizer:
 
     def __init__(self):
         words = set()
-        texts = [" ".join(v) for table in (_NAMES, _FRAMES, _ACTIVITIES) for v in table.values()]
+        texts = [" ".join(v) for table in (_NAMES, FRAMES, _ACTIVITIES) for v in table.values()]
         texts.append("he she him her his His He She Her man woman father mother wife husband")
         texts.append("brother sister Mr Mrs")
         for t in texts:
@@ -90,6 +90,12 @@ def test_bios_sets_groups_and_held_out_vocabulary():
         again.texts == test.texts
         and bios(TOK, 40, kind="balanced", split="test", seed=1).texts != test.texts
     )  # noqa: E501
+    # `frame` names the sentence frame each text was filled from
+    for data in (test, train_all):
+        for text, f in zip(data.texts, np.asarray(data.frame)):
+            parts = re.split(r"\{\w+\}", FRAMES[data.split][f])
+            assert re.fullmatch(".+".join(map(re.escape, parts)), text), (f, text)
+        assert set(np.asarray(data.frame).tolist()) == set(range(len(FRAMES[data.split])))
     neutral = bios(TOK, 8, kind="neutral")
     assert (np.asarray(neutral.profession) == -1).all()
     assert np.bincount(np.asarray(neutral.gender)).tolist() == [4, 4]
@@ -145,6 +151,7 @@ def test_accuracy_counts_groups():
         profession = np.array([0, 0, 1, 1, 0, 1])
         gender = np.array([0, 1, 0, 1, 0, 1])
         group = 2 * profession + gender
+        frame = np.array([0, 1, 1, 0, 1, 1])
 
     probe = S.Probe(jnp.ones(1), jnp.zeros(()), jnp.zeros(1), jnp.ones(1))
     x = np.array([[-1.0], [1.0], [-1.0], [1.0], [-1.0], [-1.0]])  # predicts 0 1 0 1 0 0
@@ -154,6 +161,9 @@ def test_accuracy_counts_groups():
     assert acc["worst_group"] == pytest.approx(0.0)  # female professor, male nurse missed
     assert acc["groups"] == pytest.approx({"male professor": 100.0, "female professor": 0.0,
                                            "male nurse": 0.0, "female nurse": 50.0})  # fmt: skip
+    # by frame: the female nurse in frame 0 is right, the one in frame 1 wrong
+    assert acc["frames"] == {"male professor": [100.0, 100.0], "female professor": [None, 0.0],
+                             "male nurse": [None, 0.0], "female nurse": [100.0, 0.0]}  # fmt: skip
     neutral = bios(TOK, 4, kind="neutral")  # no profession: refused, not misnamed
     with pytest.raises(ValueError, match=r"needs bios with a profession.*group ids \[-2, -1\]"):
         S.accuracy(probe, np.zeros((4, 1)), neutral)

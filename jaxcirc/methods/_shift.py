@@ -121,7 +121,9 @@ def accuracy(probe: Probe, x, data) -> dict:
     """Profession accuracy, gender accuracy (how often the prediction's label matches the
     gender it co-occurs with in the ambiguous set: professor ↔ male, nurse ↔ female), the
     worst (profession × gender) group's profession accuracy, and each group's (`"groups"`,
-    by name), in percent, on `data` (a `Bios`)."""
+    by name), in percent, on `data` (a `Bios`); with `data.frame`, each group's by sentence
+    frame (`"frames"`: a list per group indexed by frame, `None` where it has no bio), to see
+    whether one template drives a group's errors."""
     pred = np.asarray(probe(jnp.asarray(x))) > 0
     profession, gender = np.asarray(data.profession), np.asarray(data.gender)
     if pred.shape != profession.shape:
@@ -134,12 +136,19 @@ def accuracy(probe: Probe, x, data) -> dict:
             f"group ids {np.unique(group).tolist()} (neutral bios have no profession)"
         )
     groups = {GROUPS[g]: 100 * float(hit[group == g].mean()) for g in np.unique(group)}
-    return {
+    out = {
         "profession": 100 * float(hit.mean()),
         "gender": 100 * float((pred == (gender == 1)).mean()),
         "worst_group": min(groups.values()),
         "groups": groups,
     }
+    if getattr(data, "frame", None) is not None:
+        frame = np.asarray(data.frame)
+        cells = [[hit[(group == g) & (frame == f)] for f in range(frame.max() + 1)]
+                 for g in np.unique(group)]  # fmt: skip
+        out["frames"] = {GROUPS[g]: [100 * float(c.mean()) if c.size else None for c in row]
+                         for g, row in zip(np.unique(group), cells)}  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------- activations
@@ -710,8 +719,8 @@ def _first(data, n: int):
     """The first `n` bios of `data` (a `Bios`)."""
     return type(data)(
         tokens=data.tokens[:n], lengths=data.lengths[:n], profession=data.profession[:n],
-        gender=data.gender[:n], texts=data.texts[:n], kind=data.kind, split=data.split,
-        bos=data.bos, pad=data.pad,
+        gender=data.gender[:n], frame=data.frame[:n], texts=data.texts[:n], kind=data.kind,
+        split=data.split, bos=data.bos, pad=data.pad,
     )  # fmt: skip
 
 

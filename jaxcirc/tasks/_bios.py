@@ -56,7 +56,7 @@ _PRONOUNS = {
 # Frames: `{name}`, gendered slots (`{he} {He} {him} {his} {His} {man} {parent} {spouse}
 # {sibling} {title}`), a profession's activity `{a}` and a hobby `{b}` (both hobbies in the
 # neutral set). Gender is said many times, the profession once, as in real biographies.
-_FRAMES = {
+FRAMES = {
     "train": (
         "{name} {a}. {He} {b}, and {his} {spouse} says that {he} is a kind {man}.",
         "{name}, a {parent} of two, {b}. {He} also {a}, and {he} loves {his} family.",
@@ -129,13 +129,15 @@ _ACTIVITIES = {
 class Bios(eqx.Module):
     """Biographies as token rows: `tokens [n, seq]` (a BOS token first, right-padded),
     `lengths [n]`, `profession [n]` (0 professor, 1 nurse, −1 for neutral text), `gender [n]`
-    (0 male, 1 female), `label [n]` (the probe's target: the profession), the `texts`, and
-    `bos`/`pad` ids. The pooled positions of row `i` are `1 .. lengths[i] − 1`."""
+    (0 male, 1 female), `frame [n]` (the sentence frame: an index into `FRAMES[split]`),
+    `label [n]` (the probe's target: the profession), the `texts`, and `bos`/`pad` ids. The
+    pooled positions of row `i` are `1 .. lengths[i] − 1`."""
 
     tokens: Int[Array, "n seq"]
     lengths: Int[Array, " n"]
     profession: Int[Array, " n"]
     gender: Int[Array, " n"]
+    frame: Int[Array, " n"]
     texts: tuple[str, ...] = eqx.field(static=True)
     kind: str = eqx.field(static=True)
     split: str = eqx.field(static=True)
@@ -194,7 +196,7 @@ def bios(tokenizer, n: int, *, kind: str = "ambiguous", split: str = "train", se
     else:
         cells = [("neutral", "male"), ("neutral", "female")]
     rng = np.random.default_rng([seed, KINDS.index(kind), SPLITS.index(split)])
-    frames = _FRAMES[split]
+    frames = FRAMES[split]
     rows = []
     for profession, gender in cells:
         names = _NAMES[(gender, split)]
@@ -205,17 +207,17 @@ def bios(tokenizer, n: int, *, kind: str = "ambiguous", split: str = "train", se
                 a, b = (acts[i] for i in rng.choice(len(acts), 2, replace=False))
             else:
                 a, b = acts[rng.integers(len(acts))], hobbies[rng.integers(len(hobbies))]
-            frame, name = frames[rng.integers(len(frames))], names[rng.integers(len(names))]
-            text = _fill(frame, name, gender, a, b)
+            f, name = int(rng.integers(len(frames))), names[rng.integers(len(names))]
+            text = _fill(frames[f], name, gender, a, b)
             rows.append((text, PROFESSIONS.index(profession) if profession in PROFESSIONS else -1,
-                         GENDERS.index(gender)))  # fmt: skip
+                         GENDERS.index(gender), f))  # fmt: skip
     order = rng.permutation(len(rows))
     rows = [rows[i] for i in order]
     bos = getattr(tokenizer, "bos_token_id", None)
     bos = int(bos) if bos is not None else pad_id(tokenizer)
     pad = pad_id(tokenizer)
-    ids = [[bos, *pieces(tokenizer, text)] for text, _, _ in rows]
-    for (text, _, _), row in zip(rows, ids):
+    ids = [[bos, *pieces(tokenizer, text)] for text, *_ in rows]
+    for (text, *_), row in zip(rows, ids):
         if bos in row[1:] or (pad != bos and pad in row):
             raise ValueError(f"the bio {text!r} tokenises to the BOS ({bos}) or pad ({pad}) id")
     lengths = [len(r) for r in ids]
@@ -226,9 +228,10 @@ def bios(tokenizer, n: int, *, kind: str = "ambiguous", split: str = "train", se
     return Bios(
         tokens=jnp.asarray(tokens),
         lengths=jnp.asarray(lengths, jnp.int32),
-        profession=jnp.asarray([p for _, p, _ in rows], jnp.int32),
-        gender=jnp.asarray([g for _, _, g in rows], jnp.int32),
-        texts=tuple(t for t, _, _ in rows),
+        profession=jnp.asarray([r[1] for r in rows], jnp.int32),
+        gender=jnp.asarray([r[2] for r in rows], jnp.int32),
+        frame=jnp.asarray([r[3] for r in rows], jnp.int32),
+        texts=tuple(r[0] for r in rows),
         kind=kind,
         split=split,
         bos=bos,
