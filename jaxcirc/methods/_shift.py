@@ -530,7 +530,10 @@ def shift(
     `steps`), takes the `top` features, flags the gendered ones and zeroes them at every SAE
     site up to the probe's. The random baseline and the neuron skyline ablate as many units;
     the oracle is trained on `n_train` balanced bios; everything is evaluated on `n_test`
-    balanced bios of the test split (held-out names, frames and activities). CircuitLasso:
+    balanced bios of the test split (held-out names, frames and activities), and each row's
+    `"familiar"` on `n_test` balanced bios in the training split's wording (a draw of its own,
+    used for no training: Marks et al.'s i.i.d. setting, where only the groups change, not the
+    wording). CircuitLasso:
     `feature_ranking` (logistic loss) of the label on the probe site's pooled codes, its
     `top` features by `|Â|`, flagged and ablated the same way at that site.
 
@@ -564,31 +567,36 @@ def shift(
         bios(tokenizer, n_train, kind="balanced", split="train", seed=seed),
         bios(tokenizer, n_neutral, kind="neutral", split="train", seed=seed),
         bios(tokenizer, n_test, kind="balanced", split="test", seed=seed),
+        bios(tokenizer, n_test, kind="balanced", split="train", seed=seed + 1),
     ]
     seq = max(d.tokens.shape[1] for d in sets)  # one padded length: one compile per model
-    amb, bal, neutral, test = (_pad_to(d, seq) for d in sets)
+    amb, bal, neutral, test, familiar = (_pad_to(d, seq) for d in sets)
 
     def acts(m, data, what):
         return _chunked(m, data, probe_site, chunk=chunk, progress=progress, desc=what)[probe_site]
 
     x_amb, x_test = acts(model, amb, "original: train"), acts(model, test, "original: test")
+    x_familiar = acts(model, familiar, "original: familiar")
     probe = train_probe(x_amb, amb.label, C=C, site=probe_site)
     rows, flags = {}, {}
 
-    def row(name, x_eval, n_features=0, seconds=0.0, probe_=probe):
-        rows[name] = {**accuracy(probe_, x_eval, test), "features": n_features,
-                      "seconds": round(seconds, 2)}  # fmt: skip
+    def row(name, x_eval, x_fam, n_features=0, seconds=0.0, probe_=probe):
+        familiar_acc = accuracy(probe_, x_fam, familiar)
+        del familiar_acc["frames"]
+        rows[name] = {**accuracy(probe_, x_eval, test), "familiar": familiar_acc,
+                      "features": n_features, "seconds": round(seconds, 2)}  # fmt: skip
 
-    row("original probe", x_test)
+    row("original probe", x_test, x_familiar)
 
     def ablated(name, edited, n_units, seconds, tag, xa=None):
         """The rows `name` and `name + retrain` of the model `edited` (`xa`: its pooled
         training bios, if already at hand); the retrained probe."""
         xa = acts(edited, amb, f"{tag}: train") if xa is None else xa
         xt = acts(edited, test, f"{tag}: test")
+        xf = acts(edited, familiar, f"{tag}: familiar")
         retrained = train_probe(xa, amb.label, C=C, site=probe_site)
-        row(name, xt, n_units, seconds)
-        row(f"{name} + retrain", xt, n_units, seconds, retrained)
+        row(name, xt, xf, n_units, seconds)
+        row(f"{name} + retrain", xt, xf, n_units, seconds, retrained)
         return retrained
 
     # SHIFT: attribution, top features, flag, ablate
@@ -655,7 +663,7 @@ def shift(
 
     # oracle: trained on balanced data
     x_bal = acts(model, bal, "oracle: train")
-    row("oracle", x_test, 0, 0.0, train_probe(x_bal, bal.label, C=C, site=probe_site))
+    row("oracle", x_test, x_familiar, 0, 0.0, train_probe(x_bal, bal.label, C=C, site=probe_site))
 
     # CircuitLasso route: target regression on the probe site's features
     start = time.perf_counter()
