@@ -72,6 +72,7 @@ def main() -> None:
     from jaxcirc.io import load_saes
     from jaxcirc.io._gguf import smollm2_gguf_path
     from jaxcirc.methods import shift
+    from jaxcirc.tasks._bios import FRAMES
 
     path = smollm2_gguf_path()
     model, tokenizer = jc.load(path), jc.io.load_tokenizer(path)
@@ -136,7 +137,6 @@ def main() -> None:
             f"it stops when a round flags nothing new): {laps}; added "
             + (", ".join(f"{short(s)}:{i}" for s, ids in more.items() for i in ids) or "none")
         ]
-    from jaxcirc.tasks._bios import FRAMES
 
     def cell(v):
         return "" if v is None else f"{v:.0f}"

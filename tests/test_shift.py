@@ -164,6 +164,11 @@ def test_accuracy_counts_groups():
     # by frame: the female nurse in frame 0 is right, the one in frame 1 wrong
     assert acc["frames"] == {"male professor": [100.0, 100.0], "female professor": [None, 0.0],
                              "male nurse": [None, 0.0], "female nurse": [100.0, 0.0]}  # fmt: skip
+    # one entry per frame of the split, `None` for a frame a group never met (4 bios, 6 frames)
+    few = bios(TOK, 4, kind="balanced", split="train")
+    got = S.accuracy(probe, np.ones((4, 1)), few)["frames"]
+    assert all(len(v) == len(FRAMES["train"]) for v in got.values())
+    assert sum(v is None for row in got.values() for v in row) == 4 * 6 - 4
     neutral = bios(TOK, 4, kind="neutral")  # no profession: refused, not misnamed
     with pytest.raises(ValueError, match=r"needs bios with a profession.*group ids \[-2, -1\]"):
         S.accuracy(probe, np.zeros((4, 1)), neutral)

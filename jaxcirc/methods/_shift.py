@@ -122,8 +122,8 @@ def accuracy(probe: Probe, x, data) -> dict:
     gender it co-occurs with in the ambiguous set: professor ↔ male, nurse ↔ female), the
     worst (profession × gender) group's profession accuracy, and each group's (`"groups"`,
     by name), in percent, on `data` (a `Bios`); with `data.frame`, each group's by sentence
-    frame (`"frames"`: a list per group indexed by frame, `None` where it has no bio), to see
-    whether one template drives a group's errors."""
+    frame (`"frames"`: a list per group indexed by frame, one entry per frame of the split,
+    `None` where the group has no bio), to see whether one template drives a group's errors."""
     pred = np.asarray(probe(jnp.asarray(x))) > 0
     profession, gender = np.asarray(data.profession), np.asarray(data.gender)
     if pred.shape != profession.shape:
@@ -143,8 +143,12 @@ def accuracy(probe: Probe, x, data) -> dict:
         "groups": groups,
     }
     if getattr(data, "frame", None) is not None:
+        from ..tasks._bios import FRAMES
+
         frame = np.asarray(data.frame)
-        cells = [[hit[(group == g) & (frame == f)] for f in range(frame.max() + 1)]
+        split = getattr(data, "split", None)
+        n_frames = len(FRAMES[split]) if split in FRAMES else int(frame.max()) + 1
+        cells = [[hit[(group == g) & (frame == f)] for f in range(n_frames)]
                  for g in np.unique(group)]  # fmt: skip
         out["frames"] = {GROUPS[g]: [100 * float(c.mean()) if c.size else None for c in row]
                          for g, row in zip(np.unique(group), cells)}  # fmt: skip
@@ -724,12 +728,8 @@ def _through(model, layer: int):
 
 
 def _first(data, n: int):
-    """The first `n` bios of `data` (a `Bios`)."""
-    return type(data)(
-        tokens=data.tokens[:n], lengths=data.lengths[:n], profession=data.profession[:n],
-        gender=data.gender[:n], frame=data.frame[:n], texts=data.texts[:n], kind=data.kind,
-        split=data.split, bos=data.bos, pad=data.pad,
-    )  # fmt: skip
+    """The first `n` bios of `data` (a `Bios`): every per-bio array and the texts."""
+    return dataclasses.replace(jax.tree.map(lambda a: a[:n], data), texts=data.texts[:n])
 
 
 def _pad_to(data, seq: int):
