@@ -6,6 +6,7 @@ except in tests marked `slow` (the results are the same within every test's tole
 benchmarks always optimise).
 """
 
+import functools
 import os
 import shutil
 import tempfile
@@ -84,21 +85,16 @@ def randomise(model, key, scale=0.1):
     )
 
 
-_TINY: dict = {}
-
-
+@functools.cache
 def tiny(family: str, seed: int = 0, **overrides):
-    """A tiny randomised model, built once per worker for each (family, seed, sizes): models are
-    immutable and nothing donates their buffers, so tests share them (building one runs dozens of
-    small programs; the suite asks for the same few models hundreds of times)."""
-    key = (family, seed, tuple(sorted(overrides.items())))
-    if key not in _TINY:
-        k1, k2 = jax.random.split(jax.random.key(seed))
-        sizes = dict(d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=32, n_layers=2)
-        if family == "llama":
-            sizes["rotary_dim"] = 8
-        _TINY[key] = randomise(FAMILIES[family](key=k1, **{**sizes, **overrides}), k2)
-    return _TINY[key]
+    """A tiny randomised model, built once per worker for each (family, seed, sizes) and shared:
+    models are immutable and nothing donates their buffers (building one runs dozens of small
+    programs, and many tests ask for the same few models)."""
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    sizes = dict(d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=32, n_layers=2)
+    if family == "llama":
+        sizes["rotary_dim"] = 8
+    return randomise(FAMILIES[family](key=k1, **{**sizes, **overrides}), k2)
 
 
 @pytest.fixture(autouse=True, scope="module")
